@@ -1,0 +1,146 @@
+"""Model bundle: a self-describing folder of JSON and ``.npz`` arrays. Never pickle.
+
+    manifest.json     format, schema version, params, shapes, per-file sha256
+    tree.npz          parents of every layer, copy -> label map
+    layer_<t>.npz     layer t's weights (CSC arrays), bias row last
+    labels.npz        training label counts (propensities for PSP@k)
+    label_names.txt   optional label vocabulary, one name per line
+
+Loading checks format, version, checksums and every shape, so a corrupt or foreign folder
+fails with a clear message instead of predicting garbage. A bundle is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.errors import BundleError
+from xmc.fsutil import atomic_dir, sha256
+from xmc.tree import LabelTree
+
+FORMAT = "xmc-model"
+SCHEMA_VERSION = 1
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    np.savez(path, **arrays)
+
+
+def _load_npz(folder: Path, name: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(folder / name, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{folder / name}: unreadable ({e})") from None
+
+
+def save_bundle(
+    path: str | Path,
+    *,
+    tree: LabelTree,
+    weights: list[sp.csc_matrix],
+    n_features: int,
+    label_counts: np.ndarray,
+    n_train: int,
+    label_names: list[str] | None,
+    meta: dict[str, Any],
+) -> None:
+    """Write the bundle atomically (a reader never sees a half-written model)."""
+    with atomic_dir(path) as tmp:
+        _save_npz(tmp / "tree.npz", copy_label=tree.copy_label,
+                  **{f"parent_{t}": p for t, p in enumerate(tree.parents)})
+        for t, W in enumerate(weights):
+            _save_npz(tmp / f"layer_{t}.npz", data=W.data, indices=W.indices, indptr=W.indptr,
+                      shape=np.array(W.shape, dtype=np.int64))
+        _save_npz(tmp / "labels.npz", label_counts=label_counts.astype(np.int64))
+        if label_names is not None:
+            (tmp / "label_names.txt").write_text("".join(name + "\n" for name in label_names))
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            **meta,
+            "n_features": n_features,
+            "n_labels": tree.n_labels,
+            "n_train": n_train,
+            "layers": [
+                {"n_parents": tree.n_parents(t), "n_children": int(W.shape[1]), "nnz": int(W.nnz)}
+                for t, W in enumerate(weights)
+            ],
+            "files": {f.name: sha256(f) for f in sorted(tmp.iterdir())},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such model folder (train one with `xmc train ... --model {folder}`)")
+    mpath = folder / "manifest.json"
+    if not mpath.exists():
+        raise BundleError(f"{folder}: not an xmc model (no manifest.json)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mpath}: corrupt manifest (line {e.lineno}: {e.msg})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: not an xmc model manifest (format != {FORMAT!r})")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{mpath}: schema_version {version!r} is not supported by this xmc "
+            f"(reads {SCHEMA_VERSION}); retrain or use the xmc version that wrote it"
+        )
+    return manifest
+
+
+def load_bundle(path: str | Path) -> dict[str, Any]:
+    """Read and fully validate a bundle; returns its parts (tree, weights, counts, names, manifest)."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    files: dict[str, str] = manifest.get("files", {})
+    for name, digest in files.items():
+        f = folder / name
+        if not f.exists():
+            raise BundleError(f"{folder}: file {name} listed in the manifest is missing")
+        if sha256(f) != digest:
+            raise BundleError(f"{f}: checksum mismatch, the file is corrupt or was modified")
+    try:
+        n_features = int(manifest["n_features"])
+        n_labels = int(manifest["n_labels"])
+        n_train = int(manifest["n_train"])
+        layer_meta = manifest["layers"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{folder}/manifest.json: missing or bad field {e}") from None
+    tz = _load_npz(folder, "tree.npz")
+    parents = tuple(tz[f"parent_{t}"].astype(np.int64) for t in range(len(layer_meta)))
+    try:
+        tree = LabelTree(parents, tz["copy_label"].astype(np.int64), n_labels)
+    except (ValueError, KeyError) as e:
+        raise BundleError(f"{folder}/tree.npz: invalid label tree ({e})") from None
+    weights = []
+    for t, meta in enumerate(layer_meta):
+        z = _load_npz(folder, f"layer_{t}.npz")
+        expected = (n_features + 1, len(parents[t]))
+        if tuple(z["shape"]) != expected or meta["n_children"] != expected[1]:
+            raise BundleError(f"{folder}/layer_{t}.npz: shape {tuple(z['shape'])}, expected {expected}")
+        try:
+            W = sp.csc_matrix((z["data"], z["indices"], z["indptr"]), shape=expected)
+            W.check_format(full_check=True)
+        except ValueError as e:
+            raise BundleError(f"{folder}/layer_{t}.npz: invalid sparse matrix ({e})") from None
+        weights.append(W)
+    counts = _load_npz(folder, "labels.npz")["label_counts"]
+    if counts.shape != (n_labels,):
+        raise BundleError(f"{folder}/labels.npz: label_counts has shape {counts.shape}, expected ({n_labels},)")
+    names = None
+    if (folder / "label_names.txt").exists():
+        names = (folder / "label_names.txt").read_text().split("\n")[:-1]
+        if len(names) != n_labels:
+            raise BundleError(f"{folder}/label_names.txt: {len(names)} names for {n_labels} labels")
+    return {"manifest": manifest, "tree": tree, "weights": weights, "label_counts": counts,
+            "n_train": n_train, "n_features": n_features, "label_names": names}

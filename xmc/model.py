@@ -1,0 +1,125 @@
+"""XMCModel: the partition-based model (XR-Linear baseline of shared/METHOD.md) as one object."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc import __version__
+from xmc.bundle import load_bundle, save_bundle
+from xmc.errors import BundleError, DataFormatError
+from xmc.executor import Executor, LocalExecutor
+from xmc.params import XMCParams
+from xmc.predict import predict
+from xmc.sparse import csr, normalize_rows
+from xmc.train import train_layers
+from xmc.tree import LabelTree, build_tree, pifa
+
+
+def check_xy(X: sp.spmatrix, Y: sp.spmatrix | None = None) -> None:
+    """Shapes agree and values are finite; Y is 0/1. Raised before any work starts."""
+    if X.shape[0] == 0:
+        raise DataFormatError("X has no rows", field="X")
+    if not np.all(np.isfinite(sp.csr_matrix(X).data)):
+        raise DataFormatError("X holds NaN or inf values", field="X")
+    if Y is None:
+        return
+    if Y.shape[0] != X.shape[0]:
+        raise DataFormatError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}", field="Y")
+    if Y.shape[1] == 0:
+        raise DataFormatError("Y has no label columns", field="Y")
+    data = sp.csr_matrix(Y).data
+    if not np.all((data == 0) | (data == 1)):
+        raise DataFormatError("Y must be a 0/1 indicator matrix", field="Y")
+
+
+@dataclass
+class XMCModel:
+    """A trained label tree with its matcher and ranker weights."""
+
+    params: XMCParams
+    tree: LabelTree
+    weights: list[sp.csc_matrix]
+    n_features: int
+    label_counts: np.ndarray
+    n_train: int
+    label_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_labels(self) -> int:
+        return self.tree.n_labels
+
+    def preprocess(self, X: sp.spmatrix) -> sp.csr_matrix:
+        """Features as the model was trained on them (float32 CSR, rows L2-normalised if set)."""
+        return prepare_features(X, self.params, self.n_features)
+
+    @classmethod
+    def fit(
+        cls,
+        X: sp.spmatrix,
+        Y: sp.spmatrix,
+        params: XMCParams | None = None,
+        *,
+        executor: Executor | None = None,
+        label_names: list[str] | None = None,
+    ) -> XMCModel:
+        """Build the label tree from PIFA embeddings and train every layer."""
+        params = params or XMCParams()
+        check_xy(X, Y)
+        if label_names is not None and len(label_names) != Y.shape[1]:
+            raise DataFormatError(f"{len(label_names)} label names for {Y.shape[1]} labels")
+        executor = executor or LocalExecutor()
+        Xp = prepare_features(X, params, X.shape[1])
+        Y = csr(Y)
+        t0 = time.perf_counter()
+        tree = build_tree(pifa(Xp, Y), params.tree)
+        t1 = time.perf_counter()
+        weights = train_layers(Xp, Y, tree, params.solver, params.predict, executor)
+        t2 = time.perf_counter()
+        counts = np.asarray(Y.sum(axis=0)).ravel().astype(np.int64)
+        info = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
+        return cls(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
+
+    def predict(
+        self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None
+    ) -> sp.csr_matrix:
+        """(N x n_labels) CSR holding each row's top-k label scores."""
+        check_xy(X)
+        return predict(self.preprocess(X), self.tree, self.weights, self.params.predict,
+                       bias=self.params.solver.bias, topk=topk, beam_size=beam_size)
+
+    def save(self, path: str | Path) -> None:
+        save_bundle(
+            path, tree=self.tree, weights=self.weights, n_features=self.n_features,
+            label_counts=self.label_counts, n_train=self.n_train, label_names=self.label_names,
+            meta={"xmc_version": __version__, "params": self.params.to_dict(), "info": self.info},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> XMCModel:
+        parts = load_bundle(path)
+        try:
+            params = XMCParams.from_dict(parts["manifest"]["params"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"{path}/manifest.json: bad params ({e})") from None
+        return cls(params, parts["tree"], parts["weights"], parts["n_features"],
+                   parts["label_counts"], parts["n_train"], parts["label_names"],
+                   parts["manifest"].get("info", {}))
+
+
+def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:
+    """Float32 CSR with the model's feature count; rows L2-normalised when the params say so."""
+    if X.shape[1] > n_features:
+        raise DataFormatError(
+            f"X has {X.shape[1]} feature columns but the model was trained on {n_features}", field="X"
+        )
+    X = csr(X)
+    if X.shape[1] < n_features:  # e.g. an XC file whose header counts fewer trailing features
+        X = sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], n_features))
+    return normalize_rows(X) if params.normalize_rows else X

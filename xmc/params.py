@@ -1,0 +1,214 @@
+"""Typed, frozen parameters: the one source of every default.
+
+The CLI builds its flags from these dataclasses (``--max-leaf-size`` for ``max_leaf_size``), JSON
+configs are validated against them, and a trained model saves them next to its weights. Values
+are validated on creation, so a bad value fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from xmc.errors import ParamError
+
+Negatives = Literal["tfn", "tfn+man"]
+PostProcessor = Literal["l3-hinge", "sigmoid"]
+Device = Literal["auto", "cpu", "cuda"]
+
+NEGATIVES: tuple[str, ...] = ("tfn", "tfn+man")
+POST_PROCESSORS: tuple[str, ...] = ("l3-hinge", "sigmoid")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def _require(ok: bool, name: str, value: object, fix: str) -> None:
+    if not ok:
+        raise ParamError(f"{name}={value!r} is invalid: {fix}")
+
+
+@dataclass(frozen=True)
+class TreeParams:
+    """How the label tree is built (hierarchical balanced spherical 2-means on PIFA embeddings)."""
+
+    branching_factor: int = 16
+    """Children per internal node of the matcher tree (a power of two: levels group 2-means splits)."""
+    max_leaf_size: int = 100
+    """Most labels in a leaf cluster; the tree is deepened until every leaf fits."""
+    kmeans_max_iter: int = 20
+    """Lloyd iterations of each balanced 2-means split."""
+    seed: int = 0
+    """Seed of the k-means initialisation; the same seed gives the same tree."""
+
+    def __post_init__(self) -> None:
+        b = self.branching_factor
+        _require(b >= 2 and (b & (b - 1)) == 0, "branching_factor", b, "use a power of two >= 2, e.g. 16")
+        _require(self.max_leaf_size >= 1, "max_leaf_size", self.max_leaf_size, "use an integer >= 1")
+        _require(self.kmeans_max_iter >= 1, "kmeans_max_iter", self.kmeans_max_iter, "use >= 1")
+        _require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")
+
+
+@dataclass(frozen=True)
+class SolverParams:
+    """One-vs-rest L2-regularised squared-hinge (L2-loss SVM) solved by batched Newton-CG in torch."""
+
+    cost: float = 1.0
+    """SVM cost C: weight of the loss against the L2 regulariser."""
+    bias: float = 1.0
+    """Value of the constant feature appended to every instance (its weight is the bias term)."""
+    weight_threshold: float = 0.1
+    """Weights with |w| below this are pruned to zero, which keeps the model sparse and fast."""
+    solver_tol: float = 0.1
+    """Newton stops per label at |g| <= tol * max(min(n_pos, n_neg), 1) / n * |g(0)| (liblinear's test; 0.1 as PECOS's eps)."""
+    max_newton_iter: int = 30
+    """Newton steps per cluster at most."""
+    max_cg_iter: int = 50
+    """Conjugate-gradient steps per Newton step at most."""
+    negatives: Negatives = "tfn"
+    """Negatives of a node: 'tfn' (instances of its siblings) or 'tfn+man' (also those the matcher routes to it)."""
+    device: Device = "auto"
+    """Where torch runs the solver: 'cuda' when available under 'auto'."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Solver precision; float32 is enough for the accuracy of a linear SVM and twice as fast."""
+
+    def __post_init__(self) -> None:
+        _require(self.cost > 0 and math.isfinite(self.cost), "cost", self.cost, "use a positive number")
+        _require(self.bias >= 0 and math.isfinite(self.bias), "bias", self.bias, "use >= 0 (0 disables the bias)")
+        _require(self.weight_threshold >= 0, "weight_threshold", self.weight_threshold, "use >= 0")
+        _require(0 < self.solver_tol < 1, "solver_tol", self.solver_tol, "use a value in (0, 1), e.g. 0.1")
+        _require(self.max_newton_iter >= 1, "max_newton_iter", self.max_newton_iter, "use >= 1")
+        _require(self.max_cg_iter >= 1, "max_cg_iter", self.max_cg_iter, "use >= 1")
+        _require(self.negatives in NEGATIVES, "negatives", self.negatives, f"use one of {NEGATIVES}")
+        _require(self.device in DEVICES, "device", self.device, f"use one of {DEVICES}")
+        _require(self.dtype in ("float32", "float64"), "dtype", self.dtype, "use float32 or float64")
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    """How the beam search scores and keeps candidates."""
+
+    beam_size: int = 10
+    """Clusters kept per level of the beam search."""
+    topk: int = 10
+    """Labels returned per instance."""
+    post_processor: PostProcessor = "l3-hinge"
+    """Map from a linear score z to (0, 1]: 'l3-hinge' exp(-max(0, 1-z)^3) or 'sigmoid'; path scores multiply."""
+    chunk_size: int = 8192
+    """Instances scored at once; bounds prediction memory."""
+
+    def __post_init__(self) -> None:
+        _require(self.beam_size >= 1, "beam_size", self.beam_size, "use >= 1, e.g. 10")
+        _require(self.topk >= 1, "topk", self.topk, "use >= 1")
+        _require(
+            self.post_processor in POST_PROCESSORS, "post_processor", self.post_processor,
+            f"use one of {POST_PROCESSORS}",
+        )
+        _require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "use >= 1")
+
+
+@dataclass(frozen=True)
+class XMCParams:
+    """All parameters of a model. ``normalize_rows`` L2-normalises feature rows at fit and predict."""
+
+    tree: TreeParams = field(default_factory=TreeParams)
+    solver: SolverParams = field(default_factory=SolverParams)
+    predict: PredictParams = field(default_factory=PredictParams)
+    normalize_rows: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> XMCParams:
+        """Build from a nested dict (as ``to_dict`` writes) or a flat one; unknown keys are errors."""
+        return cls().replace(**flatten(data))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> XMCParams:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ParamError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+        if not isinstance(data, dict):
+            raise ParamError(f"{path}: a params file must hold a JSON object")
+        return cls.from_dict(data)
+
+    def replace(self, **flat: Any) -> XMCParams:
+        """Return a copy with flat field overrides (``max_leaf_size=16``), validated."""
+        groups: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+        top: dict[str, Any] = {}
+        for key, value in flat.items():
+            group = FIELD_GROUP.get(key)
+            if group is None:
+                raise ParamError(f"unknown parameter {key!r}; known: {', '.join(sorted(FIELD_GROUP))}")
+            if group == "":
+                top[key] = value
+            else:
+                groups[group][key] = value
+        new_groups = {
+            name: dataclasses.replace(getattr(self, name), **_coerce(GROUPS[name], vals))
+            for name, vals in groups.items()
+        }
+        return dataclasses.replace(self, **new_groups, **_coerce(XMCParams, top))
+
+
+GROUPS: dict[str, type] = {"tree": TreeParams, "solver": SolverParams, "predict": PredictParams}
+FIELD_GROUP: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in fields(cls)}
+FIELD_GROUP["normalize_rows"] = ""
+
+T = TypeVar("T")
+
+
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """Nested ``{"tree": {...}}`` or flat ``{"max_leaf_size": ...}`` -> flat dict."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in GROUPS and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Check JSON/CLI values against the field's declared type before the dataclass sees them."""
+    types = {f.name: f.type for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        declared = str(types[key])
+        if declared == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif declared == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif declared == "bool":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ParamError(f"{key}={value!r} has the wrong type: expected {declared}")
+        out[key] = value
+    return out
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a params dataclass (used by the CLI's --help)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:], strict=False):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = node.value.value
+    return docs

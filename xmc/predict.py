@@ -1,0 +1,151 @@
+"""Batched beam search through the layers, then copy merging and top-k.
+
+Per chunk of instances (bounded memory), layer by layer: every instance's beam of parents is
+expanded to their children; children are scored only where needed, one parent at a time
+(``X[rows of p] @ W[:, children of p]``, all instances that kept p in one product); scores are
+mapped through the post-processor and multiplied down the path; the best ``beam_size`` nodes
+survive. At the last layer the children are label copies: a label's copies are merged (max)
+and the top-k labels returned. No Python loop runs per instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.params import PredictParams
+from xmc.sparse import from_topk, topk_dense
+from xmc.tree import LabelTree
+
+
+def post_process(z: np.ndarray, kind: str) -> np.ndarray:
+    """Map linear scores to (0, 1]: l3-hinge ``exp(-max(0, 1-z)^3)`` or the sigmoid."""
+    if kind == "l3-hinge":
+        return np.exp(-(np.maximum(0.0, 1.0 - z) ** 3))
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _with_bias(X: sp.csr_matrix, bias: float) -> sp.csr_matrix:
+    return sp.hstack([X, np.full((X.shape[0], 1), bias, dtype=np.float32)], format="csr")
+
+
+class _Layer:
+    """A layer's weights split into per-parent column blocks (CSR, ready for X @ W_p)."""
+
+    def __init__(self, W: sp.csc_matrix, ptr: np.ndarray) -> None:
+        self.ptr = ptr
+        self.blocks = [sp.csr_matrix(W[:, ptr[p] : ptr[p + 1]]) for p in range(len(ptr) - 1)]
+        self.width = int(np.diff(ptr).max()) if len(ptr) > 1 else 0
+
+
+def _expand(
+    Xb: sp.csr_matrix, layer: _Layer, beam_idx: np.ndarray, beam_score: np.ndarray, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score the children of every beam entry; returns padded (n x b*width) index/score blocks."""
+    n, b = beam_idx.shape
+    w = layer.width
+    cand_idx = np.full((n, b * w), -1, dtype=np.int64)
+    cand_score = np.full((n, b * w), -np.inf, dtype=np.float32)
+    flat = beam_idx.ravel()
+    valid = np.flatnonzero(flat >= 0)
+    order = valid[np.argsort(flat[valid], kind="stable")]
+    parents, starts = np.unique(flat[order], return_index=True)
+    for p, group in zip(parents, np.split(order, starts[1:]), strict=True):
+        rows, slots = np.divmod(group, b)
+        block = layer.blocks[p]
+        m = block.shape[1]
+        scores = (Xb[rows] @ block).toarray()
+        scores = post_process(scores, kind) * beam_score[rows, slots][:, None]
+        cols = slots[:, None] * w + np.arange(m)[None, :]
+        cand_score[rows[:, None], cols] = scores
+        cand_idx[rows[:, None], cols] = layer.ptr[p] + np.arange(m)[None, :]
+    return cand_idx, cand_score
+
+
+def _beam_chunk(
+    Xb: sp.csr_matrix, layers: Sequence[_Layer], beam_size: int, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the beam through ``layers``; returns the last layer's scored candidates (padded)."""
+    n = Xb.shape[0]
+    beam_idx = np.zeros((n, 1), dtype=np.int64)
+    beam_score = np.ones((n, 1), dtype=np.float32)
+    cand_idx, cand_score = beam_idx, beam_score
+    for t, layer in enumerate(layers):
+        cand_idx, cand_score = _expand(Xb, layer, beam_idx, beam_score, kind)
+        if t < len(layers) - 1:
+            beam_idx, beam_score = topk_dense(cand_score, cand_idx, beam_size)
+            beam_score = beam_score.astype(np.float32)
+    return cand_idx, cand_score
+
+
+def _merge_copies(
+    cand_idx: np.ndarray, cand_score: np.ndarray, copy_label: np.ndarray, unique_labels: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map copies to labels; where a label was retrieved through several copies, keep the max."""
+    labels = np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1)
+    if unique_labels:
+        return labels, cand_score
+    n, w = labels.shape
+    order = np.lexsort((-cand_score, labels), axis=1)
+    labels = np.take_along_axis(labels, order, axis=1)
+    scores = np.take_along_axis(cand_score, order, axis=1)
+    dup = np.zeros((n, w), dtype=bool)
+    dup[:, 1:] = (labels[:, 1:] == labels[:, :-1]) & (labels[:, 1:] >= 0)
+    return np.where(dup, -1, labels), np.where(dup, -np.inf, scores)
+
+
+def predict(
+    X: sp.csr_matrix,
+    tree: LabelTree,
+    weights: Sequence[sp.csc_matrix],
+    params: PredictParams,
+    *,
+    bias: float,
+    topk: int | None = None,
+    beam_size: int | None = None,
+) -> sp.csr_matrix:
+    """Top-k label scores (N x n_labels CSR) by beam search; X must be preprocessed like training."""
+    topk = params.topk if topk is None else topk
+    beam_size = params.beam_size if beam_size is None else beam_size
+    layers = [_Layer(W, tree.children_ptr(t)) for t, W in enumerate(weights)]
+    unique = len(np.unique(tree.copy_label)) == len(tree.copy_label)
+    parts = []
+    for start in range(0, X.shape[0], params.chunk_size):
+        Xb = _with_bias(X[start : start + params.chunk_size], bias)
+        cand_idx, cand_score = _beam_chunk(Xb, layers, beam_size, params.post_processor)
+        labels, scores = _merge_copies(cand_idx, cand_score, tree.copy_label, unique)
+        idx, vals = topk_dense(scores, labels, topk)
+        parts.append(from_topk(idx, vals, tree.n_labels))
+    if not parts:
+        return sp.csr_matrix((0, tree.n_labels), dtype=np.float32)
+    return sp.csr_matrix(sp.vstack(parts, format="csr"))
+
+
+def match(
+    X: sp.csr_matrix,
+    tree: LabelTree,
+    weights: Sequence[sp.csc_matrix],
+    params: PredictParams,
+    *,
+    bias: float,
+    beam_size: int | None = None,
+) -> sp.csr_matrix:
+    """Matching matrix M (N x nodes of the last given layer): 1 where the node is in the beam.
+
+    With all layers but the last, this is the method's M over leaf clusters.
+    """
+    beam_size = params.beam_size if beam_size is None else beam_size
+    n_nodes = len(tree.parents[len(weights) - 1])
+    layers = [_Layer(W, tree.children_ptr(t)) for t, W in enumerate(weights)]
+    parts = []
+    for start in range(0, X.shape[0], params.chunk_size):
+        Xb = _with_bias(X[start : start + params.chunk_size], bias)
+        cand_idx, cand_score = _beam_chunk(Xb, layers, beam_size, params.post_processor)
+        idx, _ = topk_dense(cand_score, cand_idx, beam_size)
+        M = from_topk(idx, np.ones(idx.shape, np.float32), n_nodes)
+        parts.append(M)
+    if not parts:
+        return sp.csr_matrix((0, n_nodes), dtype=np.float32)
+    return sp.csr_matrix(sp.vstack(parts, format="csr"))

@@ -1,0 +1,134 @@
+"""Layer-by-layer training of the matcher and the rankers as independent cluster work units.
+
+For layer t, each parent node p is one unit: its children (sub-clusters, or label copies at the
+last layer) are trained one-vs-rest on the instances routed to p, i.e. the instances positive
+for any child of p (teacher-forced negatives, TFN), plus optionally the instances the matcher
+trained so far sends to p (matcher-aware negatives, MAN). A unit depends only on its inputs, so
+units run in any order, on any executor, with the same result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.executor import Executor
+from xmc.params import PredictParams, SolverParams
+from xmc.solver import solve_squared_hinge
+from xmc.sparse import nonzero_rows
+from xmc.tree import LabelTree
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """What every unit of one layer reads: features, the layer's targets, solver params."""
+
+    X: sp.csr_matrix
+    """(N x D) instance features."""
+    Y: sp.csc_matrix
+    """(N x n_children) 0/1: instance i is positive under child c."""
+    solver: SolverParams
+
+
+@dataclass(frozen=True)
+class ClusterUnit:
+    """One parent node of one layer: train children ``[child_start, child_stop)`` on ``rows``."""
+
+    layer: int
+    parent: int
+    child_start: int
+    child_stop: int
+    rows: np.ndarray
+
+    @property
+    def n_children(self) -> int:
+        return self.child_stop - self.child_start
+
+
+@dataclass(frozen=True)
+class ClusterWeights:
+    """Pruned weights of one unit as COO triplets; ``feature == D`` is the bias row."""
+
+    child_start: int
+    child_stop: int
+    feature: np.ndarray
+    child: np.ndarray
+    value: np.ndarray
+
+
+def train_cluster(shared: LayerData, unit: ClusterUnit) -> ClusterWeights:
+    """Fit the unit's children on its rows, restricted to the features that occur there."""
+    X_p = shared.X[unit.rows]
+    features = np.unique(X_p.indices)
+    remap = np.searchsorted(features, X_p.indices)
+    X_local = sp.csr_matrix((X_p.data, remap, X_p.indptr), shape=(X_p.shape[0], len(features)))
+    Y_local = shared.Y[:, unit.child_start : unit.child_stop][unit.rows].toarray()
+    W = solve_squared_hinge(X_local, Y_local, shared.solver)
+    W[np.abs(W) < shared.solver.weight_threshold] = 0.0
+    r, c = np.nonzero(W)
+    global_feature = np.append(features, shared.X.shape[1])[r]  # local row d -> bias row D
+    return ClusterWeights(unit.child_start, unit.child_stop, global_feature.astype(np.int64),
+                          c.astype(np.int64), W[r, c])
+
+
+def layer_units(
+    tree: LabelTree, t: int, Y_t: sp.csc_matrix, matched: sp.csc_matrix | None = None
+) -> list[ClusterUnit]:
+    """Units of layer t: per parent, the rows positive under its children (and matched rows)."""
+    ptr = tree.children_ptr(t)
+    n_rows = Y_t.shape[0]
+    units = []
+    for p in range(tree.n_parents(t)):
+        if t == 0:
+            rows = np.arange(n_rows, dtype=np.int64)
+        else:
+            rows = nonzero_rows(Y_t[:, ptr[p] : ptr[p + 1]])
+            if matched is not None:
+                rows = np.union1d(rows, nonzero_rows(matched[:, p]))
+        units.append(ClusterUnit(t, p, int(ptr[p]), int(ptr[p + 1]), rows))
+    return units
+
+
+def assemble(results: list[ClusterWeights], n_features: int, n_children: int) -> sp.csc_matrix:
+    """Glue unit weights into the layer's ((D + 1) x n_children) CSC matrix, bias row last."""
+    feature = np.concatenate([r.feature for r in results]) if results else np.zeros(0, np.int64)
+    child = np.concatenate([r.child + r.child_start for r in results]) if results else feature
+    value = np.concatenate([r.value for r in results]) if results else np.zeros(0, np.float32)
+    W = sp.csc_matrix((value.astype(np.float32), (feature, child)), shape=(n_features + 1, n_children))
+    W.sort_indices()
+    return W
+
+
+def train_layers(
+    X: sp.csr_matrix,
+    Y: sp.csr_matrix,
+    tree: LabelTree,
+    solver: SolverParams,
+    predict: PredictParams,
+    executor: Executor,
+    layers: list[int] | None = None,
+    weights: list[sp.csc_matrix] | None = None,
+) -> list[sp.csc_matrix]:
+    """Train the given layers (all by default), top-down; other layers keep ``weights``.
+
+    With ``negatives='tfn+man'`` a layer's units also get the rows that the beam search through
+    the layers above (already trained) sends to each parent.
+    """
+    from xmc.predict import match
+
+    targets = tree.layer_targets(Y)
+    out = list(weights) if weights is not None else [None] * tree.n_layers
+    todo = range(tree.n_layers) if layers is None else sorted(layers)
+    for t in todo:
+        matched = None
+        if solver.negatives == "tfn+man" and t > 0:
+            matched = match(X, tree, out[:t], predict, bias=solver.bias).tocsc()  # type: ignore[arg-type]
+        units = layer_units(tree, t, targets[t], matched)
+        results = executor.map(
+            train_cluster, LayerData(X, targets[t], solver), units,
+            desc=f"layer {t + 1}/{tree.n_layers}",
+        )
+        out[t] = assemble(results, X.shape[1], len(tree.parents[t]))
+    return out  # type: ignore[return-value]
