@@ -1,0 +1,64 @@
+"""Predict top-k labels: ``xmc predict --model DIR --x X.tst.npz --topk 5 --out pred.npz``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from xmc.cliutil import run_main
+
+DESCRIPTION = """Score instances with a trained model by beam search and keep the top-k labels.
+
+--out pred.npz   scipy CSR (N x L, the training label index space) holding each row's top-k scores
+--out pred.jsonl one JSON line per instance: {"id": row, "labels": [names...], "scores": [...]},
+                 best first (label names from the model's vocabulary, else column indices)
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model folder written by `xmc train`")
+    p.add_argument("--x", required=True, help="features: X.npz or an XC text file")
+    p.add_argument("--out", required=True, help="pred.npz or pred.jsonl (written atomically)")
+    p.add_argument("--topk", type=int, default=None, help="labels per instance (default: model's topk)")
+    p.add_argument("--beam-size", type=int, default=None, help="beam width (default: model's beam_size)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmc.data import load_features, write_jsonl, write_npz
+    from xmc.model import XMCModel
+    from xmc.sparse import topk_rows
+
+    model = XMCModel.load(args.model)
+    X = load_features(args.x)
+    t0 = time.perf_counter()
+    pred = model.predict(X, topk=args.topk, beam_size=args.beam_size)
+    seconds = time.perf_counter() - t0
+    if args.out.endswith(".jsonl"):
+        k = args.topk or model.params.predict.topk
+        idx, vals = topk_rows(pred, k)
+        names = model.label_names
+
+        def rows():  # type: ignore[no-untyped-def]
+            for i in range(idx.shape[0]):
+                keep = idx[i] >= 0
+                labels = [names[j] if names else int(j) for j in idx[i][keep]]
+                yield {"id": i, "labels": labels, "scores": [round(float(v), 6) for v in vals[i][keep]]}
+
+        write_jsonl(args.out, rows())
+    else:
+        write_npz(args.out, pred)
+    print(f"xmc predict: {X.shape[0]} instances in {seconds:.2f}s "
+          f"({X.shape[0] / max(seconds, 1e-9):.0f}/s) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="xmc predict", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run_main(run, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

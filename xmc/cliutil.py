@@ -1,0 +1,68 @@
+"""Shared CLI plumbing: param flags generated from the params dataclasses, error handling.
+
+Flags are built from the dataclass fields (``max_leaf_size`` -> ``--max-leaf-size``) with the
+field docstring as help and the dataclass default shown, so the CLI can never drift from the
+code's defaults. Only flags the user typed override a ``--config`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from typing import Any
+
+from xmc.errors import XMCError
+from xmc.params import GROUPS, XMCParams, field_docs
+
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": bool}
+
+
+def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = tuple(GROUPS)) -> None:
+    """One flag per parameter field; defaults suppressed so absent flags do not override."""
+    for name in groups:
+        cls = GROUPS[name]
+        docs = field_docs(cls)
+        group = parser.add_argument_group(f"{name} parameters (defaults from xmc.params.{cls.__name__})")
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{docs.get(f.name, '')} (default: {default})"
+            declared = str(f.type)
+            if declared.startswith(("Negatives", "PostProcessor", "Device", "Literal")):
+                from xmc import params as P
+
+                choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS,
+                           "Device": P.DEVICES}.get(declared, ("float32", "float64"))
+                group.add_argument(flag, dest=f.name, choices=choices, default=argparse.SUPPRESS,
+                                   help=help_text)
+            else:
+                group.add_argument(flag, dest=f.name, type=_TYPES.get(declared, str),
+                                   default=argparse.SUPPRESS, metavar=declared.upper(), help=help_text)
+    if "tree" in groups:
+        parser.add_argument("--normalize-rows", dest="normalize_rows",
+                            action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help="L2-normalise feature rows at fit and predict (default: True)")
+
+
+def params_from_args(args: argparse.Namespace) -> XMCParams:
+    """Defaults <- ``--config`` JSON <- explicit flags."""
+    params = XMCParams.from_json(args.config) if getattr(args, "config", None) else XMCParams()
+    known = {f.name for cls in GROUPS.values() for f in fields(cls)} | {"normalize_rows"}
+    overrides = {k: v for k, v in vars(args).items() if k in known}
+    return params.replace(**overrides)
+
+
+def run_main(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; expected errors print one clear line and exit 2 (no traceback)."""
+    try:
+        return fn(args)
+    except XMCError as e:
+        print(f"xmc: error: {e}", file=sys.stderr)
+        return 2
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
