@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 
 from xmc.cliutil import run_main
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         idx, vals = topk_rows(pred, k)
         names = model.label_names
 
-        def rows():  # type: ignore[no-untyped-def]
+        def rows() -> Iterator[dict[str, object]]:
             for i in range(idx.shape[0]):
                 keep = idx[i] >= 0
                 labels = [names[j] if names else int(j) for j in idx[i][keep]]

@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
 
 
 def _load_npz(folder: Path, name: str) -> dict[str, np.ndarray]:
@@ -136,7 +136,9 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
         weights.append(W)
     counts = _load_npz(folder, "labels.npz")["label_counts"]
     if counts.shape != (n_labels,):
-        raise BundleError(f"{folder}/labels.npz: label_counts has shape {counts.shape}, expected ({n_labels},)")
+        raise BundleError(
+            f"{folder}/labels.npz: label_counts has shape {counts.shape}, expected ({n_labels},)"
+        )
     names = None
     if (folder / "label_names.txt").exists():
         names = (folder / "label_names.txt").read_text().split("\n")[:-1]

@@ -38,7 +38,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         from xmc.errors import ParamError
 
-        raise ParamError("device='cuda' but torch sees no GPU: use device='cpu' or install a CUDA build of torch")
+        raise ParamError(
+            "device='cuda' but torch sees no GPU: use device='cpu' or install a CUDA build of torch"
+        )
     return torch.device(device)
 
 

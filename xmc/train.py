@@ -124,11 +124,11 @@ def train_layers(
     for t in todo:
         matched = None
         if solver.negatives == "tfn+man" and t > 0:
-            matched = match(X, tree, out[:t], predict, bias=solver.bias).tocsc()  # type: ignore[arg-type]
+            matched = match(X, tree, out[:t], predict, bias=solver.bias).tocsc()
         units = layer_units(tree, t, targets[t], matched)
         results = executor.map(
             train_cluster, LayerData(X, targets[t], solver), units,
             desc=f"layer {t + 1}/{tree.n_layers}",
         )
         out[t] = assemble(results, X.shape[1], len(tree.parents[t]))
-    return out  # type: ignore[return-value]
+    return out

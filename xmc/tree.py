@@ -92,7 +92,10 @@ class LabelTree:
 
 
 def tree_depth(n_labels: int, max_leaf_size: int) -> int:
-    """Binary depth d with 2^d balanced leaves of at most max_leaf_size labels (at least 1 split)."""
+    """Binary depth d with 2^d balanced leaves of at most max_leaf_size labels (at least 1 split).
+
+    Capped at floor(log2 L) so no leaf is empty; only max_leaf_size 1 can then be exceeded.
+    """
     if n_labels <= 1:
         return 0
     d = max(1, math.ceil(math.log2(n_labels / max_leaf_size)))

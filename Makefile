@@ -1,0 +1,42 @@
+# Two commands a newcomer needs:  `make demo` (set up + train/predict/evaluate on Bibtex)
+# and `make test`. Everything lives in a local virtual environment, .venv/.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default. A GPU user installs their CUDA build of torch into $(VENV) first
+# (any torch>=2.4 satisfies pyproject.toml), and setup keeps it.
+TORCH ?= torch==2.13.0
+PIP_ARGS ?= -q --disable-pip-version-check
+RUN_DIR ?= runs/bibtex
+DATA := data/bibtex
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(PIP_ARGS) "$(TORCH)"
+	$(PY) -m pip install $(PIP_ARGS) -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/xmc train --x $(DATA)/X.trn.npz --y $(DATA)/Y.trn.npz \
+	    --label-names $(DATA)/label_names.txt --model $(RUN_DIR)/model
+	$(VENV)/bin/xmc predict --model $(RUN_DIR)/model --x $(DATA)/X.tst.npz --topk 5 \
+	    --out $(RUN_DIR)/pred.npz
+	$(VENV)/bin/xmc predict --model $(RUN_DIR)/model --x $(DATA)/X.tst.npz --topk 5 \
+	    --out $(RUN_DIR)/pred.jsonl
+	$(VENV)/bin/xmc evaluate --y $(DATA)/Y.tst.npz --pred $(RUN_DIR)/pred.npz --model $(RUN_DIR)/model
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) bench/bibtex.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

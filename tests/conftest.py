@@ -1,0 +1,53 @@
+"""Shared fixtures: the Bibtex data the repository carries, and tiny hand-made problems."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+os.environ.setdefault("XMC_PROGRESS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+BIBTEX = REPO / "data" / "bibtex"
+
+
+@pytest.fixture(scope="session")
+def bibtex() -> dict[str, sp.csr_matrix]:
+    return {name: sp.load_npz(BIBTEX / f"{name}.npz").tocsr()
+            for name in ("X.trn", "Y.trn", "X.tst", "Y.tst")}
+
+
+@pytest.fixture(scope="session")
+def bibtex_model(bibtex):  # type: ignore[no-untyped-def]
+    from xmc import XMCModel
+
+    return XMCModel.fit(bibtex["X.trn"], bibtex["Y.trn"])
+
+
+def topic_data(
+    n: int = 400, n_labels: int = 24, d: int = 60, seed: int = 0
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Separable toy data: label l owns features [l*2, l*2+2) plus noise features."""
+    rng = np.random.default_rng(seed)
+    rows, cols, ys = [], [], []
+    for i in range(n):
+        labels = rng.choice(n_labels, size=rng.integers(1, 3), replace=False)
+        feats = set(rng.choice(np.arange(2 * n_labels, d), size=3, replace=False).tolist())
+        for label in labels:
+            feats.update([2 * int(label), 2 * int(label) + 1])
+            ys.append((i, int(label)))
+        rows += [i] * len(feats)
+        cols += sorted(feats)
+    X = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, d))
+    yr, yc = zip(*ys, strict=True)
+    Y = sp.csr_matrix((np.ones(len(ys), np.float32), (yr, yc)), shape=(n, n_labels))
+    return X, Y
+
+
+@pytest.fixture
+def toy() -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    return topic_data()

@@ -1,0 +1,68 @@
+"""The CLI as a user runs it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import scipy.sparse as sp
+
+from tests.conftest import BIBTEX
+
+
+def xmc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xmc.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_predict_evaluate(tmp_path: Path) -> None:
+    r = xmc("train", "--x", str(BIBTEX / "bibtex_train.txt.gz"), "--model", "m",
+            "--label-names", str(BIBTEX / "label_names.txt"), "--max-leaf-size", "16",
+            "--beam-size", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["layers"] == [[1837, 16], [1837, 159]]
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["params"]["tree"]["max_leaf_size"] == 16
+    assert manifest["params"]["predict"]["beam_size"] == 4
+
+    r = xmc("predict", "--model", "m", "--x", str(BIBTEX / "X.tst.npz"), "--topk", "5",
+            "--out", "pred.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pred = sp.load_npz(tmp_path / "pred.npz")
+    assert pred.shape == (2515, 159) and pred.getnnz(axis=1).max() == 5
+
+    r = xmc("evaluate", "--y", str(BIBTEX / "Y.tst.npz"), "--pred", "pred.npz", "--model", "m",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics["P@1"] > 55 and {"P@5", "R@5", "nDCG@5", "PSP@5"} <= set(metrics)
+
+    r = xmc("predict", "--model", "m", "--x", str(BIBTEX / "X.tst.npz"), "--topk", "3",
+            "--out", "pred.jsonl", cwd=tmp_path)
+    first = json.loads((tmp_path / "pred.jsonl").read_text().splitlines()[0])
+    names = (BIBTEX / "label_names.txt").read_text().split()
+    assert first["id"] == 0 and len(first["labels"]) == 3 and first["labels"][0] in names
+    assert first["scores"] == sorted(first["scores"], reverse=True)
+    best = pred[0].indices[pred[0].data.argmax()]
+    assert first["labels"][0] == names[best]
+
+
+def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_text("2 3 2\n0 1:1\n1 9:1\n")
+    r = xmc("train", "--x", "bad.txt", "--model", "m", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "bad.txt:3: [features] feature 9 out of range [0, 3)" in r.stderr
+    assert not (tmp_path / "m").exists()
+    r = xmc("train", "--x", "bad.txt", "--model", "m", "--branching-factor", "3", cwd=tmp_path)
+    assert r.returncode == 2 and "branching_factor=3 is invalid" in r.stderr
+    r = xmc("predict", "--model", "nope", "--x", "bad.txt", "--out", "p.npz", cwd=tmp_path)
+    assert r.returncode == 2 and "no such model folder" in r.stderr
+
+
+def test_help_lists_commands_and_param_defaults(tmp_path: Path) -> None:
+    r = xmc("--help", cwd=tmp_path)
+    assert all(c in r.stdout for c in ("train", "predict", "evaluate"))
+    r = xmc("train", "--help", cwd=tmp_path)
+    assert "--max-leaf-size" in r.stdout and "(default: 100)" in r.stdout

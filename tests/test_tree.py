@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from xmc.params import TreeParams
+from xmc.sparse import normalize_rows
+from xmc.tree import LabelTree, build_tree, pifa, tree_depth
+
+
+def test_pifa_by_hand() -> None:
+    X = sp.csr_matrix(np.array([[3, 0], [0, 4], [3, 4]], np.float32))
+    Y = sp.csr_matrix(np.array([[1, 0], [1, 1], [0, 1]], np.float32))
+    Z = pifa(X, Y).toarray()
+    np.testing.assert_allclose(Z, [[0.6, 0.8], [3 / np.sqrt(73), 8 / np.sqrt(73)]], rtol=1e-6)
+
+
+def test_depth() -> None:
+    assert tree_depth(159, 100) == 1 and tree_depth(159, 16) == 4
+    assert tree_depth(1, 100) == 0 and tree_depth(3, 1) == 1
+
+
+@pytest.mark.parametrize(
+    ("n_labels", "leaf", "branch"), [(159, 100, 16), (159, 16, 16), (300, 4, 4), (5, 1, 2)]
+)
+def test_balanced_deterministic_contiguous(n_labels: int, leaf: int, branch: int) -> None:
+    rng = np.random.default_rng(0)
+    Z = normalize_rows(sp.random(n_labels, 30, density=0.3, random_state=rng, dtype=np.float32).tocsr())
+    params = TreeParams(branching_factor=branch, max_leaf_size=leaf, seed=3)
+    tree = build_tree(Z, params)
+    again = build_tree(Z, params)
+    assert all(np.array_equal(a, b) for a, b in zip(tree.parents, again.parents, strict=True))
+    assert np.array_equal(tree.copy_label, again.copy_label)
+    assert sorted(tree.copy_label) == list(range(n_labels))  # every label exactly once
+    sizes = np.bincount(tree.parents[-1])
+    assert sizes.max() - sizes.min() <= 1  # balanced leaves
+    # the bound holds unless it would need empty leaves (max_leaf_size 1 with L not a power of 2)
+    assert sizes.max() <= max(leaf, int(np.ceil(n_labels / 2 ** np.floor(np.log2(n_labels)))))
+    for t in range(1, tree.n_layers - 1):
+        assert np.bincount(tree.parents[t]).max() <= branch
+    C = tree.label_cluster_matrix()
+    assert C.shape == (n_labels, tree.n_clusters) and np.all(C.sum(1) == 1)
+
+
+def test_layer_targets_follow_ancestors() -> None:
+    # 4 labels, 2 leaves: labels {0, 2} in leaf 0, {1, 3} in leaf 1.
+    tree = LabelTree((np.array([0, 0]), np.array([0, 0, 1, 1])), np.array([0, 2, 1, 3]), 4)
+    Y = sp.csr_matrix(np.array([[0, 0, 1, 0], [0, 1, 0, 1], [0, 0, 0, 0]], np.float32))
+    top, leaf = tree.layer_targets(Y)
+    assert top.toarray().tolist() == [[1, 0], [0, 1], [0, 0]]
+    assert leaf.toarray().tolist() == [[0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
+
+
+def test_tree_validation() -> None:
+    with pytest.raises(ValueError, match="sorted by parent"):
+        LabelTree((np.array([0, 0]), np.array([1, 0])), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match="out of range"):
+        LabelTree((np.array([0, 0]), np.array([0, 2])), np.array([0, 1]), 2)
