@@ -32,10 +32,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(seed: int, max_leaf_size: int) -> dict[str, float]:
+def run(seed: int, max_leaf_size: int, rounds: int = 0) -> dict[str, float]:
     X, Y = read_npz(DATA / "X.trn.npz"), read_npz(DATA / "Y.trn.npz", binary=True)
     Xt, Yt = read_npz(DATA / "X.tst.npz"), read_npz(DATA / "Y.tst.npz", binary=True)
-    params = XMCParams().replace(seed=seed, max_leaf_size=max_leaf_size, beam_size=10)
+    params = XMCParams().replace(seed=seed, max_leaf_size=max_leaf_size, beam_size=10, rounds=rounds)
     t0 = time.perf_counter()
     model = XMCModel.fit(X, Y, params)
     fit_s = time.perf_counter() - t0
@@ -51,12 +51,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="tree seeds to run (0..n-1)")
     ap.add_argument("--max-leaf-size", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="disentanglement rounds (0 = the XR-Linear-class baseline these bars are for)")
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args()
-    run(0, args.max_leaf_size)  # warm-up: imports, torch kernels
-    rows = [run(s, args.max_leaf_size) for s in range(args.seeds)]
+    run(0, args.max_leaf_size, args.rounds)  # warm-up: imports, torch kernels
+    rows = [run(s, args.max_leaf_size, args.rounds) for s in range(args.seeds)]
     cols = ["seed", "P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "fit_s", "predict_s"]
-    print(f"Bibtex XC split, max_leaf_size={args.max_leaf_size}, beam 10, 2515 test docs")
+    print(f"Bibtex XC split, max_leaf_size={args.max_leaf_size}, beam 10, rounds={args.rounds}, "
+          "2515 test docs")
     print(" | ".join(f"{c:>8}" for c in cols))
     for r in rows:
         print(" | ".join(f"{r[c]:>8.2f}" if c != "seed" else f"{r[c]:>8d}" for c in cols))
@@ -67,7 +70,7 @@ def main() -> None:
     print(f"fit time ratio to PECOS: {mean['fit_s'] / PECOS['fit_s']:.2f}x (target <= 3x); "
           f"predict ratio {mean['predict_s'] / PECOS['predict_s']:.2f}x")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (whole process, torch included)")
-    if args.max_leaf_size == 100:
+    if args.max_leaf_size == 100 and args.rounds == 0:
         for k, bar in BARS.items():
             worst = min(r[k] for r in rows)
             print(f"bar {k} >= {bar}: {'PASS' if worst >= bar else 'FAIL'} (worst seed {worst:.2f})")

@@ -20,9 +20,10 @@ def xmc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_train_predict_evaluate(tmp_path: Path) -> None:
     r = xmc("train", "--x", str(BIBTEX / "bibtex_train.txt.gz"), "--model", "m",
             "--label-names", str(BIBTEX / "label_names.txt"), "--max-leaf-size", "16",
-            "--beam-size", "4", cwd=tmp_path)
+            "--beam-size", "4", "--rounds", "1", "--max-copies", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["layers"] == [[1837, 16], [1837, 159]]
+    layers = json.loads(r.stdout)["layers"]
+    assert layers[0] == [1837, 16] and 159 < layers[1][1] <= 2 * 159  # label copies, lambda = 2
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["params"]["tree"]["max_leaf_size"] == 16
     assert manifest["params"]["predict"]["beam_size"] == 4
@@ -31,7 +32,7 @@ def test_train_predict_evaluate(tmp_path: Path) -> None:
             "--out", "pred.npz", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     pred = sp.load_npz(tmp_path / "pred.npz")
-    assert pred.shape == (2515, 159) and pred.getnnz(axis=1).max() == 5
+    assert pred.shape == (2515, 159) and pred.getnnz(axis=1).max() == 5  # copies merged to labels
 
     r = xmc("evaluate", "--y", str(BIBTEX / "Y.tst.npz"), "--pred", "pred.npz", "--model", "m",
             cwd=tmp_path)

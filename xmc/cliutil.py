@@ -31,13 +31,16 @@ def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = t
             flag = "--" + f.name.replace("_", "-")
             help_text = f"{docs.get(f.name, '')} (default: {default})"
             declared = str(f.type)
-            if declared.startswith(("Negatives", "PostProcessor", "Device", "Literal")):
+            if declared.startswith(("Negatives", "PostProcessor", "Device", "CopyMerge", "Literal")):
                 from xmc import params as P
 
-                choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS,
-                           "Device": P.DEVICES}.get(declared, ("float32", "float64"))
+                choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS, "Device": P.DEVICES,
+                           "CopyMerge": P.COPY_MERGES}.get(declared, ("float32", "float64"))
                 group.add_argument(flag, dest=f.name, choices=choices, default=argparse.SUPPRESS,
                                    help=help_text)
+            elif declared == "bool":
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=help_text)
             else:
                 group.add_argument(flag, dest=f.name, type=_TYPES.get(declared, str),
                                    default=argparse.SUPPRESS, metavar=declared.upper(), help=help_text)

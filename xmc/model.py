@@ -69,7 +69,12 @@ class XMCModel:
         executor: Executor | None = None,
         label_names: list[str] | None = None,
     ) -> XMCModel:
-        """Build the label tree from PIFA embeddings and train every layer."""
+        """Build the label tree from PIFA embeddings, train every layer, then run the rounds.
+
+        With ``validation_fraction > 0`` a seeded share of the rows is held out: the model is
+        trained on the rest, every round is scored on it, and the rounds stop (keeping the best)
+        once P@1 stops improving. Round records land in ``model.info["rounds"]``.
+        """
         params = params or XMCParams()
         check_xy(X, Y)
         if label_names is not None and len(label_names) != Y.shape[1]:
@@ -77,14 +82,18 @@ class XMCModel:
         executor = executor or LocalExecutor()
         Xp = prepare_features(X, params, X.shape[1])
         Y = csr(Y)
-        t0 = time.perf_counter()
-        tree = build_tree(pifa(Xp, Y), params.tree)
-        t1 = time.perf_counter()
-        weights = train_layers(Xp, Y, tree, params.solver, params.predict, executor)
-        t2 = time.perf_counter()
         counts = np.asarray(Y.sum(axis=0)).ravel().astype(np.int64)
-        info = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
-        return cls(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
+        Xt, Yt, Xv, Yv = split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed)
+        t0 = time.perf_counter()
+        tree = build_tree(pifa(Xt, Yt), params.tree)
+        t1 = time.perf_counter()
+        weights = train_layers(Xt, Yt, tree, params.solver, params.predict, executor)
+        t2 = time.perf_counter()
+        info: dict[str, Any] = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
+        model = cls(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
+        if params.disentangle.rounds > 0 and tree.n_layers > 1:
+            model = run_rounds(model, Xt, Yt, Xv, Yv, executor)
+        return model
 
     def predict(
         self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None
@@ -111,6 +120,63 @@ class XMCModel:
         return cls(params, parts["tree"], parts["weights"], parts["n_features"],
                    parts["label_counts"], parts["n_train"], parts["label_names"],
                    parts["manifest"].get("info", {}))
+
+
+def split_validation(
+    X: sp.csr_matrix, Y: sp.csr_matrix, fraction: float, seed: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, sp.csr_matrix | None]:
+    """Seeded row split (train, validation); no validation when fraction is 0."""
+    if fraction <= 0:
+        return X, Y, None, None
+    perm = np.random.default_rng(seed).permutation(X.shape[0])
+    n_val = max(1, int(round(fraction * X.shape[0])))
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return X[train], Y[train], X[val], Y[val]
+
+
+def run_rounds(
+    model: XMCModel, X: sp.csr_matrix, Y: sp.csr_matrix, X_val: sp.csr_matrix | None,
+    Y_val: sp.csr_matrix | None, executor: Executor,
+) -> XMCModel:
+    """Alternate reassignment and retraining for up to R rounds; keep the best by validation P@1."""
+    from xmc.disentangle import RoundRecord, disentangle_round, leaf_size_stats
+    from xmc.metrics import evaluate
+
+    p = model.params
+
+    def validate(m: XMCModel) -> dict[str, float] | None:
+        if X_val is None or Y_val is None:
+            return None
+        pred = predict(X_val, m.tree, m.weights, p.predict, bias=p.solver.bias, topk=5)
+        return evaluate(Y_val, pred, (1, 3, 5))
+
+    base = RoundRecord(0, copies=len(model.tree.copy_label), leaf_sizes=leaf_size_stats(model.tree),
+                       validation=validate(model))
+    records = [base]
+    best, best_round, best_score = model, 0, (base.validation or {}).get("P@1", 0.0)
+    current = model
+    for r in range(1, p.disentangle.rounds + 1):
+        tree, weights, record = disentangle_round(
+            X, Y, current.tree, current.weights, p.solver, p.predict, p.disentangle,
+            p.tree.max_leaf_size, executor, r,
+        )
+        current = XMCModel(p, tree, weights, model.n_features, model.label_counts, model.n_train,
+                           model.label_names, dict(model.info))
+        t0 = time.perf_counter()
+        record.validation = validate(current)
+        record.seconds["validate"] = time.perf_counter() - t0
+        records.append(record)
+        if record.validation is None:
+            best, best_round = current, r
+        elif record.validation["P@1"] > best_score:
+            best, best_round, best_score = current, r, record.validation["P@1"]
+        else:
+            break  # held-out precision stopped improving: keep the best round
+        if record.clusters_changed == 0:
+            break  # fixed point: further rounds would repeat this one
+    best.info["rounds"] = [rec.to_dict() for rec in records]
+    best.info["best_round"] = best_round
+    return best
 
 
 def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:

@@ -81,19 +81,28 @@ def _beam_chunk(
 
 
 def _merge_copies(
-    cand_idx: np.ndarray, cand_score: np.ndarray, copy_label: np.ndarray, unique_labels: bool
+    cand_idx: np.ndarray, cand_score: np.ndarray, copy_label: np.ndarray, unique_labels: bool, how: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Map copies to labels; where a label was retrieved through several copies, keep the max."""
+    """Map copies to labels; a label retrieved through several copies gets their max (or mean)."""
     labels = np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1)
     if unique_labels:
         return labels, cand_score
     n, w = labels.shape
-    order = np.lexsort((-cand_score, labels), axis=1)
+    order = np.lexsort((-cand_score, labels), axis=1)  # per row: by label, best copy first
     labels = np.take_along_axis(labels, order, axis=1)
-    scores = np.take_along_axis(cand_score, order, axis=1)
-    dup = np.zeros((n, w), dtype=bool)
-    dup[:, 1:] = (labels[:, 1:] == labels[:, :-1]) & (labels[:, 1:] >= 0)
-    return np.where(dup, -1, labels), np.where(dup, -np.inf, scores)
+    scores = np.take_along_axis(cand_score, order, axis=1).astype(np.float64)
+    first = np.ones((n, w), dtype=bool)
+    first[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    if how == "mean":
+        flat_first = first.ravel()
+        group = np.cumsum(flat_first) - 1
+        finite = np.isfinite(scores.ravel())
+        sums = np.bincount(group, weights=np.where(finite, scores.ravel(), 0.0))
+        counts = np.bincount(group, weights=finite.astype(np.float64))
+        mean = np.divide(sums, counts, out=np.full_like(sums, -np.inf), where=counts > 0)
+        scores = np.where(first, mean[group].reshape(n, w), scores)
+    keep = first & (labels >= 0)
+    return np.where(keep, labels, -1), np.where(keep, scores, -np.inf)
 
 
 def predict(
@@ -115,7 +124,7 @@ def predict(
     for start in range(0, X.shape[0], params.chunk_size):
         Xb = _with_bias(X[start : start + params.chunk_size], bias)
         cand_idx, cand_score = _beam_chunk(Xb, layers, beam_size, params.post_processor)
-        labels, scores = _merge_copies(cand_idx, cand_score, tree.copy_label, unique)
+        labels, scores = _merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)
         idx, vals = topk_dense(scores, labels, topk)
         parts.append(from_topk(idx, vals, tree.n_labels))
     if not parts:

@@ -9,6 +9,7 @@ units run in any order, on any executor, with the same result.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,13 +75,17 @@ def train_cluster(shared: LayerData, unit: ClusterUnit) -> ClusterWeights:
 
 
 def layer_units(
-    tree: LabelTree, t: int, Y_t: sp.csc_matrix, matched: sp.csc_matrix | None = None
+    tree: LabelTree,
+    t: int,
+    Y_t: sp.csc_matrix,
+    matched: sp.csc_matrix | None = None,
+    parents: Sequence[int] | None = None,
 ) -> list[ClusterUnit]:
-    """Units of layer t: per parent, the rows positive under its children (and matched rows)."""
+    """Units of layer t (all parents, or the given ones): rows positive under a child (+ matched)."""
     ptr = tree.children_ptr(t)
     n_rows = Y_t.shape[0]
     units = []
-    for p in range(tree.n_parents(t)):
+    for p in range(tree.n_parents(t)) if parents is None else parents:
         if t == 0:
             rows = np.arange(n_rows, dtype=np.int64)
         else:
@@ -89,6 +94,13 @@ def layer_units(
                 rows = np.union1d(rows, nonzero_rows(matched[:, p]))
         units.append(ClusterUnit(t, p, int(ptr[p]), int(ptr[p + 1]), rows))
     return units
+
+
+def weights_of(W: sp.csc_matrix, child_start: int, child_stop: int, new_start: int) -> ClusterWeights:
+    """Existing columns ``[child_start, child_stop)`` of W as a unit result placed at ``new_start``."""
+    block = sp.coo_matrix(W[:, child_start:child_stop])
+    return ClusterWeights(new_start, new_start + child_stop - child_start, block.row.astype(np.int64),
+                          block.col.astype(np.int64), block.data.astype(np.float32))
 
 
 def assemble(results: list[ClusterWeights], n_features: int, n_children: int) -> sp.csc_matrix:

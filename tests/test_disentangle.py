@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tests.conftest import topic_data
+from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.composite import make_composite, variation_of_information
+from xmc.disentangle import assign, coverage, precision_gains, tree_with_assignment
+from xmc.params import DisentangleParams
+from xmc.predict import _merge_copies, match
+from xmc.tree import LabelTree
+
+
+def _m(rows: list[list[float]]) -> sp.csr_matrix:
+    return sp.csr_matrix(np.array(rows, np.float32))
+
+
+def test_assign_by_hand() -> None:
+    # 3 labels x 3 clusters; label 0 has 10 positives, label 1 has 4, label 2 has 5.
+    G = _m([[6, 5, 1], [0, 3, 1], [0, 0, 0]])
+    C_old = _m([[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+    n_pos = np.array([10, 4, 5])
+    p = DisentangleParams(max_copies=2, min_gain=2, min_gain_share=0.3)
+    C = assign(G, C_old, n_pos, p, capacity=0).toarray()
+    # label 0: (0,0)=6 and (0,1)=5 pass; (0,2)=1 fails min_gain. label 1: (1,1)=3 passes,
+    # (1,2)=1 fails. label 2: no gain -> keeps its old cluster 1.
+    assert C.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    # Capacity 1 per leaf: greedy by gain: (0,0)=6, then (0,1)=5, then (1,1)=3 refused -> label 1
+    # gets nothing and keeps its old cluster 2.
+    C = assign(G, C_old, n_pos, p, capacity=1).toarray()
+    assert C.tolist() == [[1, 1, 0], [0, 0, 1], [0, 1, 0]]
+    C = assign(G, C_old, n_pos, DisentangleParams(max_copies=1, min_gain=1, min_gain_share=0), 0)
+    assert C.toarray().tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_tree_with_assignment_and_coverage() -> None:
+    tree = LabelTree((np.array([0, 0]), np.array([0, 0, 1])), np.array([0, 1, 2]), 3)
+    C = _m([[1, 1], [1, 0], [0, 1]])
+    new = tree_with_assignment(tree, C)
+    assert new.parents[-1].tolist() == [0, 0, 1, 1] and new.copy_label.tolist() == [0, 1, 0, 2]
+    assert (new.label_cluster_matrix() != C).nnz == 0
+    Y = _m([[1, 0, 1], [0, 1, 0]])
+    M = _m([[0, 1], [0, 1]])  # both instances matched to cluster 1 only
+    assert coverage(Y, M, tree.label_cluster_matrix()) == pytest.approx(1 / 3)  # only (0, label 2)
+    assert coverage(Y, M, C) == pytest.approx(2 / 3)  # label 0 now also in cluster 1
+
+
+def test_merge_copies_max_and_mean() -> None:
+    copy_label = np.array([5, 7, 5])
+    idx = np.array([[0, 1, 2, -1]])
+    score = np.array([[0.2, 0.5, 0.6, -np.inf]], np.float32)
+    labels, s = _merge_copies(idx, score, copy_label, False, "max")
+    got = {int(label): float(v) for label, v in zip(labels[0], s[0], strict=True) if label >= 0}
+    assert got == pytest.approx({5: 0.6, 7: 0.5})
+    labels, s = _merge_copies(idx, score, copy_label, False, "mean")
+    got = {int(label): float(v) for label, v in zip(labels[0], s[0], strict=True) if label >= 0}
+    assert got == pytest.approx({5: 0.4, 7: 0.5})
+
+
+def test_gains_are_a_sum_over_shards(toy) -> None:  # type: ignore[no-untyped-def]
+    X, Y = toy
+    model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, beam_size=2))
+    Xp = model.preprocess(X)
+    args = (Xp, Y, model.tree, model.weights, model.params.predict, 1.0, LocalExecutor())
+    G_one, M_one = precision_gains(*args, shard_rows=10**6)
+    G_many, M_many = precision_gains(*args, shard_rows=37)
+    M = match(Xp, model.tree, model.weights[:-1], model.params.predict, bias=1.0)
+    assert abs(G_one - G_many).max() == 0 and (M_many != M).nnz == 0
+    assert abs(G_one - (Y.T @ M)).max() == 0
+
+
+def multi_sense(seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Toy data where labels 0..3 each also carry the positives of an unrelated label 12..15."""
+    X, Y = topic_data(n=600, n_labels=24, d=60, seed=seed)
+    Y = Y.tolil()
+    for a, b in zip(range(4), range(12, 16), strict=True):
+        Y[:, a] = Y[:, a].maximum(Y[:, b])
+    return X, sp.csr_matrix(Y[:, :20].tocsr())
+
+
+def test_rounds_end_to_end(tmp_path: Path) -> None:
+    X, Y = multi_sense()
+    params = XMCParams().replace(max_leaf_size=4, rounds=2, max_copies=2, gain_beam_size=1,
+                                 validation_fraction=0.2)
+    model = XMCModel.fit(X, Y, params)
+    records = model.info["rounds"]
+    assert records[0]["round"] == 0 and records[0]["validation"]["P@1"] > 0
+    assert 2 <= len(records) <= 3 and model.info["best_round"] in {r["round"] for r in records}
+    r1 = records[1]
+    assert r1["clusters_changed"] > 0 and r1["labels_copied"] > 0
+    assert r1["coverage_after"] >= r1["coverage_before"]
+    assert set(r1["seconds"]) >= {"gains", "assign", "matcher", "rankers", "validate"}
+    pred = model.predict(X, topk=3)
+    assert pred.shape == Y.shape and np.all(np.diff(pred.indptr) == 3)  # real labels, merged
+    model.save(tmp_path / "m")
+    loaded = XMCModel.load(tmp_path / "m")
+    assert (loaded.predict(X, topk=3) != pred).nnz == 0
+    assert loaded.info["rounds"] == records
+
+
+def test_zero_rounds_is_the_baseline(toy) -> None:  # type: ignore[no-untyped-def]
+    X, Y = toy
+    model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0))
+    assert len(model.tree.copy_label) == Y.shape[1] and "rounds" not in model.info
+
+
+def test_composite_pairs_sibling_leaves_and_vi() -> None:
+    X, Y = topic_data(n=300, n_labels=16, d=50)
+    comp = make_composite(X, Y, XMCParams().replace(max_leaf_size=4).tree)
+    paired = comp.halves[comp.halves[:, 1] >= 0]
+    assert len(paired) == 8 and sorted(comp.halves.ravel().tolist()) == list(range(16))
+    Yc = comp.apply(Y)
+    assert Yc.shape == (300, 8)
+    a, b = paired[0]
+    assert (Yc[:, 0] != Y[:, a].maximum(Y[:, b])).nnz == 0
+    assert variation_of_information(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == 0
+    assert variation_of_information(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) == pytest.approx(
+        2 * np.log(2))

@@ -1,0 +1,198 @@
+"""Label disentanglement: precision-gain reassignment of labels to up to lambda leaf clusters.
+
+One round (shared/METHOD.md): match the training set with the current matcher (M, N x K), sum
+the precision gains ``G = Y^T M`` over instance shards (independent work units), give each
+label its best clusters by gain under the lambda / capacity / minimum-gain rules, and retrain
+the rankers of the clusters whose label set changed (the matcher too, if asked). Rounds
+alternate until R or until held-out precision stops improving.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.executor import Executor
+from xmc.params import DisentangleParams, PredictParams, SolverParams
+from xmc.predict import match
+from xmc.sparse import csr
+from xmc.train import LayerData, assemble, layer_units, train_cluster, train_layers, weights_of
+from xmc.tree import LabelTree
+
+SHARD_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class GainInputs:
+    """What every gain shard reads: data, tree and matcher layers (all layers but the last)."""
+
+    X: sp.csr_matrix
+    Y: sp.csr_matrix
+    tree: LabelTree
+    matcher: list[sp.csc_matrix]
+    predict: PredictParams
+    bias: float
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of the training set."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class ShardGains:
+    G: sp.csr_matrix
+    """(L x K) gains of this shard: instances of label l the matcher sends to leaf k."""
+    M: sp.csr_matrix
+    """(rows x K) 0/1 matching of this shard's rows."""
+
+
+def shard_gains(shared: GainInputs, shard: Shard) -> ShardGains:
+    """Match one shard and return its share of ``G = Y^T M`` (a pure work unit)."""
+    Xs = shared.X[shard.start : shard.stop]
+    M = match(Xs, shared.tree, shared.matcher, shared.predict, bias=shared.bias)
+    G = csr(shared.Y[shard.start : shard.stop].T.tocsr() @ M)
+    return ShardGains(G, M)
+
+
+def precision_gains(
+    X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, weights: list[sp.csc_matrix],
+    predict: PredictParams, bias: float, executor: Executor, shard_rows: int = SHARD_ROWS,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(G, M): gains summed over shards, and the stacked matching matrix."""
+    if tree.n_layers < 2:
+        raise ValueError("disentanglement needs a matcher: the tree has a single leaf cluster")
+    shards = [Shard(s, min(s + shard_rows, X.shape[0])) for s in range(0, X.shape[0], shard_rows)]
+    parts = executor.map(shard_gains, GainInputs(X, Y, tree, weights[:-1], predict, bias), shards,
+                         desc="gains")
+    G = parts[0].G
+    for part in parts[1:]:
+        G = G + part.G
+    return csr(G), sp.csr_matrix(sp.vstack([p.M for p in parts], format="csr"))
+
+
+def coverage(Y: sp.csr_matrix, M: sp.csr_matrix, C: sp.csr_matrix) -> float:
+    """``Tr(Y^T Binary(M C^T)) / nnz(Y)``: share of true pairs the matcher can reach under C."""
+    rows, labels = Y.nonzero()
+    if len(rows) == 0:
+        return 0.0
+    reached = np.asarray(M[rows].multiply(C[labels]).sum(axis=1)).ravel() > 0
+    return float(reached.mean())
+
+
+def assign(
+    G: sp.csr_matrix, C_old: sp.csr_matrix, n_pos: np.ndarray, params: DisentangleParams,
+    capacity: int,
+) -> sp.csr_matrix:
+    """New label -> cluster matrix: greedy over gains in descending order (deterministic).
+
+    An entry (l, k) is taken if label l has fewer than ``max_copies`` clusters, leaf k holds
+    fewer than ``capacity`` copies (0 = no cap), and ``G[l, k]`` reaches ``min_gain`` and
+    ``min_gain_share`` of the label's positives. A label that gets nothing keeps its clusters.
+    """
+    G = sp.coo_matrix(G)
+    ok = (G.data >= params.min_gain) & (G.data >= params.min_gain_share * n_pos[G.row])
+    rows, cols, gains = G.row[ok], G.col[ok], G.data[ok]
+    order = np.lexsort((cols, rows, -gains))  # by gain desc, then label, then cluster
+    n_labels, n_clusters = C_old.shape
+    copies = np.zeros(n_labels, dtype=np.int64)
+    load = np.zeros(n_clusters, dtype=np.int64)
+    take_l: list[int] = []
+    take_k: list[int] = []
+    for label, k in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
+        if copies[label] < params.max_copies and (capacity == 0 or load[k] < capacity):
+            copies[label] += 1
+            load[k] += 1
+            take_l.append(label)
+            take_k.append(k)
+    keep_old = sp.diags((copies == 0).astype(np.float32)) @ C_old
+    C_new = sp.csr_matrix((np.ones(len(take_l), np.float32), (take_l, take_k)), shape=C_old.shape)
+    return csr(C_new + keep_old)
+
+
+def tree_with_assignment(tree: LabelTree, C: sp.csr_matrix) -> LabelTree:
+    """Same upper levels; the last layer's copies are the nonzeros of C, sorted by cluster."""
+    Cc = sp.csc_matrix(C)
+    Cc.sort_indices()
+    clusters = np.repeat(np.arange(C.shape[1]), np.diff(Cc.indptr))
+    return LabelTree(tree.parents[:-1] + (clusters.astype(np.int64),), Cc.indices.astype(np.int64),
+                     tree.n_labels)
+
+
+@dataclass
+class RoundRecord:
+    """What one alternation round did; plain data (MLflow logging comes later)."""
+
+    round: int
+    labels_copied: int = 0
+    copies: int = 0
+    clusters_changed: int = 0
+    leaf_sizes: dict[str, float] = field(default_factory=dict)
+    coverage_before: float | None = None
+    coverage_after: float | None = None
+    validation: dict[str, float] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def leaf_size_stats(tree: LabelTree) -> dict[str, float]:
+    sizes = np.bincount(tree.parents[-1], minlength=tree.n_clusters)
+    return {"min": int(sizes.min()), "median": float(np.median(sizes)), "mean": float(sizes.mean()),
+            "max": int(sizes.max())}
+
+
+def disentangle_round(
+    X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, weights: list[sp.csc_matrix],
+    solver: SolverParams, predict: PredictParams, params: DisentangleParams, max_leaf_size: int,
+    executor: Executor, round_no: int,
+) -> tuple[LabelTree, list[sp.csc_matrix], RoundRecord]:
+    """One reassignment round; returns the new tree, new weights and the round's record."""
+    record = RoundRecord(round_no)
+    t0 = time.perf_counter()
+    gain_predict = replace(predict, beam_size=params.gain_beam_size or predict.beam_size)
+    G, M = precision_gains(X, Y, tree, weights, gain_predict, solver.bias, executor)
+    t1 = time.perf_counter()
+    C_old = tree.label_cluster_matrix()
+    n_pos = np.diff(Y.tocsc().indptr)
+    capacity = int(np.ceil(params.leaf_capacity * max_leaf_size)) if params.leaf_capacity else 0
+    C_new = assign(G, C_old, n_pos, params, capacity)
+    new_tree = tree_with_assignment(tree, C_new)
+    changed = np.flatnonzero(np.asarray(abs(C_new - C_old).sum(axis=0)).ravel() > 0)
+    record.coverage_before = coverage(Y, M, C_old)
+    record.coverage_after = coverage(Y, M, C_new)
+    t2 = time.perf_counter()
+    new_weights = list(weights)
+    if params.retrain_matcher and tree.n_layers > 1:
+        new_weights = train_layers(X, Y, new_tree, solver, predict, executor,
+                                   layers=list(range(tree.n_layers - 1)), weights=new_weights)
+    t3 = time.perf_counter()
+    last = tree.n_layers - 1
+    if solver.negatives == "tfn+man":  # ranker negatives depend on the matcher: all change
+        changed = np.arange(new_tree.n_clusters)
+    targets = new_tree.layer_targets(Y)[last]
+    matched = M.tocsc() if solver.negatives == "tfn+man" else None
+    units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
+    results = executor.map(train_cluster, LayerData(X, targets, solver), units,
+                           desc=f"round {round_no}: rankers")
+    old_ptr, new_ptr = tree.children_ptr(last), new_tree.children_ptr(last)
+    kept = np.setdiff1d(np.arange(new_tree.n_clusters), changed)
+    results += [weights_of(weights[last], int(old_ptr[k]), int(old_ptr[k + 1]), int(new_ptr[k]))
+                for k in kept]
+    new_weights[last] = assemble(results, X.shape[1], len(new_tree.copy_label))
+    t4 = time.perf_counter()
+    per_label = np.bincount(new_tree.copy_label, minlength=tree.n_labels)
+    record.labels_copied = int((per_label > 1).sum())
+    record.copies = int(len(new_tree.copy_label))
+    record.clusters_changed = int(len(changed))
+    record.leaf_sizes = leaf_size_stats(new_tree)
+    record.seconds = {"gains": t1 - t0, "assign": t2 - t1, "matcher": t3 - t2, "rankers": t4 - t3}
+    return new_tree, new_weights, record
