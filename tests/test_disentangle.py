@@ -120,3 +120,18 @@ def test_composite_pairs_sibling_leaves_and_vi() -> None:
     assert variation_of_information(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == 0
     assert variation_of_information(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) == pytest.approx(
         2 * np.log(2))
+
+
+def test_explain_lists_each_copy_with_its_gain() -> None:
+    from xmc.explain import explain_label
+
+    X, Y = multi_sense()
+    model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=4, gain_beam_size=1))
+    copied = np.flatnonzero(np.bincount(model.tree.copy_label) > 1)
+    assert len(copied) > 0
+    label = int(copied[0])
+    info = explain_label(model, X, Y, label, top=3)
+    assert len(info["clusters"]) >= 2 and info["positives"] == Y[:, label].nnz
+    assert sum(c["instances"] for c in info["clusters"]) + info["unrouted"] == info["positives"]
+    assert all(c["gain"] >= c["instances"] for c in info["clusters"])
+    assert all(len(c["top_features"]) <= 3 for c in info["clusters"])

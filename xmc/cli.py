@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import evaluate, predict, train
+from jobs import evaluate, explain, predict, train
 from xmc import __version__
 from xmc.cliutil import run_main
 
-COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate}
+COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "explain": explain}
 
 
 def main(argv: list[str] | None = None) -> int:
