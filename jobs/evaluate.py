@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from xmc.cliutil import print_json, run_main
+from xmc.cliutil import job_main, print_json
 
 DESCRIPTION = """Compute P@k, R@k, nDCG@k and PSP@k (percent) of a prediction matrix.
 
@@ -52,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="xmc evaluate", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_main(run, p.parse_args(argv))
+    return job_main("xmc evaluate", DESCRIPTION, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

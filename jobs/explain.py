@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xmc.cliutil import print_json, run_main
+from xmc.cliutil import job_main, print_json
 
 DESCRIPTION = """List a label's clusters with their precision gains and the top features of the
 training instances the matcher routes to each copy (how "apple" the fruit and "Apple" the brand
@@ -44,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="xmc explain", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_main(run, p.parse_args(argv))
+    return job_main("xmc explain", DESCRIPTION, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from xmc.cliutil import run_main
+from xmc.cliutil import job_main
 
 DESCRIPTION = """Score instances with a trained model by beam search and keep the top-k labels.
 
@@ -55,10 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="xmc predict", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_main(run, p.parse_args(argv))
+    return job_main("xmc predict", DESCRIPTION, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from xmc.cliutil import add_param_flags, params_from_args, print_json, run_main
+from xmc.cliutil import add_param_flags, job_main, params_from_args, print_json
 
 DESCRIPTION = """Train the partition-based model (label tree + matcher + per-cluster rankers).
 
@@ -47,10 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="xmc train", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_main(run, p.parse_args(argv))
+    return job_main("xmc train", DESCRIPTION, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

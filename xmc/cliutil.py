@@ -67,5 +67,16 @@ def run_main(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         return 2
 
 
+def job_main(
+    prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int], argv: list[str] | None,
+) -> int:
+    """The ``main(argv)`` of a job run on its own (``python jobs/train.py ...``, spark-submit)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_main(run, parser.parse_args(argv))
+
+
 def print_json(obj: dict[str, Any]) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))

@@ -10,7 +10,7 @@ and the top-k labels returned. No Python loop runs per instance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -105,6 +105,23 @@ def _merge_copies(
     return np.where(keep, labels, -1), np.where(keep, scores, -np.inf)
 
 
+def _scored_chunks(
+    X: sp.csr_matrix, tree: LabelTree, weights: Sequence[sp.csc_matrix], params: PredictParams,
+    bias: float, beam_size: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk of ``chunk_size`` rows, the last given layer's scored candidates (padded)."""
+    layers = [_Layer(W, tree.children_ptr(t)) for t, W in enumerate(weights)]
+    for start in range(0, X.shape[0], params.chunk_size):
+        Xb = _with_bias(X[start : start + params.chunk_size], bias)
+        yield _beam_chunk(Xb, layers, beam_size, params.post_processor)
+
+
+def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
+    if not parts:
+        return sp.csr_matrix((0, n_cols), dtype=np.float32)
+    return sp.csr_matrix(sp.vstack(parts, format="csr"))
+
+
 def predict(
     X: sp.csr_matrix,
     tree: LabelTree,
@@ -118,18 +135,13 @@ def predict(
     """Top-k label scores (N x n_labels CSR) by beam search; X must be preprocessed like training."""
     topk = params.topk if topk is None else topk
     beam_size = params.beam_size if beam_size is None else beam_size
-    layers = [_Layer(W, tree.children_ptr(t)) for t, W in enumerate(weights)]
     unique = len(np.unique(tree.copy_label)) == len(tree.copy_label)
     parts = []
-    for start in range(0, X.shape[0], params.chunk_size):
-        Xb = _with_bias(X[start : start + params.chunk_size], bias)
-        cand_idx, cand_score = _beam_chunk(Xb, layers, beam_size, params.post_processor)
+    for cand_idx, cand_score in _scored_chunks(X, tree, weights, params, bias, beam_size):
         labels, scores = _merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)
         idx, vals = topk_dense(scores, labels, topk)
         parts.append(from_topk(idx, vals, tree.n_labels))
-    if not parts:
-        return sp.csr_matrix((0, tree.n_labels), dtype=np.float32)
-    return sp.csr_matrix(sp.vstack(parts, format="csr"))
+    return _stack(parts, tree.n_labels)
 
 
 def match(
@@ -147,14 +159,8 @@ def match(
     """
     beam_size = params.beam_size if beam_size is None else beam_size
     n_nodes = len(tree.parents[len(weights) - 1])
-    layers = [_Layer(W, tree.children_ptr(t)) for t, W in enumerate(weights)]
     parts = []
-    for start in range(0, X.shape[0], params.chunk_size):
-        Xb = _with_bias(X[start : start + params.chunk_size], bias)
-        cand_idx, cand_score = _beam_chunk(Xb, layers, beam_size, params.post_processor)
+    for cand_idx, cand_score in _scored_chunks(X, tree, weights, params, bias, beam_size):
         idx, _ = topk_dense(cand_score, cand_idx, beam_size)
-        M = from_topk(idx, np.ones(idx.shape, np.float32), n_nodes)
-        parts.append(M)
-    if not parts:
-        return sp.csr_matrix((0, n_nodes), dtype=np.float32)
-    return sp.csr_matrix(sp.vstack(parts, format="csr"))
+        parts.append(from_topk(idx, np.ones(idx.shape, np.float32), n_nodes))
+    return _stack(parts, n_nodes)
