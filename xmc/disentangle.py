@@ -178,7 +178,7 @@ def disentangle_round(
     last = tree.n_layers - 1
     if solver.negatives == "tfn+man":  # ranker negatives depend on the matcher: all change
         changed = np.arange(new_tree.n_clusters)
-    targets = new_tree.layer_targets(Y)[last]
+    targets = new_tree.copy_targets(Y)  # the layers above are not needed to retrain rankers
     matched = M.tocsc() if solver.negatives == "tfn+man" else None
     units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
     results = executor.map(train_cluster, LayerData(X, targets, solver), units,

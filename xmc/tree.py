@@ -76,13 +76,17 @@ class LabelTree:
         C.data[:] = 1.0
         return C
 
+    def copy_targets(self, Y: sp.csr_matrix) -> sp.csc_matrix:
+        """Last layer's targets: (N x n_copies) 0/1, each copy positive on its label's instances."""
+        return sp.csc_matrix(Y.tocsc()[:, self.copy_label], dtype=np.float32)
+
     def layer_targets(self, Y: sp.csr_matrix) -> list[sp.csc_matrix]:
         """Per layer, the (N x n_children) 0/1 matrix of instances positive under each child.
 
         Last layer: ``Y`` restricted to the copies; above: ``Binary(Y_{t+1} P_{t+1})`` with P the
         child -> parent indicator, so an instance is positive for every ancestor of its labels.
         """
-        out: list[sp.csc_matrix] = [sp.csc_matrix(Y.tocsc()[:, self.copy_label], dtype=np.float32)]
+        out: list[sp.csc_matrix] = [self.copy_targets(Y)]
         for t in range(self.n_layers - 1, 0, -1):
             up = out[0] @ indicator(self.parents[t], self.n_parents(t))
             up = sp.csc_matrix(up, dtype=np.float32)
