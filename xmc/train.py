@@ -122,15 +122,19 @@ def train_layers(
     executor: Executor,
     layers: list[int] | None = None,
     weights: list[sp.csc_matrix] | None = None,
+    matcher_targets: sp.csc_matrix | None = None,
 ) -> list[sp.csc_matrix]:
     """Train the given layers (all by default), top-down; other layers keep ``weights``.
+
+    ``matcher_targets`` (N x copies), optional, replaces ``Y`` per copy when deriving the
+    targets of the layers above the last (see ``disentangle.routed_copy_targets``).
 
     With ``negatives='tfn+man'`` a layer's units also get the rows that the beam search through
     the layers above (already trained) sends to each parent.
     """
     from xmc.predict import match
 
-    targets = tree.layer_targets(Y)
+    targets = tree.layer_targets(Y, matcher_targets)
     out = list(weights) if weights is not None else [None] * tree.n_layers
     todo = range(tree.n_layers) if layers is None else sorted(layers)
     for t in todo:

@@ -80,13 +80,14 @@ class LabelTree:
         """Last layer's targets: (N x n_copies) 0/1, each copy positive on its label's instances."""
         return sp.csc_matrix(Y.tocsc()[:, self.copy_label], dtype=np.float32)
 
-    def layer_targets(self, Y: sp.csr_matrix) -> list[sp.csc_matrix]:
+    def layer_targets(self, Y: sp.csr_matrix, last: sp.csc_matrix | None = None) -> list[sp.csc_matrix]:
         """Per layer, the (N x n_children) 0/1 matrix of instances positive under each child.
 
-        Last layer: ``Y`` restricted to the copies; above: ``Binary(Y_{t+1} P_{t+1})`` with P the
-        child -> parent indicator, so an instance is positive for every ancestor of its labels.
+        Last layer: ``Y`` restricted to the copies (or ``last`` if given); above:
+        ``Binary(Y_{t+1} P_{t+1})`` with P the child -> parent indicator, so an instance is
+        positive for every ancestor of its labels.
         """
-        out: list[sp.csc_matrix] = [self.copy_targets(Y)]
+        out: list[sp.csc_matrix] = [self.copy_targets(Y) if last is None else last]
         for t in range(self.n_layers - 1, 0, -1):
             up = out[0] @ indicator(self.parents[t], self.n_parents(t))
             up = sp.csc_matrix(up, dtype=np.float32)
