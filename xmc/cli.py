@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import evaluate, explain, predict, train
+from jobs import evaluate, explain, predict, synth, train
 from xmc import __version__
 from xmc.cliutil import run_main
 
-COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "explain": explain}
+COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "explain": explain,
+            "synth": synth}
 
 
 def main(argv: list[str] | None = None) -> int:

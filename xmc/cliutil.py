@@ -20,30 +20,41 @@ from xmc.params import GROUPS, XMCParams, field_docs
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": bool}
 
 
+def add_dataclass_flags(group: Any, cls: type, choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One flag per field of a params dataclass (``max_leaf_size`` -> ``--max-leaf-size``).
+
+    The field docstring is the help, the dataclass default is shown, and absent flags are
+    suppressed (so they never override a ``--config`` file). ``choices`` maps a declared type
+    name (e.g. ``"Negatives"``) to its allowed values.
+    """
+    docs = field_docs(cls)
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        declared = str(f.type)
+        kind = next((k for k in choices or {} if declared.startswith(k)), None)
+        if choices and kind is not None:
+            group.add_argument(flag, dest=f.name, choices=choices[kind], default=argparse.SUPPRESS,
+                               help=help_text)
+        elif declared == "bool":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=_TYPES.get(declared, str),
+                               default=argparse.SUPPRESS, metavar=declared.upper(), help=help_text)
+
+
 def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = tuple(GROUPS)) -> None:
-    """One flag per parameter field; defaults suppressed so absent flags do not override."""
+    """Flags for the model parameters (``xmc.params``), one argument group per params class."""
+    from xmc import params as P
+
+    choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS, "Device": P.DEVICES,
+               "CopyMerge": P.COPY_MERGES, "Literal": ("float32", "float64")}
     for name in groups:
         cls = GROUPS[name]
-        docs = field_docs(cls)
         group = parser.add_argument_group(f"{name} parameters (defaults from xmc.params.{cls.__name__})")
-        for f in fields(cls):
-            default = f.default if f.default is not MISSING else None
-            flag = "--" + f.name.replace("_", "-")
-            help_text = f"{docs.get(f.name, '')} (default: {default})"
-            declared = str(f.type)
-            if declared.startswith(("Negatives", "PostProcessor", "Device", "CopyMerge", "Literal")):
-                from xmc import params as P
-
-                choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS, "Device": P.DEVICES,
-                           "CopyMerge": P.COPY_MERGES}.get(declared, ("float32", "float64"))
-                group.add_argument(flag, dest=f.name, choices=choices, default=argparse.SUPPRESS,
-                                   help=help_text)
-            elif declared == "bool":
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=help_text)
-            else:
-                group.add_argument(flag, dest=f.name, type=_TYPES.get(declared, str),
-                                   default=argparse.SUPPRESS, metavar=declared.upper(), help=help_text)
+        add_dataclass_flags(group, cls, choices)
     if "tree" in groups:
         parser.add_argument("--normalize-rows", dest="normalize_rows",
                             action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
