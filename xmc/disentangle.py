@@ -72,7 +72,7 @@ def precision_gains(
     shards = [Shard(s, min(s + shard_rows, X.shape[0])) for s in range(0, X.shape[0], shard_rows)]
     parts = executor.map(shard_gains, GainInputs(X, Y, tree, weights[:-1], predict, bias), shards,
                          desc="gains")
-    G = parts[0].G
+    G = parts[0].G.copy()  # results may be read-only views (Ray's object store)
     for part in parts[1:]:
         G = G + part.G
     return csr(G), sp.csr_matrix(sp.vstack([p.M for p in parts], format="csr"))

@@ -147,6 +147,37 @@ class DisentangleParams:
                  "use a share in [0, 0.5), e.g. 0.1")
 
 
+EXECUTORS = ("local", "ray")
+ExecutorKind = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class ExecutorParams:
+    """Where work units run. Not a model parameter: any executor gives the same model."""
+
+    executor: ExecutorKind = "local"
+    """local: in-process; ray: Ray tasks (local Ray, or the cluster at ray_address)."""
+    ray_address: str = ""
+    """Ray cluster to join, e.g. ray://head:10001 or auto ('' = start a local Ray)."""
+    num_workers: int = 0
+    """Parallel Ray tasks to aim for (0 = cluster CPUs / cpus_per_worker)."""
+    cpus_per_worker: int = 1
+    """CPUs each Ray task requests; torch inside it uses this many threads."""
+    memory_per_worker_mb: int = 0
+    """Memory each Ray task requests from the scheduler, in MiB (0 = no request)."""
+    batches_per_worker: int = 2
+    """Units are packed into about this many balanced batches per worker."""
+    max_retries: int = 3
+    """Times a task whose worker died is run again (units are idempotent)."""
+
+    def __post_init__(self) -> None:
+        _require(self.executor in EXECUTORS, "executor", self.executor, f"use one of {EXECUTORS}")
+        for name in ("num_workers", "memory_per_worker_mb", "max_retries"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "use >= 0")
+        for name in ("cpus_per_worker", "batches_per_worker"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "use >= 1")
+
+
 @dataclass(frozen=True)
 class XMCParams:
     """All parameters of a model. ``normalize_rows`` L2-normalises feature rows at fit and predict."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -28,3 +29,18 @@ def progress(
         yield from items
         return
     yield from tqdm(items, desc=desc, total=total, unit="unit", leave=False, dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+@contextmanager
+def progress_bar(*, total: int, desc: str, unit: str = "unit", enabled: bool = True) -> Iterator[Any]:
+    """A bar to ``update(n)`` by hand (work finishing out of order, e.g. remote batches)."""
+    if not (enabled and progress_enabled()):
+        yield _NoBar()
+        return
+    with tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True) as bar:
+        yield bar

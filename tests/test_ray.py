@@ -1,0 +1,91 @@
+"""Ray executor on a real local Ray: same model as the local executor, retries a killed worker;
+the cluster configs it ships are well formed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.params import ExecutorParams
+from xmc.ray_executor import RayExecutor, balanced_batches
+from xmc.synth import SynthSpec, generate
+
+PARAMS = XMCParams().replace(max_leaf_size=16, rounds=1)
+
+
+@pytest.fixture(scope="module")
+def data():  # type: ignore[no-untyped-def]
+    return generate(SynthSpec(n_labels=160, n_features=3000), 3000)
+
+
+@pytest.fixture(scope="module")
+def ray_executor() -> Iterator[RayExecutor]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ex = RayExecutor(ExecutorParams(executor="ray", num_workers=2), show_progress=False)
+    yield ex
+    ex.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_model(data) -> XMCModel:  # type: ignore[no-untyped-def]
+    return XMCModel.fit(data.X, data.Y, PARAMS, executor=LocalExecutor(show_progress=False))
+
+
+def assert_same_model(a: XMCModel, b: XMCModel, X) -> None:  # type: ignore[no-untyped-def]
+    assert np.array_equal(a.tree.copy_label, b.tree.copy_label)
+    assert all(np.array_equal(p, q) for p, q in zip(a.tree.parents, b.tree.parents, strict=True))
+    for Wa, Wb in zip(a.weights, b.weights, strict=True):
+        assert Wa.shape == Wb.shape and abs(Wa - Wb).max() <= 1e-6
+    assert abs(a.predict(X) - b.predict(X)).max() <= 1e-6
+
+
+def test_balanced_batches_pack_heaviest_first() -> None:
+    batches = balanced_batches([10, 1, 1, 1, 9, 2, 8], 3)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    loads = sorted(sum([10, 1, 1, 1, 9, 2, 8][i] for i in b) for b in batches)
+    assert loads == [10, 11, 11]
+    assert balanced_batches([1.0], 4) == [[0]]
+
+
+def test_ray_executor_gives_the_local_model(data, ray_executor, local_model) -> None:  # type: ignore[no-untyped-def]
+    model = XMCModel.fit(data.X, data.Y, PARAMS, executor=ray_executor)
+    assert_same_model(model, local_model, data.X[:500])
+    rankers = [s for s in ray_executor.stats if s["desc"].startswith("round 1")]
+    assert rankers and rankers[0]["batches"] <= 4 and rankers[0]["workers_used"] >= 1
+    assert all(s["worker_peak_rss_mib"] > 0 for s in ray_executor.stats)
+
+
+def test_killed_worker_is_retried_and_the_model_is_unchanged(  # type: ignore[no-untyped-def]
+    data, ray_executor, local_model, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed"
+    ray_executor.kill_once = str(marker)  # the first task to start SIGKILLs its own worker
+    try:
+        model = XMCModel.fit(data.X, data.Y, PARAMS, executor=ray_executor)
+    finally:
+        ray_executor.kill_once = None
+    assert marker.exists()  # a worker process really died mid-run
+    assert_same_model(model, local_model, data.X[:500])
+
+
+def test_cluster_configs_parse_with_required_fields() -> None:
+    cluster = yaml.safe_load((REPO / "cluster_configs/ray/cluster.yaml").read_text())
+    for key in ("cluster_name", "provider", "available_node_types", "head_node_type",
+                "head_start_ray_commands", "worker_start_ray_commands"):
+        assert key in cluster, key
+    assert cluster["head_node_type"] in cluster["available_node_types"]
+    job = yaml.safe_load((REPO / "cluster_configs/ray/rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert "--executor ray" in spec["entrypoint"] and "jobs.train" in spec["entrypoint"]
+    heads = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    workers = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert heads[0]["image"] and workers[0]["replicas"] >= 1
+    assert all(w["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] for w in workers)
