@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from xmc.cliutil import add_dataclass_flags, job_main, print_json
+from xmc.cliutil import add_dataclass_flags, dataclass_from_args, job_main, print_json
 
 DESCRIPTION = """Generate XMC data with a known ground truth of multi-sense labels (xmc/synth.py).
 
@@ -32,14 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from xmc.errors import ParamError
     from xmc.synth import SynthSpec, write
 
     if args.train < 1 or args.test < 0:
         raise ParamError(f"--train must be >= 1 and --test >= 0 (got {args.train}, {args.test})")
-    spec = SynthSpec(**{f.name: getattr(args, f.name) for f in fields(SynthSpec) if hasattr(args, f.name)})
+    spec = dataclass_from_args(SynthSpec, args)
     t0 = time.perf_counter()
     out = write(spec, args.out, args.train, args.test, args.format)
     print_json({"out": str(out), "format": args.format, "train": args.train, "test": args.test,

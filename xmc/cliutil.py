@@ -12,11 +12,12 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from xmc.errors import XMCError
 from xmc.params import GROUPS, XMCParams, field_docs
 
+T = TypeVar("T")
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": bool}
 
 
@@ -59,6 +60,12 @@ def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = t
         parser.add_argument("--normalize-rows", dest="normalize_rows",
                             action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                             help="L2-normalise feature rows at fit and predict (default: True)")
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """An instance of a flags dataclass from parsed args (absent flags keep the defaults)."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
 def params_from_args(args: argparse.Namespace) -> XMCParams:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,6 +19,9 @@ from xmc.predict import predict
 from xmc.sparse import csr, normalize_rows
 from xmc.train import train_layers
 from xmc.tree import LabelTree, build_tree, pifa
+
+if TYPE_CHECKING:
+    from xmc.checkpoint import Checkpoint, RoundState
 
 
 def check_xy(X: sp.spmatrix, Y: sp.spmatrix | None = None) -> None:
@@ -68,12 +71,16 @@ class XMCModel:
         *,
         executor: Executor | None = None,
         label_names: list[str] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
     ) -> XMCModel:
         """Build the label tree from PIFA embeddings, train every layer, then run the rounds.
 
         With ``validation_fraction > 0`` a seeded share of the rows is held out: the model is
         trained on the rest, every round is scored on it, and the rounds stop (keeping the best)
         once P@1 stops improving. Round records land in ``model.info["rounds"]``.
+        With ``checkpoint_dir`` the state is saved after the baseline and after every round;
+        ``resume=True`` continues from the last saved round instead of starting over.
         """
         params = params or XMCParams()
         check_xy(X, Y)
@@ -84,6 +91,14 @@ class XMCModel:
         Y = csr(Y)
         counts = np.asarray(Y.sum(axis=0)).ravel().astype(np.int64)
         Xt, Yt, Xv, Yv = split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed)
+        ckpt = None
+        if checkpoint_dir is not None:
+            from xmc.checkpoint import Checkpoint, fingerprint
+
+            ckpt = Checkpoint(checkpoint_dir, params, fingerprint(Xp, Y))
+            state = ckpt.load() if resume else None
+            if state is not None:
+                return run_rounds(state.current, Xt, Yt, Xv, Yv, executor, ckpt, state)
         t0 = time.perf_counter()
         tree = build_tree(pifa(Xt, Yt), params.tree)
         t1 = time.perf_counter()
@@ -92,7 +107,7 @@ class XMCModel:
         info: dict[str, Any] = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
         model = cls(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
         if params.disentangle.rounds > 0 and tree.n_layers > 1:
-            model = run_rounds(model, Xt, Yt, Xv, Yv, executor)
+            model = run_rounds(model, Xt, Yt, Xv, Yv, executor, ckpt)
         return model
 
     def predict(
@@ -103,11 +118,13 @@ class XMCModel:
         return predict(self.preprocess(X), self.tree, self.weights, self.params.predict,
                        bias=self.params.solver.bias, topk=topk, beam_size=beam_size)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, *, extra_dirs: dict[str, str | Path] | None = None) -> None:
+        """Write the model folder; ``extra_dirs`` (e.g. the text vectorizer) are stored and checksummed in it."""
         save_bundle(
             path, tree=self.tree, weights=self.weights, n_features=self.n_features,
             label_counts=self.label_counts, n_train=self.n_train, label_names=self.label_names,
             meta={"xmc_version": __version__, "params": self.params.to_dict(), "info": self.info},
+            extra_dirs=extra_dirs,
         )
 
     @classmethod
@@ -136,9 +153,14 @@ def split_validation(
 
 def run_rounds(
     model: XMCModel, X: sp.csr_matrix, Y: sp.csr_matrix, X_val: sp.csr_matrix | None,
-    Y_val: sp.csr_matrix | None, executor: Executor,
+    Y_val: sp.csr_matrix | None, executor: Executor, checkpoint: Checkpoint | None = None,
+    state: RoundState | None = None,
 ) -> XMCModel:
-    """Alternate reassignment and retraining for up to R rounds; keep the best by validation P@1."""
+    """Alternate reassignment and retraining for up to R rounds; keep the best by validation P@1.
+
+    ``state`` (from a checkpoint) continues after its round; ``checkpoint`` saves every round.
+    """
+    from xmc.checkpoint import RoundState
     from xmc.disentangle import RoundRecord, disentangle_round, leaf_size_stats
     from xmc.metrics import evaluate
 
@@ -150,32 +172,40 @@ def run_rounds(
         pred = predict(X_val, m.tree, m.weights, p.predict, bias=p.solver.bias, topk=5)
         return evaluate(Y_val, pred, (1, 3, 5))
 
-    base = RoundRecord(0, copies=len(model.tree.copy_label), leaf_sizes=leaf_size_stats(model.tree),
-                       validation=validate(model))
-    records = [base]
-    best, best_round, best_score = model, 0, (base.validation or {}).get("P@1", 0.0)
-    current = model
-    for r in range(1, p.disentangle.rounds + 1):
+    if state is None:
+        base = RoundRecord(0, copies=len(model.tree.copy_label), leaf_sizes=leaf_size_stats(model.tree),
+                           validation=validate(model))
+        state = RoundState(0, model, model, 0, (base.validation or {}).get("P@1", 0.0), [base.to_dict()])
+        if checkpoint is not None:
+            checkpoint.save(state)
+    for r in range(state.round + 1, p.disentangle.rounds + 1):
+        if state.finished:
+            break
+        current = state.current
         tree, weights, record = disentangle_round(
             X, Y, current.tree, current.weights, p.solver, p.predict, p.disentangle,
             p.tree.max_leaf_size, executor, r,
         )
         current = XMCModel(p, tree, weights, model.n_features, model.label_counts, model.n_train,
-                           model.label_names, dict(model.info))
+                           model.label_names, {k: v for k, v in model.info.items() if k != "rounds"})
         t0 = time.perf_counter()
         record.validation = validate(current)
         record.seconds["validate"] = time.perf_counter() - t0
-        records.append(record)
+        state.round, state.current = r, current
+        state.records.append(record.to_dict())
         if record.validation is None:
-            best, best_round = current, r
-        elif record.validation["P@1"] > best_score:
-            best, best_round, best_score = current, r, record.validation["P@1"]
+            state.best, state.best_round = current, r
+        elif record.validation["P@1"] > state.best_score:
+            state.best, state.best_round, state.best_score = current, r, record.validation["P@1"]
         else:
-            break  # held-out precision stopped improving: keep the best round
+            state.finished = True  # held-out precision stopped improving: keep the best round
         if record.clusters_changed == 0:
-            break  # fixed point: further rounds would repeat this one
-    best.info["rounds"] = [rec.to_dict() for rec in records]
-    best.info["best_round"] = best_round
+            state.finished = True  # fixed point: further rounds would repeat this one
+        if checkpoint is not None:
+            checkpoint.save(state)
+    best = state.best
+    best.info["rounds"] = list(state.records)
+    best.info["best_round"] = state.best_round
     return best
 
 

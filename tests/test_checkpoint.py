@@ -1,0 +1,62 @@
+"""Round checkpoints: an interrupted run resumes from its last finished round without redoing it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.errors import BundleError
+from xmc.synth import SynthSpec, generate
+
+PARAMS = XMCParams().replace(max_leaf_size=16, rounds=2, validation_fraction=0.1)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAtRound2(LocalExecutor):
+    """A real local executor that dies (like a killed driver) when round 2 starts training."""
+
+    def map(
+        self, fn: Callable[[Any, Any], Any], shared: Any, units: Sequence[Any], *, desc: str = ""
+    ) -> list[Any]:
+        if desc.startswith("round 2") or (desc == "gains" and getattr(self, "_rounds_seen", 0) >= 1):
+            raise Interrupted(desc)
+        if desc == "gains":
+            self._rounds_seen = getattr(self, "_rounds_seen", 0) + 1
+        return super().map(fn, shared, units, desc=desc)
+
+
+def test_resume_continues_after_the_last_finished_round(tmp_path: Path) -> None:
+    data = generate(SynthSpec(n_labels=160, n_features=3000, seed=3), 3000)
+    X, Y = data.X, data.Y
+    full = XMCModel.fit(X, Y, PARAMS, executor=LocalExecutor(show_progress=False))
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Interrupted):
+        XMCModel.fit(X, Y, PARAMS, executor=StopAtRound2(show_progress=False), checkpoint_dir=ckpt)
+    saved = sorted(p.name for p in ckpt.iterdir())
+    assert "state.json" in saved and "round_1" in saved
+    left = json.loads((ckpt / "state.json").read_text())
+    assert left["round"] == 1 and not left["finished"]
+    resumed = XMCModel.fit(X, Y, PARAMS, executor=LocalExecutor(show_progress=False),
+                           checkpoint_dir=ckpt, resume=True)
+    records = resumed.info["rounds"]
+    assert [r["round"] for r in records] == [r["round"] for r in full.info["rounds"]]
+    # round 1 was not redone: its record, timings included, is the interrupted run's own
+    assert records[1] == left["records"][1]
+    assert records[1]["seconds"] != full.info["rounds"][1]["seconds"]  # timings differ run to run
+    assert np.array_equal(resumed.tree.copy_label, full.tree.copy_label)
+    for a, b in zip(resumed.weights, full.weights, strict=True):
+        assert abs(a - b).max() == 0
+    assert resumed.info["best_round"] == full.info["best_round"]
+    with pytest.raises(BundleError, match="other params"):
+        XMCModel.fit(X, Y, PARAMS.replace(max_copies=3), checkpoint_dir=ckpt, resume=True)
+    with pytest.raises(BundleError, match="other training data"):
+        XMCModel.fit(X[:-1], Y[:-1], PARAMS, checkpoint_dir=ckpt, resume=True)
