@@ -8,7 +8,9 @@ put in the object store once per ``map``; numpy buffers reach workers without co
 pure and idempotent, so a task whose worker dies is simply run again (``max_retries``), and
 results come back in unit order: the same inputs give the same model as the local executor.
 
-Inside a task torch gets ``cpus_per_worker`` threads, so workers never oversubscribe cores.
+Inside a task torch gets as many threads as the task reserved CPUs (``cpus_per_worker``, or more
+when a map has fewer batches than workers, e.g. the root layer's single unit), so workers never
+oversubscribe cores and a lone heavy unit does not leave the others idle.
 """
 
 from __future__ import annotations
@@ -130,6 +132,13 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         return max(1, cpus // self.params.cpus_per_worker)
 
+    @staticmethod
+    def _node_cpus() -> int:
+        """CPUs of the largest live node: a task cannot reserve more than one node has."""
+        import ray
+
+        return int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1))
+
     def map(
         self, fn: Callable[[S, U], R], shared: S, units: Sequence[U], *, desc: str = ""
     ) -> list[R]:
@@ -141,13 +150,16 @@ class RayExecutor:
         n_workers = self.workers()
         batches = balanced_batches([unit_cost(u) for u in units], n_workers * p.batches_per_worker)
         shared_ref = ray.put(shared)
-        options: dict[str, Any] = {"num_cpus": p.cpus_per_worker, "max_retries": p.max_retries,
+        # fewer batches than workers (e.g. the root layer: one unit): give each the idle CPUs
+        spare = min(n_workers * p.cpus_per_worker // len(batches), self._node_cpus())
+        threads = max(p.cpus_per_worker, spare)
+        options: dict[str, Any] = {"num_cpus": threads, "max_retries": p.max_retries,
                                    "retry_exceptions": False}
         if p.memory_per_worker_mb:
             options["memory"] = p.memory_per_worker_mb * 1024 * 1024
         task = self._remote.options(**options)
         pending = {
-            task.remote(fn, shared_ref, [units[i] for i in b], b, p.cpus_per_worker, self.kill_once): len(b)
+            task.remote(fn, shared_ref, [units[i] for i in b], b, threads, self.kill_once): len(b)
             for b in batches
         }
         out: list[Any] = [None] * len(units)
