@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from xmc.cliutil import job_main
 
@@ -14,12 +15,17 @@ DESCRIPTION = """Score instances with a trained model by beam search and keep th
 --out pred.npz   scipy CSR (N x L, the training label index space) holding each row's top-k scores
 --out pred.jsonl one JSON line per instance: {"id": row, "labels": [names...], "scores": [...]},
                  best first (label names from the model's vocabulary, else column indices)
+--input docs.jsonl|.parquet  raw text records {id, text} instead of --x: vectorized with the text
+                 vectorizer saved in the model (trained with `xmc train --data BUNDLE`); "id" in
+                 the output is the record's id
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder written by `xmc train`")
-    p.add_argument("--x", required=True, help="features: X.npz or an XC text file")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--x", help="features: X.npz or an XC text file")
+    source.add_argument("--input", help="raw text records {id, text[, labels]}: JSONL or Parquet")
     p.add_argument("--out", required=True, help="pred.npz or pred.jsonl (written atomically)")
     p.add_argument("--topk", type=int, default=None, help="labels per instance (default: model's topk)")
     p.add_argument("--beam-size", type=int, default=None, help="beam width (default: model's beam_size)")
@@ -31,7 +37,17 @@ def run(args: argparse.Namespace) -> int:
     from xmc.sparse import topk_rows
 
     model = XMCModel.load(args.model)
-    X = load_features(args.x)
+    ids: list[str] | None = None
+    if args.input:
+        from xmc.data import read_records
+        from xmc.vectorizer import TextVectorizer
+
+        vectorizer = TextVectorizer.load(Path(args.model) / "vectorizer")
+        records = read_records(args.input, require_labels=False)
+        ids = [rec.id for rec in records]
+        X = vectorizer.transform(rec.text for rec in records)
+    else:
+        X = load_features(args.x)
     t0 = time.perf_counter()
     pred = model.predict(X, topk=args.topk, beam_size=args.beam_size)
     seconds = time.perf_counter() - t0
@@ -44,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             for i in range(idx.shape[0]):
                 keep = idx[i] >= 0
                 labels = [names[j] if names else int(j) for j in idx[i][keep]]
-                yield {"id": i, "labels": labels, "scores": [round(float(v), 6) for v in vals[i][keep]]}
+                doc_id = ids[i] if ids is not None else i
+                yield {"id": doc_id, "labels": labels, "scores": [round(float(v), 6) for v in vals[i][keep]]}
 
         write_jsonl(args.out, rows())
     else:

@@ -5,6 +5,7 @@
     layer_<t>.npz     layer t's weights (CSC arrays), bias row last
     labels.npz        training label counts (propensities for PSP@k)
     label_names.txt   optional label vocabulary, one name per line
+    <extra>/...       optional folders stored with the model, e.g. ``vectorizer/`` (JSON + npz)
 
 Loading checks format, version, checksums and every shape, so a corrupt or foreign folder
 fails with a clear message instead of predicting garbage. A bundle is written atomically.
@@ -13,6 +14,8 @@ fails with a clear message instead of predicting garbage. A bundle is written at
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +52,16 @@ def save_bundle(
     n_train: int,
     label_names: list[str] | None,
     meta: dict[str, Any],
+    extra_dirs: Mapping[str, str | Path] | None = None,
 ) -> None:
-    """Write the bundle atomically (a reader never sees a half-written model)."""
+    """Write the bundle atomically (a reader never sees a half-written model).
+
+    ``extra_dirs`` maps a folder name in the bundle to a source folder copied there (the text
+    vectorizer a model predicts raw text with); its files are checksummed like the others.
+    """
     with atomic_dir(path) as tmp:
+        for name, source in (extra_dirs or {}).items():
+            shutil.copytree(source, tmp / name)
         _save_npz(tmp / "tree.npz", copy_label=tree.copy_label,
                   **{f"parent_{t}": p for t, p in enumerate(tree.parents)})
         for t, W in enumerate(weights):
@@ -71,7 +81,8 @@ def save_bundle(
                 {"n_parents": tree.n_parents(t), "n_children": int(W.shape[1]), "nnz": int(W.nnz)}
                 for t, W in enumerate(weights)
             ],
-            "files": {f.name: sha256(f) for f in sorted(tmp.iterdir())},
+            "files": {f.relative_to(tmp).as_posix(): sha256(f)
+                      for f in sorted(tmp.rglob("*")) if f.is_file()},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

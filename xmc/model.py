@@ -119,7 +119,7 @@ class XMCModel:
                        bias=self.params.solver.bias, topk=topk, beam_size=beam_size)
 
     def save(self, path: str | Path, *, extra_dirs: dict[str, str | Path] | None = None) -> None:
-        """Write the model folder; ``extra_dirs`` (e.g. the text vectorizer) are stored and checksummed in it."""
+        """Write the model folder; ``extra_dirs`` (e.g. the text vectorizer) are stored in it, checksummed."""
         save_bundle(
             path, tree=self.tree, weights=self.weights, n_features=self.n_features,
             label_counts=self.label_counts, n_train=self.n_train, label_names=self.label_names,

@@ -1,0 +1,227 @@
+"""Read the featurizer's input in Spark and flag every bad record with its file, line and field.
+
+Records are never dropped silently: each row carries a ``bad`` struct (kind, field, message),
+null when the record is fine. The job then either fails with counts and examples, or (with
+``skip_bad``) skips exactly the flagged rows and reports them in the manifest. Everything is
+native Spark SQL (JSON parsed to VARIANT, so the type of each field is known), no Python UDF.
+
+Line numbers of text files: each line gets ``monotonically_increasing_id`` in the scan; within
+one file split those ids are consecutive, so ``line = id - first id of the split + lines in the
+earlier splits of the file + 1``. Parquet rows use ``_metadata.row_index``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from xmc.errors import DataFormatError
+
+RECORD_COLUMNS = ("path", "line", "key", "id", "text", "labels", "bad", "snippet")
+_BLANK = r"(?U)^\s*$"
+_INTEGER_TYPES = r"^(TINYINT|SMALLINT|INT|BIGINT|DECIMAL\(\d+,0\))$"
+
+
+def local_path(uri: str) -> str:
+    """``file:/a/b%20c`` (how Spark names files) -> ``/a/b c``; other schemes unchanged."""
+    if uri.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlparse(uri).path)
+    return uri
+
+
+def bad(kind: str, field_name: str | None, message: Column | str) -> Column:
+    """The ``bad`` struct of a flagged record."""
+    msg = F.lit(message) if isinstance(message, str) else message
+    return F.struct(F.lit(kind).alias("kind"), F.lit(field_name).cast("string").alias("field"),
+                    msg.alias("message"))
+
+
+def first_bad(checks: Sequence[tuple[Column, Column]]) -> Column:
+    """The first failing check's ``bad`` struct (checks in order of precedence), else null."""
+    expr = F.when(checks[0][0], checks[0][1])
+    for cond, value in checks[1:]:
+        expr = expr.when(cond, value)
+    return expr
+
+
+def read_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
+    """Text lines as ``(path, line, key, value)``: 1-based line numbers per file, unique ``key``."""
+    raw = spark.read.text(list(paths)).select(
+        F.col("_metadata.file_path").alias("path"), F.col("_metadata.file_block_start").alias("block"),
+        F.monotonically_increasing_id().alias("key"), "value")
+    earlier = Window.partitionBy("path").orderBy("block").rowsBetween(Window.unboundedPreceding, -1)
+    blocks = (raw.groupBy("path", "block").agg(F.count(F.lit(1)).alias("n"), F.min("key").alias("key0"))
+              .select("path", "block", "key0",
+                      F.coalesce(F.sum("n").over(earlier), F.lit(0)).alias("before")))
+    return raw.join(F.broadcast(blocks), ["path", "block"]).select(
+        "path", (F.col("key") - F.col("key0") + F.col("before") + 1).alias("line"), "key", "value")
+
+
+def read_jsonl(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
+    """JSON lines -> records ``(path, line, key, id, text, labels, bad, snippet)``."""
+    lines = read_lines(spark, paths).withColumn("v", F.try_parse_json("value"))
+
+    def kind_of(name: str) -> Column:
+        return F.schema_of_variant(F.try_variant_get("v", f"$.{name}", "variant"))
+
+    df = lines.select(
+        "path", "line", "key", F.substring("value", 1, 200).alias("snippet"),
+        F.col("value").rlike(_BLANK).alias("blank"), F.col("v").isNull().alias("malformed"),
+        F.schema_of_variant("v").alias("t_record"),
+        kind_of("id").alias("t_id"), kind_of("text").alias("t_text"), kind_of("labels").alias("t_labels"),
+        F.try_variant_get("v", "$.id", "string").alias("id"),
+        F.try_variant_get("v", "$.text", "string").alias("text"),
+        F.try_variant_get("v", "$.labels", "array<string>").alias("labels"),
+    )
+
+    def missing(t: str) -> Column:
+        return F.col(t).isNull() | (F.col(t) == "VOID")
+
+    def got(what: str, t: str) -> Column:
+        return F.concat(F.lit(what + ", got "), F.lower(F.col(t)))
+
+    checks = [
+        (F.col("blank"), bad("empty_line", None, "empty line (JSONL holds one object per line)")),
+        (F.col("malformed"), bad("malformed_json", None, "malformed JSON")),
+        (~F.col("t_record").startswith("OBJECT"), bad("not_object", None, "a record must be a JSON object")),
+        (missing("t_id"), bad("missing_field", "id", "missing field 'id'")),
+        (~F.col("t_id").rlike(_INTEGER_TYPES) & (F.col("t_id") != "STRING"),
+         bad("bad_type", "id", got("id must be a string or integer", "t_id"))),
+        (missing("t_text"), bad("missing_field", "text", "missing field 'text'")),
+        (F.col("t_text") != "STRING", bad("bad_type", "text", got("text must be a string", "t_text"))),
+        (missing("t_labels"), bad("missing_field", "labels", "missing field 'labels'")),
+        (~F.col("t_labels").isin("ARRAY<STRING>", "ARRAY<VOID>"),
+         bad("bad_type", "labels", got("labels must be a list of strings", "t_labels"))),
+    ]
+    return _common_checks(df, checks)
+
+
+def read_parquet(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
+    """Parquet ``{id, text, labels}`` -> records; a wrongly typed column fails at once (every row is bad)."""
+    df = spark.read.parquet(*paths)
+    where = local_path(paths[0])
+    types = {f.name: f.dataType for f in df.schema.fields}
+    expected = {"id": "string or integer", "text": "string", "labels": "array<string>"}
+    for name in expected:
+        if name not in types:
+            raise DataFormatError(f"missing column {name!r}; have {sorted(types)}", path=where, field=name)
+    ok = {
+        "id": isinstance(types["id"], T.StringType | T.IntegralType),
+        "text": isinstance(types["text"], T.StringType),
+        "labels": isinstance(types["labels"], T.ArrayType)
+        and isinstance(types["labels"].elementType, T.StringType),
+    }
+    for name, good in ok.items():
+        if not good:
+            raise DataFormatError(f"column {name} has type {types[name].simpleString()}, expected "
+                                  f"{expected[name]}", path=where, field=name)
+    df = df.select(
+        F.col("_metadata.file_path").alias("path"), (F.col("_metadata.row_index") + 1).alias("line"),
+        F.monotonically_increasing_id().alias("key"), F.col("id").cast("string").alias("id"),
+        "text", "labels",
+        F.substring(F.to_json(F.struct(F.col("id"), F.substring("text", 1, 100).alias("text"), "labels")),
+                    1, 200).alias("snippet"))
+    checks = [
+        (F.col("id").isNull(), bad("missing_field", "id", "missing field 'id'")),
+        (F.col("text").isNull(), bad("missing_field", "text", "missing field 'text'")),
+        (F.col("labels").isNull(), bad("missing_field", "labels", "missing field 'labels'")),
+    ]
+    return _common_checks(df, checks)
+
+
+def _common_checks(df: DataFrame, checks: list[tuple[Column, Column]]) -> DataFrame:
+    """Checks of both formats: empty text, bad label values (duplicate ids: ``mark_duplicate_ids``)."""
+    label_bad = F.filter("labels", lambda x: x.isNull() | x.rlike(_BLANK) | x.contains("\n"))
+    first_label_bad = F.coalesce(F.try_element_at(label_bad, F.lit(1)), F.lit("null"))
+    checks = checks + [
+        (F.col("text").rlike(_BLANK), bad("empty_text", "text", "text is empty")),
+        (F.size(label_bad) > 0, bad("bad_label", "labels", F.format_string(
+            "label '%s' must be a non-empty one-line string", first_label_bad))),
+    ]
+    return df.select("path", "line", "key", "id", "text", F.array_distinct("labels").alias("labels"),
+                     first_bad(checks).alias("bad"), "snippet")
+
+
+def mark_duplicate_ids(df: DataFrame) -> DataFrame:
+    """Flag every good record whose id an earlier good record (by file, line) already has.
+
+    Only the (small) table of repeated ids is built and joined back, so the text is not shuffled;
+    ``df`` is read twice, so persist it first (else the input is parsed twice).
+    """
+    first = (df.filter(F.col("bad").isNull()).groupBy("id")
+             .agg(F.count(F.lit(1)).alias("n"), F.min(F.struct("path", "line")).alias("first"))
+             .filter(F.col("n") > 1).select("id", "first"))
+    dup = bad("duplicate_id", "id", F.format_string(
+        "duplicate id '%s' (first seen at %s:%d)", F.col("id"),
+        F.element_at(F.split(F.col("first.path"), "/"), -1), F.col("first.line")))
+    is_dup = F.col("bad").isNull() & F.col("first").isNotNull() & (F.struct("path", "line") != F.col("first"))
+    return df.join(first, "id", "left").select(
+        *[F.when(is_dup, dup).otherwise(F.col("bad")).alias("bad") if c == "bad" else F.col(c)
+          for c in RECORD_COLUMNS])
+
+
+@dataclass
+class BadRecords:
+    """What was wrong with the input: counts per kind and the first examples (file, line, field)."""
+
+    total: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "by_kind": self.by_kind, "examples": self.examples}
+
+    def error(self) -> DataFormatError:
+        """The job's failure: the first bad record as the error, every count and example after it."""
+        first = self.examples[0]
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.by_kind.items()))
+        lines = [f"  {e['path']}:{e['line']}: " + (f"[{e['field']}] " if e["field"] else "") + e["message"]
+                 for e in self.examples]
+        more = (f"\n{self.total} bad record(s) ({kinds}); first {len(self.examples)}:\n" + "\n".join(lines)
+                + "\nfix them, or rerun with --skip-bad to skip them (they are counted in the manifest)")
+        return DataFormatError(first["message"] + more, path=first["path"], line=first["line"],
+                               field=first["field"])
+
+
+def bad_records(records: DataFrame, max_examples: int) -> BadRecords:
+    """Count the flagged records by kind and fetch the first examples in file order."""
+    flagged = records.filter(F.col("bad").isNotNull())
+    by_kind = flagged.groupBy(F.col("bad.kind").alias("kind")).count().collect()
+    counts = {r["kind"]: int(r["count"]) for r in by_kind}
+    if not counts:
+        return BadRecords()
+    rows = (flagged.orderBy("path", "line").limit(max_examples)
+            .select("path", "line", "bad.field", "bad.message", "snippet").collect())
+    examples = [{"path": local_path(r["path"]), "line": int(r["line"]), "field": r["field"],
+                 "message": r["message"], "record": r["snippet"]} for r in rows]
+    return BadRecords(sum(counts.values()), counts, examples)
+
+
+def detect_format(inputs: Sequence[str], declared: str) -> str:
+    """'jsonl', 'parquet' or 'xc' from the declared format, else from the name and the first line."""
+    if declared != "auto":
+        return declared
+    first = inputs[0]
+    name = Path(first).name.lower()
+    if name.endswith(".parquet") or (Path(first).is_dir() and any(Path(first).glob("*.parquet"))):
+        return "parquet"
+    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")):
+        return "jsonl"
+    if Path(first).is_file():
+        from xmc.data.xc import open_text
+
+        with open_text(first) as f:
+            head = f.readline().split()
+        if len(head) == 3 and all(t.isdigit() for t in head):
+            return "xc"
+        if head and head[0].startswith("{"):
+            return "jsonl"
+    raise DataFormatError("cannot tell the input format from the name or first line; "
+                          "pass --input-format jsonl|parquet|xc", path=first)

@@ -1,0 +1,199 @@
+"""The fitted text transform, re-implemented in numpy/scipy for prediction without Spark.
+
+``xmc featurize`` fits a vocabulary and IDF in Spark and saves them with the exact tokenizer
+settings; ``TextVectorizer`` applies the same transform to new documents on one machine:
+
+    lowercase -> tokens (regex matches, length >= min_token_length) -> drop stop words
+    -> terms = tokens (+ adjacent token pairs "a b" when ngram_max = 2) -> counts of vocabulary terms
+    -> tf = 1 + ln(count) (sublinear) or count -> tf * idf, idf = ln((1 + N) / (1 + df)) + 1
+    -> L2-normalised row
+
+Spark tokenizes with Java regexes, whose ``(?U)\\w`` differs from Python's ``\\w`` (Python leaves out
+combining marks, so it would cut Hindi or decomposed accents into pieces). ``\\w`` in the token
+pattern is therefore expanded here into Java's class (letters, marks, digits, connector
+punctuation, join controls), so both sides cut the same tokens. The folder holds JSON and npz only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.errors import BundleError
+
+FORMAT = "xmc-vectorizer"
+SCHEMA_VERSION = 1
+# Java's (?U)\w: Alphabetic (letters, letter numbers, Other_Alphabetic), marks, decimal digits,
+# connector punctuation, join controls. Other_Alphabetic symbols outside those categories:
+_JAVA_WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nl", "Mn", "Mc", "Me", "Nd", "Pc"})
+_JAVA_WORD_EXTRA = ((0x200C, 0x200D), (0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169),
+                    (0x1F170, 0x1F189))
+_ASSIGNED_PLANES = ((0, 0x40000), (0xE0000, 0xF0000))
+
+
+@functools.lru_cache(maxsize=1)
+def java_word_class() -> str:
+    """The body of a Python character class matching what Java's ``(?U)\\w`` matches."""
+    n = sys.maxunicode + 1
+    ok = np.zeros(n, bool)
+    for lo, hi in _ASSIGNED_PLANES:  # planes 4-13 and 15-16 hold no word characters
+        ok[lo:hi] = np.fromiter((unicodedata.category(chr(cp)) in _JAVA_WORD_CATEGORIES
+                                 for cp in range(lo, hi)), bool, hi - lo)
+    for lo, hi in _JAVA_WORD_EXTRA:
+        ok[lo : hi + 1] = True
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], ok, [False]]).astype(np.int8)))
+    esc = re.escape
+    return "".join(esc(chr(lo)) if lo == hi - 1 else f"{esc(chr(lo))}-{esc(chr(hi - 1))}"
+                   for lo, hi in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def python_pattern(token_pattern: str) -> str:
+    r"""The token pattern for Python's ``re`` with every ``\w`` replaced by Java's ``(?U)\w`` class."""
+    if "\\w" not in token_pattern:
+        return token_pattern
+    body = java_word_class()
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(token_pattern):
+        c = token_pattern[i]
+        if c == "\\" and i + 1 < len(token_pattern):
+            pair = token_pattern[i : i + 2]
+            out.append((body if in_class else f"[{body}]") if pair == "\\w" else pair)
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def java_pattern(token_pattern: str) -> str:
+    r"""The token pattern for Spark's (Java) tokenizer: Unicode classes on, so ``\w`` is not ASCII-only."""
+    return "(?U)" + token_pattern
+
+
+def utf16_len(token: str) -> int:
+    """Java's String.length (UTF-16 units), which Spark's minimum token length counts."""
+    return len(token) + sum(1 for ch in token if ord(ch) > 0xFFFF)
+
+
+@dataclass
+class TextVectorizer:
+    """Vocabulary, IDF and the tokenizer settings they were fitted with."""
+
+    vocab: list[str]
+    idf: np.ndarray
+    lowercase: bool = True
+    token_pattern: str = r"\w+"
+    min_token_length: int = 2
+    stop_words: tuple[str, ...] = ()
+    ngram_max: int = 1
+    sublinear_tf: bool = True
+    l2_normalize: bool = True
+    n_docs: int = 0
+    _index: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.idf = np.asarray(self.idf, dtype=np.float64)
+        if self.idf.shape != (len(self.vocab),):
+            raise BundleError(f"vectorizer: {len(self.vocab)} terms but {self.idf.shape} idf values")
+        self._index = {term: j for j, term in enumerate(self.vocab)}
+        if len(self._index) != len(self.vocab):
+            raise BundleError("vectorizer: the vocabulary repeats a term")
+        self._regex = re.compile(python_pattern(self.token_pattern))
+        self._stop = frozenset(w.lower() for w in self.stop_words)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.vocab)
+
+    def tokens(self, text: str) -> list[str]:
+        """Tokens after lowercasing, the length filter and stop-word removal (Spark's order)."""
+        if self.lowercase:
+            text = text.lower()
+        m = self.min_token_length
+        toks = [t for t in self._regex.findall(text) if len(t) >= m or utf16_len(t) >= m]
+        if self._stop:
+            toks = [t for t in toks if t.lower() not in self._stop]
+        return toks
+
+    def terms(self, text: str) -> list[str]:
+        """Tokens, then adjacent pairs joined by a space when ngram_max = 2 (Spark's NGram)."""
+        toks = self.tokens(text)
+        if self.ngram_max == 2:
+            return toks + [f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)]
+        return toks
+
+    def transform(self, texts: Iterable[str]) -> sp.csr_matrix:
+        """(N x n_features) float32 CSR; terms outside the vocabulary are ignored."""
+        indptr = [0]
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        index = self._index
+        for text in texts:
+            counts = Counter(c for t in self.terms(text) if (c := index.get(t)) is not None)
+            if counts:
+                j = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
+                tf = np.array([counts[k] for k in j.tolist()], dtype=np.float64)
+                v = (1.0 + np.log(tf) if self.sublinear_tf else tf) * self.idf[j]
+                if self.l2_normalize:
+                    v = v / np.sqrt(np.sum(v * v))
+                cols.append(j)
+                vals.append(v)
+            indptr.append(indptr[-1] + len(counts))
+        n = len(indptr) - 1
+        col = np.concatenate(cols).astype(np.int32) if cols else np.zeros(0, np.int32)
+        val = np.concatenate(vals).astype(np.float32) if vals else np.zeros(0, np.float32)
+        return sp.csr_matrix((val, col, np.asarray(indptr, np.int64)), shape=(n, self.n_features))
+
+    def config(self) -> dict[str, Any]:
+        return {"lowercase": self.lowercase, "token_pattern": self.token_pattern,
+                "min_token_length": self.min_token_length, "stop_words": list(self.stop_words),
+                "ngram_max": self.ngram_max, "sublinear_tf": self.sublinear_tf,
+                "l2_normalize": self.l2_normalize, "n_docs": self.n_docs}
+
+    def save(self, folder: str | Path) -> None:
+        """``vectorizer.json`` (settings), ``vocab.json`` (terms by index), ``idf.npz``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "n_features": self.n_features,
+                "idf": "ln((1 + n_docs) / (1 + df)) + 1", **self.config()}
+        (folder / "vectorizer.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
+        np.savez(folder / "idf.npz", idf=self.idf)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TextVectorizer:
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "vectorizer.json").read_text())
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            with np.load(folder / "idf.npz", allow_pickle=False) as z:
+                idf = z["idf"]
+        except FileNotFoundError as e:
+            raise BundleError(f"{folder}: no fitted vectorizer here ({Path(e.filename).name} missing); "
+                              "train from a text bundle made by `xmc featurize`") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise BundleError(f"{folder}: unreadable vectorizer ({e})") from None
+        if meta.get("format") != FORMAT or meta.get("schema_version") != SCHEMA_VERSION:
+            raise BundleError(f"{folder}/vectorizer.json: not an {FORMAT} v{SCHEMA_VERSION} file")
+        if not isinstance(vocab, list) or len(vocab) != meta.get("n_features"):
+            raise BundleError(f"{folder}/vocab.json: expected a list of {meta.get('n_features')} terms")
+        keys = ("lowercase", "token_pattern", "min_token_length", "ngram_max", "sublinear_tf",
+                "l2_normalize", "n_docs")
+        return cls(vocab, idf, stop_words=tuple(meta["stop_words"]), **{k: meta[k] for k in keys})
+
