@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xmc.cliutil import (
     add_dataclass_flags,
@@ -16,6 +16,9 @@ from xmc.cliutil import (
     params_from_args,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from xmc.tracking import TrackingParams
 
 DESCRIPTION = """Train the partition-based model (label tree + matcher + per-cluster rankers).
 
@@ -45,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_dataclass_flags(p.add_argument_group("execution (defaults from xmc.params.ExecutorParams)"),
                         ExecutorParams, {"ExecutorKind": EXECUTORS})
+    from xmc.tracking import TrackingParams
+
+    tracking = p.add_argument_group("MLflow tracking: logged after the fit when any of these is given "
+                                    "(defaults from xmc.tracking.TrackingParams)")
+    add_dataclass_flags(tracking, TrackingParams)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         from xmc.errors import ParamError
 
         raise ParamError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
+    tracking = _tracking_from_args(args)
     executor = make_executor(dataclass_from_args(ExecutorParams, args))
     print(f"xmc train: executor: {executor.describe()}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -73,10 +82,32 @@ def run(args: argparse.Namespace) -> int:
                          checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     fit_s = time.perf_counter() - t0
     model.save(args.model, extra_dirs=extra_dirs)
+    logged: dict[str, Any] = {}
+    if tracking is not None:
+        from xmc.tracking import log_training
+
+        run_params = {"input": str(args.data or args.x), "executor": executor.describe()}
+        result = log_training(model, args.model, tracking, X, Y, fit_seconds=fit_s, extra_params=run_params)
+        logged = {"mlflow": result.to_dict()}
+        print(f"xmc train: logged to MLflow at {result.tracking_uri} (experiment {tracking.experiment!r}, "
+              f"run {result.run_id})" + (f", registered {result.registered_name} v{result.version}"
+                                         f"{' as champion' if result.champion_set else ''}"
+                                         if result.version else ""), file=sys.stderr)
     print_json({"model": args.model, "fit_seconds": round(fit_s, 3),
                 "layers": [list(W.shape) for W in model.weights],
-                "nnz": [int(W.nnz) for W in model.weights], **model.info})
+                "nnz": [int(W.nnz) for W in model.weights], **model.info, **logged})
     return 0
+
+
+def _tracking_from_args(args: argparse.Namespace) -> TrackingParams | None:
+    """TrackingParams when any tracking flag was given (else None: mlflow is never imported)."""
+    from dataclasses import fields
+
+    from xmc.tracking import TrackingParams
+
+    if not any(hasattr(args, f.name) for f in fields(TrackingParams)):
+        return None
+    return dataclass_from_args(TrackingParams, args)
 
 
 def _from_bundle(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None, dict[str, str | Path] | None]:
@@ -88,7 +119,8 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None, 
         raise ParamError("--data BUNDLE holds the labels and their names: drop --y / --label-names")
     split = load_split(args.data, "train")
     vectorizer = Path(args.data) / "vectorizer"
-    return split.X, split.Y, load_label_names(args.data), {"vectorizer": vectorizer} if vectorizer.is_dir() else None
+    extra: dict[str, str | Path] | None = {"vectorizer": vectorizer} if vectorizer.is_dir() else None
+    return split.X, split.Y, load_label_names(args.data), extra
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,239 @@
+"""MLflow tracking and registry on the real engines: SQLite stores in tmp dirs, a real `mlflow server`,
+a real `mlflow models serve`, and a fresh Python process loading ``models:/NAME@champion``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from xmc import XMCModel, XMCParams
+from xmc.errors import DataFormatError
+from xmc.synth import SynthSpec, generate
+from xmc.tracking import CHAMPION, TrackingParams, champion_uri, log_training, metric_key, round_metrics
+from xmc.vectorizer import TextVectorizer
+
+PARAMS = ["--max-leaf-size", "8", "--rounds", "1", "--validation-fraction", "0.2"]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This interpreter's bin folder first on PATH: mlflow execs `uvicorn` from there."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sqlite_uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    """Poll until the URL answers 200 (or the process died, or time ran out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group we started (server and its workers), then wait."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A model trained on raw text: synthetic documents written out as words, a fitted vectorizer."""
+    folder = tmp_path_factory.mktemp("text")
+    block = generate(SynthSpec(n_labels=60, n_features=500), 800)
+    texts = [" ".join(f"w{j}" for j in block.X[i].indices) for i in range(block.X.shape[0])]
+    vectorizer = TextVectorizer([f"w{j}" for j in range(500)], np.ones(500))
+    vectorizer.save(folder / "vectorizer")
+    names = [f"label-{j}" for j in range(60)]
+    params = XMCParams().replace(max_leaf_size=8, rounds=1, validation_fraction=0.2)
+    model = XMCModel.fit(vectorizer.transform(texts), block.Y, params, label_names=names)
+    model.save(folder / "model", extra_dirs={"vectorizer": folder / "vectorizer"})
+    return {"folder": folder, "model": model, "texts": texts, "Y": block.Y,
+            "X": vectorizer.transform(texts)}
+
+
+@pytest.fixture(scope="module")
+def registered_text(text_model: dict[str, Any]) -> dict[str, Any]:
+    """The text model logged to a temporary SQLite store and registered as ``xmc-text``."""
+    uri = sqlite_uri(text_model["folder"])
+    result = log_training(text_model["model"], text_model["folder"] / "model",
+                          TrackingParams(tracking_uri=uri, experiment="text", register_as="xmc-text"),
+                          text_model["X"], text_model["Y"], fit_seconds=1.0)
+    return {**text_model, "uri": uri, "result": result}
+
+
+def test_round_metrics_are_flat_mlflow_names() -> None:
+    rec = {"round": 1, "labels_copied": 3, "copies": 13, "clusters_changed": 2,
+           "leaf_sizes": {"min": 4, "max": 6}, "coverage_before": 0.5, "coverage_after": None,
+           "validation": {"P@1": 50.0}, "seconds": {"gains": 0.25}}
+    assert metric_key("nDCG@5") == "nDCG_at_5"
+    assert round_metrics(rec) == {"labels_copied": 3.0, "copies": 13.0, "clusters_changed": 2.0,
+                                  "coverage_before": 0.5, "leaf_size_min": 4.0, "leaf_size_max": 6.0,
+                                  "val_P_at_1": 50.0, "seconds_gains": 0.25}
+
+
+def test_cli_logs_to_default_sqlite_and_registers_champion_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from jobs.train import main
+
+    block = generate(SynthSpec(n_labels=60, n_features=500), 800)
+    sp.save_npz(tmp_path / "X.npz", block.X)
+    sp.save_npz(tmp_path / "Y.npz", block.Y)
+    monkeypatch.chdir(tmp_path)  # the default store is ./mlflow.db, as MLflow's own default
+    assert main(["--x", "X.npz", "--y", "Y.npz", "--model", "m", "--register-as", "xmc-bow",
+                 "--run-name", "nightly", *PARAMS]) == 0
+    assert (tmp_path / "mlflow.db").is_file()
+
+    client = mlflow.MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    exp = client.get_experiment_by_name("xmc")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "nightly")
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.run_name)
+    assert [c.info.run_name for c in children] == ["round-0", "round-1"]
+    assert children[1].data.params["round"] == "1" and "val_P_at_5" in children[1].data.metrics
+    assert parent.data.params["tree.max_leaf_size"] == "8"
+    assert len(parent.data.tags["data_fingerprint"]) == 64 and "version.mlflow" in parent.data.tags
+    for key in ("model_bytes", "peak_rss_bytes", "heldout_PSP_at_5", "heldout_nDCG_at_3"):
+        assert parent.data.metrics[key] > 0
+    curve = client.get_metric_history(parent.info.run_id, "val_P_at_1")
+    assert sorted(m.step for m in curve) == [0, 1]
+    files = {a.path for d in ("plots", "assignment", "rounds", "config")
+             for a in client.list_artifacts(parent.info.run_id, d)}
+    assert {"plots/precision_by_round.png", "plots/leaf_sizes.png", "plots/label_frequency_vs_precision.png",
+            "assignment/summary.json", "assignment/copied_labels.csv", "rounds/rounds.json",
+            "config/params.json"} <= files
+    assert str(client.get_model_version_by_alias("xmc-bow", CHAMPION).version) == "1"
+
+    # a second registration adds a version but leaves the champion where it is
+    model = XMCModel.load(tmp_path / "m")
+    again = log_training(model, tmp_path / "m", TrackingParams(register_as="xmc-bow"), block.X, block.Y,
+                         fit_seconds=1.0)
+    assert (again.version, again.champion_set) == ("2", False)
+    assert str(client.get_model_version_by_alias("xmc-bow", CHAMPION).version) == "1"
+
+    # a BoW model takes sparse rows; raw text is refused with the reason
+    pyfunc = mlflow.pyfunc.load_model(champion_uri("xmc-bow"))
+    rows = pd.DataFrame({"indices": [block.X[i].indices.tolist() for i in range(3)],
+                         "values": [block.X[i].data.tolist() for i in range(3)]})
+    out = pyfunc.predict(rows, params={"topk": 3})
+    expected = model.predict(block.X[:3], topk=3).toarray().argmax(axis=1)
+    assert [labels[0] for labels in out["labels"]] == [str(j) for j in expected]
+    assert all(len(s) == 3 and s == sorted(s, reverse=True) for s in out["scores"])
+    with pytest.raises(DataFormatError, match="no text vectorizer"):
+        pyfunc.predict(["some raw text"])
+
+
+def test_champion_loads_in_a_fresh_process_on_raw_text(registered_text: dict[str, Any]) -> None:
+    assert registered_text["result"].champion_set
+    code = ("import json, sys, mlflow, pandas as pd\n"
+            f"m = mlflow.pyfunc.load_model({champion_uri('xmc-text')!r})\n"
+            "texts = json.loads(sys.stdin.read())\n"
+            "out = m.predict(texts, params={'topk': 2})\n"
+            "framed = m.predict(pd.DataFrame({'text': texts}), params={'topk': 2})\n"
+            "assert framed['labels'].tolist() == out['labels'].tolist()\n"
+            "print(json.dumps({'labels': out['labels'].tolist(), 'scores': out['scores'].tolist()}))\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_text["uri"]}
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(registered_text["texts"][:4]),
+                       capture_output=True, text=True, env=env, timeout=120,
+                       cwd=registered_text["folder"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    model: XMCModel = registered_text["model"]
+    top = model.predict(registered_text["X"][:4], topk=2).toarray().argmax(axis=1)
+    assert [labels[0] for labels in out["labels"]] == [f"label-{j}" for j in top]
+    assert all(len(labels) == 2 for labels in out["labels"])
+
+
+@pytest.fixture
+def served(registered_text: dict[str, Any]) -> Iterator[str]:
+    """`mlflow models serve --env-manager local` on the champion, on a free port; stopped after."""
+    port = free_port()
+    log = registered_text["folder"] / "serve.log"
+    env = child_env(MLFLOW_TRACKING_URI=registered_text["uri"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion_uri("xmc-text"),
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, cwd=registered_text["folder"], stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def test_models_serve_answers_raw_text(served: str, registered_text: dict[str, Any]) -> None:
+    body = json.dumps({"inputs": registered_text["texts"][:2], "params": {"topk": 3}}).encode()
+    req = urllib.request.Request(f"{served}/invocations", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        answer = json.loads(r.read())
+    rows = answer["predictions"]
+    assert len(rows) == 2 and all(len(row["labels"]) == 3 and len(row["scores"]) == 3 for row in rows)
+    assert all(name.startswith("label-") for row in rows for name in row["labels"])
+
+
+def test_mlflow_server_receives_run_and_registry(tmp_path: Path, text_model: dict[str, Any]) -> None:
+    import mlflow
+
+    port = free_port()
+    env = child_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(tmp_path),
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("wb"),
+        start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_http(f"{uri}/health", proc, tmp_path / "server.log")
+        result = log_training(text_model["model"], text_model["folder"] / "model",
+                              TrackingParams(tracking_uri=uri, experiment="served", register_as="xmc-srv"),
+                              text_model["X"], text_model["Y"], fit_seconds=1.0)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        assert client.get_run(result.run_id).data.metrics["heldout_P_at_1"] > 0
+        assert str(client.get_model_version_by_alias("xmc-srv", CHAMPION).version) == "1"
+        assert any(a.path == "plots" for a in client.list_artifacts(result.run_id))
+    finally:
+        stop(proc)
+    assert proc.returncode is not None
