@@ -23,7 +23,15 @@ import scipy.sparse as sp
 from xmc import XMCModel, XMCParams
 from xmc.errors import DataFormatError
 from xmc.synth import SynthSpec, generate
-from xmc.tracking import CHAMPION, TrackingParams, champion_uri, log_training, metric_key, round_metrics
+from xmc.tracking import (
+    CHAMPION,
+    TrackingParams,
+    champion_uri,
+    ensure_champion,
+    log_training,
+    metric_key,
+    round_metrics,
+)
 from xmc.vectorizer import TextVectorizer
 
 PARAMS = ["--max-leaf-size", "8", "--rounds", "1", "--validation-fraction", "0.2"]
@@ -144,12 +152,12 @@ def test_cli_logs_to_default_sqlite_and_registers_champion_once(
             "config/params.json"} <= files
     assert str(client.get_model_version_by_alias("xmc-bow", CHAMPION).version) == "1"
 
-    # a second registration adds a version but leaves the champion where it is
-    model = XMCModel.load(tmp_path / "m")
-    again = log_training(model, tmp_path / "m", TrackingParams(register_as="xmc-bow"), block.X, block.Y,
-                         fit_seconds=1.0)
-    assert (again.version, again.champion_set) == ("2", False)
+    # a second version leaves the champion where it is (moving it is the promotion gate's job)
+    first = client.get_model_version("xmc-bow", "1")
+    second = client.create_model_version("xmc-bow", first.source, run_id=first.run_id)
+    assert not ensure_champion(client, "xmc-bow", str(second.version))
     assert str(client.get_model_version_by_alias("xmc-bow", CHAMPION).version) == "1"
+    model = XMCModel.load(tmp_path / "m")
 
     # a BoW model takes sparse rows; raw text is refused with the reason
     pyfunc = mlflow.pyfunc.load_model(champion_uri("xmc-bow"))
