@@ -299,7 +299,8 @@ def _write_artifacts(
     (folder / "assignment" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "assignment" / "copied_labels.csv").write_text("\n".join(csv_lines) + "\n")
     if rounds:
-        plots.precision_by_round(rounds, folder / "plots" / "precision_by_round.png")
+        plots.precision_by_round(rounds, folder / "plots" / "precision_by_round.png",
+                                 best_round=model.info.get("best_round"))
     leaf_sizes = np.bincount(model.tree.parents[-1], minlength=model.tree.n_clusters)
     plots.leaf_size_histogram(leaf_sizes, folder / "plots" / "leaf_sizes.png")
     plots.frequency_vs_precision(model.label_counts, label_precision(Ye, pred),
