@@ -128,7 +128,7 @@ def test_cli_logs_to_default_sqlite_and_registers_champion_once(
     monkeypatch.chdir(tmp_path)  # the default store is ./mlflow.db, as MLflow's own default
     assert main(["--x", "X.npz", "--y", "Y.npz", "--model", "m", "--register-as", "xmc-bow",
                  "--run-name", "nightly", *PARAMS]) == 0
-    assert (tmp_path / "mlflow.db").is_file()
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlruns").is_dir()
 
     client = mlflow.MlflowClient(tracking_uri="sqlite:///mlflow.db")
     exp = client.get_experiment_by_name("xmc")
@@ -173,6 +173,7 @@ def test_cli_logs_to_default_sqlite_and_registers_champion_once(
 
 def test_champion_loads_in_a_fresh_process_on_raw_text(registered_text: dict[str, Any]) -> None:
     assert registered_text["result"].champion_set
+    assert (registered_text["folder"] / "mlruns").is_dir()  # artifacts beside the db, not in the cwd
     code = ("import json, sys, mlflow, pandas as pd\n"
             f"m = mlflow.pyfunc.load_model({champion_uri('xmc-text')!r})\n"
             "texts = json.loads(sys.stdin.read())\n"

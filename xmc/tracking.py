@@ -213,6 +213,34 @@ def assignment_summary(model: XMCModel) -> tuple[dict[str, Any], list[str]]:
     return summary, lines
 
 
+def artifact_location(uri: str) -> str | None:
+    """For a local SQLite store: artifacts in ``mlruns/`` beside the database file.
+
+    MLflow's default is ``./mlruns`` of whatever folder the process runs in, which scatters one
+    store's artifacts over every folder a job was started from. Servers choose their own (None).
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix):]).resolve().parent / "mlruns").as_uri()
+
+
+def experiment(client: Any, tracking: TrackingParams) -> str:
+    """Id of the experiment, created (artifacts beside a SQLite store) when missing."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(tracking.experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(tracking.experiment, artifact_location(tracking.uri)))
+    except MlflowException:  # created meanwhile by a concurrent run
+        found = client.get_experiment_by_name(tracking.experiment)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
 def log_training(
     model: XMCModel, model_dir: str | Path, tracking: TrackingParams, X: sp.spmatrix, Y: sp.spmatrix,
     *, fit_seconds: float, extra_params: dict[str, str] | None = None,
@@ -240,7 +268,8 @@ def _log_training(
 
     mlflow.set_tracking_uri(tracking.uri)
     client = mlflow.MlflowClient()
-    experiment_id = mlflow.set_experiment(tracking.experiment).experiment_id
+    experiment_id = experiment(client, tracking)
+    mlflow.set_experiment(experiment_id=experiment_id)
     rounds: list[dict[str, Any]] = list(model.info.get("rounds", []))
     params = {**flatten(model.params.to_dict()), "n_train": str(X.shape[0]), "n_features": str(X.shape[1]),
               "n_labels": str(Y.shape[1]), **extra_params}
