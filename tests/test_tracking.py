@@ -21,7 +21,7 @@ import pytest
 import scipy.sparse as sp
 
 from xmc import XMCModel, XMCParams
-from xmc.errors import DataFormatError
+from xmc.errors import DataFormatError, ParamError
 from xmc.synth import SynthSpec, generate
 from xmc.tracking import (
     CHAMPION,
@@ -113,6 +113,18 @@ def test_round_metrics_are_flat_mlflow_names() -> None:
     assert round_metrics(rec) == {"labels_copied": 3.0, "copies": 13.0, "clusters_changed": 2.0,
                                   "coverage_before": 0.5, "leaf_size_min": 4.0, "leaf_size_max": 6.0,
                                   "val_P_at_1": 50.0, "seconds_gains": 0.25}
+
+
+def test_tracking_params_name_the_bad_field(tmp_path: Path) -> None:
+    from jobs.train import main
+
+    with pytest.raises(ParamError, match="experiment"):
+        TrackingParams(experiment=" ")
+    sp.save_npz(tmp_path / "X.npz", sp.identity(4, format="csr"))
+    sp.save_npz(tmp_path / "Y.npz", sp.identity(4, format="csr"))
+    args = ["--x", str(tmp_path / "X.npz"), "--y", str(tmp_path / "Y.npz"), "--model", str(tmp_path / "m")]
+    assert main([*args, "--experiment", ""]) == 2  # refused before the fit, nothing written
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_logs_to_default_sqlite_and_registers_champion_once(

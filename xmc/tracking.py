@@ -245,7 +245,10 @@ def log_training(
     model: XMCModel, model_dir: str | Path, tracking: TrackingParams, X: sp.spmatrix, Y: sp.spmatrix,
     *, fit_seconds: float, extra_params: dict[str, str] | None = None,
 ) -> TrackingResult:
-    """Log a fitted and saved model: parent run, child runs per round, artifacts, pyfunc, registry."""
+    """Log a fitted and saved model: parent run, child runs per round, artifacts, pyfunc, registry.
+
+    Sets this process's MLflow tracking URI to ``tracking.uri`` (the driver logs nothing else).
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
