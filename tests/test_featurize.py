@@ -48,6 +48,7 @@ def spark():  # type: ignore[no-untyped-def]
 
 
 def _featurize(spark: Any, inputs: list[Path], out: Path, **params: Any) -> dict[str, Any]:
+    """The notebook way in: the function, on the session the caller owns."""
     from xmc.spark.featurize import featurize
 
     return featurize(spark, inputs, out, FeaturizeParams(**params))
@@ -90,15 +91,31 @@ def _reference_tfidf(
     return vocab, idf, sp.csr_matrix(X)
 
 
-def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, tmp_path: Path) -> None:
+MAX_FEATURES = 600  # below the ~900 terms with df >= 2, above those with df >= 3 (the Unicode words)
+
+
+@pytest.fixture(scope="module")
+def text_bundle(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `xmc featurize` run: a learnable synthetic corpus plus Unicode edge cases, 25% test split
+    by id hash, bigrams, English stop words, a truncated vocabulary; held-out records beside it."""
+    from xmc.cli import main
+
+    tmp = tmp_path_factory.mktemp("text")
+    generated = list(synthetic_records(400, n_labels=20, vocab_size=400, mean_len=25, seed=3))
+    records, heldout = generated[:300] + UNICODE_DOCS, generated[300:]
+    write_jsonl(tmp / "corpus.jsonl", records)
+    write_jsonl(tmp / "heldout.jsonl", [{"id": r["id"], "text": r["text"]} for r in heldout])
+    assert main(["featurize", "--input", str(tmp / "corpus.jsonl"), "--out", str(tmp / "bundle"),
+                 "--ngram-max", "2", "--stop-words", "english", "--min-df", "2",
+                 "--max-features", str(MAX_FEATURES), "--test-fraction", "0.25", "--cooc-topk", "3"]) == 0
+    return {"tmp": tmp, "bundle": tmp / "bundle", "records": records, "heldout": heldout}
+
+
+def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[str, Any]) -> None:
     from pyspark.ml.feature import StopWordsRemover
 
-    records = list(synthetic_records(90, n_labels=12, vocab_size=250, mean_len=20, seed=3)) + UNICODE_DOCS
-    write_jsonl(tmp_path / "corpus.jsonl", records)
-    params = {"ngram_max": 2, "stop_words": "english", "min_df": 2, "max_features": 250,
-              "test_fraction": 0.25, "cooc_topk": 3}
-    manifest = _featurize(spark, [tmp_path / "corpus.jsonl"], tmp_path / "b", **params)
-
+    bundle, records = text_bundle["bundle"], text_bundle["records"]
+    manifest = read_manifest(bundle)
     # reference: Spark's tokens -> stop words -> bigrams -> numpy TF-IDF; split by crc32 of the id
     stop = set(StopWordsRemover.loadDefaultStopWords("english"))
     terms = []
@@ -106,18 +123,18 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, tmp_path: Path) -> 
         kept = [t for t in toks if t not in stop]
         terms.append(kept + [f"{a} {b}" for a, b in zip(kept, kept[1:], strict=False)])
     test = np.array([zlib.crc32(str(r["id"]).encode()) % 10_000 < 2_500 for r in records])
-    df_all = Counter(t for doc, te in zip(terms, test, strict=True) if not te for t in set(doc))
-    assert sum(c >= 2 for c in df_all.values()) > 250  # max_features really truncates
-    vocab, idf, X_ref = _reference_tfidf(terms, ~test, min_df=2, max_features=250)
+    df_train = Counter(t for doc, te in zip(terms, test, strict=True) if not te for t in set(doc))
+    assert sum(c >= 2 for c in df_train.values()) > MAX_FEATURES  # max_features really truncates
+    vocab, idf, X_ref = _reference_tfidf(terms, ~test, min_df=2, max_features=MAX_FEATURES)
 
-    vec = TextVectorizer.load(tmp_path / "b" / "vectorizer")
-    assert vec.vocab == vocab
+    vec = TextVectorizer.load(bundle / "vectorizer")
+    assert vec.vocab == vocab and {"हिन्दी", "cafe\u0301", "οδος", "x_y"} <= set(vocab)
     np.testing.assert_allclose(vec.idf, idf, rtol=1e-12)
-    train_recs = [r for r, te in zip(records, test, strict=True) if not te]
-    names = LabelVocab.build(read_records(tmp_path / "corpus.jsonl")[i] for i in np.flatnonzero(~test)).names
-    assert load_label_names(tmp_path / "b") == names
+    names = LabelVocab.build(read_records(text_bundle["tmp"] / "corpus.jsonl")[i]
+                             for i in np.flatnonzero(~test)).names
+    assert load_label_names(bundle) == names
     for split, mask in (("train", ~test), ("test", test)):
-        got = load_split(tmp_path / "b", split)
+        got = load_split(bundle, split)
         assert got.doc_ids == [str(r["id"]) for r, m in zip(records, mask, strict=True) if m]
         ref = X_ref[np.flatnonzero(mask)]
         assert got.X.shape == ref.shape and (abs(got.X - ref) > 1e-5).nnz == 0
@@ -128,78 +145,71 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, tmp_path: Path) -> 
         Y_ref = np.array([[name in r["labels"] for name in names]  # type: ignore[operator]
                           for r, m in zip(records, mask, strict=True) if m], np.float32)
         assert np.array_equal(got.Y.toarray(), Y_ref)
-    assert manifest["splits"]["train"]["rows"] == len(train_recs) and manifest["splits"]["test"]["rows"] > 10
+        assert manifest["splits"][split]["rows"] == mask.sum()
     empty = int((np.diff(X_ref[np.flatnonzero(~test)].indptr) == 0).sum())
     assert manifest["splits"]["train"]["empty_rows"] == empty >= 2  # u3 (no token), u4 (stop words only)
-    assert {"हिन्दी", "cafe\u0301", "οδος", "x_y"} <= set(vocab)  # the Unicode words made it in
 
     # label statistics, co-occurrence top-k and PIFA, against dense numpy on the train split
-    train = load_split(tmp_path / "b", "train")
+    train = load_split(bundle, "train")
     Y, X = train.Y.toarray().astype(float), train.X.toarray().astype(float)
-    assert np.array_equal(label_frequencies(tmp_path / "b"), Y.sum(axis=0))
+    assert np.array_equal(label_frequencies(bundle), Y.sum(axis=0))
     C = Y.T @ Y
     np.fill_diagonal(C, 0)
     expected = np.zeros_like(C)
     for label in range(len(C)):
         top = sorted(np.flatnonzero(C[label]), key=lambda j: (-C[label, j], j))[:3]
         expected[label, top] = C[label, top]
-    assert np.array_equal(load_cooccurrence(tmp_path / "b").toarray(), expected)
+    assert np.array_equal(load_cooccurrence(bundle).toarray(), expected)
     Z = Y.T @ X
     Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-300)
     from xmc.tree import pifa
 
-    assert np.abs(load_pifa(tmp_path / "b").toarray() - Z).max() < 1e-5
-    assert abs(load_pifa(tmp_path / "b") - pifa(train.X, train.Y)).max() < 1e-5
+    assert np.abs(load_pifa(bundle).toarray() - Z).max() < 1e-5
+    assert abs(load_pifa(bundle) - pifa(train.X, train.Y)).max() < 1e-5
     assert manifest["input"]["sha256"] and manifest["bad_records"]["total"] == 0
-    assert read_manifest(tmp_path / "b")["params"]["ngram_max"] == 2
+    assert manifest["params"]["ngram_max"] == 2 and manifest["spark"]["master"] == "local[2]"
 
 
-def test_cli_featurize_train_predict_raw_text(spark: Any, tmp_path: Path, capsys: Any) -> None:
+def test_train_on_bundle_predict_raw_text(text_bundle: dict[str, Any], capsys: Any) -> None:
+    """`xmc train --data` then `xmc predict --input` on raw text; the bundle's CSR equals the
+    same features built in memory, so the model's precision equals the in-memory model's."""
     from xmc.cli import main
     from xmc.metrics import evaluate
     from xmc.model import XMCModel
     from xmc.params import XMCParams
 
-    records = list(synthetic_records(700, n_labels=30, vocab_size=800, mean_len=40, seed=5))
-    write_jsonl(tmp_path / "train.jsonl", records[:550])
-    write_jsonl(tmp_path / "test.jsonl", [{"id": r["id"], "text": r["text"]} for r in records[550:]])
-    assert main(["featurize", "--input", str(tmp_path / "train.jsonl"),
-                 "--out", str(tmp_path / "bundle")]) == 0
-    assert main(["train", "--data", str(tmp_path / "bundle"), "--model", str(tmp_path / "m"),
+    tmp, bundle, heldout = text_bundle["tmp"], text_bundle["bundle"], text_bundle["heldout"]
+    assert main(["train", "--data", str(bundle), "--model", str(tmp / "m"),
                  "--max-leaf-size", "8", "--rounds", "0"]) == 0
-    assert main(["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "test.jsonl"),
-                 "--topk", "5", "--out", str(tmp_path / "preds.jsonl")]) == 0
+    assert main(["predict", "--model", str(tmp / "m"), "--input", str(tmp / "heldout.jsonl"),
+                 "--topk", "5", "--out", str(tmp / "preds.jsonl")]) == 0
     capsys.readouterr()
 
-    # the loader's CSR equals the same features built in memory, so the models agree
-    vec = TextVectorizer.load(tmp_path / "m" / "vectorizer")
-    bundle = load_split(tmp_path / "bundle")
-    X_mem = vec.transform(str(r["text"]) for r in records[:550])
-    assert bundle.X.shape == X_mem.shape and abs(bundle.X - X_mem).max() < 1e-6
-    vocab = LabelVocab(load_label_names(tmp_path / "bundle") or [])
-    Y_mem = sp.csr_matrix([[1.0 if n in r["labels"] else 0.0 for n in vocab.names]  # type: ignore[operator]
-                           for r in records[:550]], dtype=np.float32)
-    assert (bundle.Y != Y_mem).nnz == 0
-    X_test = vec.transform(str(r["text"]) for r in records[550:])
-    Y_test = sp.csr_matrix([[1.0 if n in r["labels"] else 0.0 for n in vocab.names]  # type: ignore[operator]
-                            for r in records[550:]], dtype=np.float32)
+    vec = TextVectorizer.load(tmp / "m" / "vectorizer")
+    train = load_split(bundle)
+    texts = {str(r["id"]): str(r["text"]) for r in text_bundle["records"]}
+    X_mem = vec.transform(texts[i] for i in train.doc_ids)
+    assert train.X.shape == X_mem.shape and abs(train.X - X_mem).max() < 1e-6
+    names = load_label_names(bundle) or []
+    X_test = vec.transform(str(r["text"]) for r in heldout)
+    Y_test = sp.csr_matrix([[1.0 if n in r["labels"] else 0.0 for n in names]  # type: ignore[operator]
+                            for r in heldout], dtype=np.float32)
     params = XMCParams().replace(max_leaf_size=8, rounds=0)
-    p_mem = evaluate(Y_test, XMCModel.fit(X_mem, Y_mem, params).predict(X_test, topk=5), (1, 3, 5))
-    model = XMCModel.load(tmp_path / "m")
-    p_bundle = evaluate(Y_test, model.predict(X_test, topk=5), (1, 3, 5))
+    p_mem = evaluate(Y_test, XMCModel.fit(X_mem, train.Y, params).predict(X_test, topk=5), (1, 3, 5))
+    p_bundle = evaluate(Y_test, XMCModel.load(tmp / "m").predict(X_test, topk=5), (1, 3, 5))
     assert all(abs(p_mem[k] - p_bundle[k]) < 1e-9 for k in ("P@1", "P@3", "P@5")), (p_mem, p_bundle)
     assert p_bundle["P@1"] > 60  # the topics are learnable
 
-    preds = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
-    assert [p["id"] for p in preds] == [r["id"] for r in records[550:]]
+    preds = [json.loads(line) for line in (tmp / "preds.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == [r["id"] for r in heldout]
     assert all(len(p["labels"]) == 5 and p["scores"] == sorted(p["scores"], reverse=True) for p in preds)
-    hits = np.mean([p["labels"][0] in r["labels"] for p, r in zip(preds, records[550:], strict=True)])
+    hits = np.mean([p["labels"][0] in r["labels"] for p, r in zip(preds, heldout, strict=True)])
     assert abs(100 * hits - p_bundle["P@1"]) < 1e-9
-    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest = json.loads((tmp / "m" / "manifest.json").read_text())
     assert "vectorizer/vocab.json" in manifest["files"]  # the vectorizer is checksummed with the model
-    (tmp_path / "m" / "vectorizer" / "vocab.json").write_text("[]")
+    (tmp / "m" / "vectorizer" / "vocab.json").write_text("[]")
     with pytest.raises(BundleError, match="checksum mismatch"):
-        XMCModel.load(tmp_path / "m")
+        XMCModel.load(tmp / "m")
 
 
 BAD_LINES = [
@@ -246,8 +256,7 @@ def test_bad_records_fail_clearly_or_are_skipped_and_reported(
     assert "got boolean" in report["examples"][7]["message"]
     assert report["examples"][0]["record"].startswith('{"id": 2')
     assert load_split(tmp_path / "out").doc_ids == ["1", "12"]
-    _featurize(spark, [path], tmp_path / "out", min_df=1, skip_bad=True)  # re-run replaces it cleanly
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
     pq.write_table(pa.table({"id": [1, 2], "text": ["a b", "c d"], "labels": [[1], [2]]}),
                    tmp_path / "t.parquet")
@@ -260,7 +269,10 @@ def test_bad_records_fail_clearly_or_are_skipped_and_reported(
 
 
 def test_xc_bow_input_gives_the_in_memory_matrices(spark: Any, tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "stale.txt").write_text("from an earlier run")
     manifest = _featurize(spark, [BIBTEX / "bibtex_train.txt.gz"], tmp_path / "b")
+    assert not (tmp_path / "b" / "stale.txt").exists()  # a re-run replaces the whole bundle
     X, Y = read_xc(BIBTEX / "bibtex_train.txt.gz")
     got = load_split(tmp_path / "b")
     assert (got.X != X).nnz == 0 and (got.Y != Y).nnz == 0 and got.doc_ids[:2] == ["0", "1"]

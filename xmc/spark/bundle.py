@@ -107,6 +107,9 @@ def load_split(bundle: str | Path, split: str = "train") -> FeatureSplit:
     info = manifest["splits"].get(split)
     if info is None:
         raise BundleError(f"{folder}: no {split!r} split; it has {sorted(manifest['splits'])}")
+    if info["rows"] == 0:  # Spark writes no folder for an empty split
+        empty = sp.csr_matrix((0, manifest["n_features"]), dtype=np.float32)
+        return FeatureSplit(empty, sp.csr_matrix((0, manifest["n_labels"]), dtype=np.float32), [])
     table = _table(folder / split, ["doc_id", "feat_idx", "feat_val", "label_idx"])
     if table.num_rows != info["rows"]:
         raise BundleError(f"{folder / split}: {table.num_rows} rows but the manifest says {info['rows']}")

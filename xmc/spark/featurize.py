@@ -13,6 +13,8 @@ the caller owns the SparkSession. Only vocabularies and counts reach the driver.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 import zlib
@@ -30,7 +32,16 @@ from xmc.fsutil import atomic_dir, sha256
 from xmc.spark.bundle import FORMAT, SCHEMA_VERSION, input_fingerprint
 from xmc.spark.labels import cooccurrence, encode_labels, label_vocabulary, pifa
 from xmc.spark.params import FeaturizeParams
-from xmc.spark.read import bad_records, detect_format, mark_duplicate_ids, read_jsonl, read_parquet
+from xmc.spark.read import (
+    ORDER,
+    LineNumbers,
+    bad_records,
+    detect_format,
+    mark_duplicate_ids,
+    read_jsonl,
+    read_parquet,
+    scan_lines,
+)
 from xmc.spark.text import add_terms, fit_vocabulary, stop_words, tfidf, vectorizer_of
 from xmc.spark.xc import check_row_count, read_xc_rows
 
@@ -87,8 +98,8 @@ class _Run:
         for kept in [df] if df is not None else self.persisted:
             kept.unpersist()
 
-    def check_bad(self, records: DataFrame) -> dict[str, Any]:
-        report = bad_records(records, self.params.max_examples)
+    def check_bad(self, records: DataFrame, line_of: LineNumbers) -> dict[str, Any]:
+        report = bad_records(records, self.params.max_examples, line_of)
         if report.total and not self.params.skip_bad:
             raise report.error()
         if report.total:
@@ -131,11 +142,15 @@ def featurize(
 
 def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
     p = run.params
-    parsed = run.keep(read_jsonl(run.spark, paths) if fmt == "jsonl" else read_parquet(run.spark, paths))
+    if fmt == "jsonl":
+        lines = scan_lines(run.spark, paths)
+        parsed, line_of = run.keep(read_jsonl(lines)), LineNumbers(lines)
+    else:
+        parsed, line_of = run.keep(read_parquet(run.spark, paths)), LineNumbers()
     records = mark_duplicate_ids(parsed)
-    report = run.check_bad(records)
+    report = run.check_bad(records, line_of)
     good = records.filter(F.col("bad").isNull()).select(
-        "key", "path", "line", "id", "text", "labels", split_column(p).alias("split"))
+        *ORDER, "id", "text", "labels", split_column(p).alias("split"))
     stop = stop_words(p)
     # Hash-partitioned by document: every later per-document step (term counts, TF-IDF rows,
     # label indices, their joins) then runs without another shuffle.
@@ -159,7 +174,7 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
     np.savez(run.tmp / "label_stats.npz", freq=table.column("freq").to_numpy().astype(np.int64))
     _log(f"{n_train} training documents, {vectorizer.n_features} features, {len(names)} labels")
     labels = encode_labels(docs, label_vocab)
-    rows = (docs.select("key", "path", "line", F.col("id").alias("doc_id"), "split")
+    rows = (docs.select(*ORDER, F.col("id").alias("doc_id"), "split")
             .join(tfidf(docs, vocab, p), "key", "left").join(labels, "key", "left"))
     rows = _fill_empty(rows)
     body = _write(run, rows, vectorizer.n_features, len(names))
@@ -171,12 +186,12 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
 def _xc(run: _Run, paths: list[str]) -> dict[str, Any]:
     if len(paths) != 1:
         raise DataFormatError("XC input is one file with its own 'N D L' header; give one", path=paths[1])
-    rows0, (n, d, n_labels) = read_xc_rows(run.spark, paths[0])
+    rows0, lines, (n, d, n_labels) = read_xc_rows(run.spark, paths[0])
     records = run.keep(rows0)
     check_row_count(records, paths[0], n)
-    report = run.check_bad(records)
+    report = run.check_bad(records, LineNumbers(lines))
     rows = records.filter(F.col("bad").isNull()).select(
-        "key", "path", "line", F.col("id").alias("doc_id"), split_column(run.params).alias("split"),
+        *ORDER, F.col("id").alias("doc_id"), split_column(run.params).alias("split"),
         "feat_idx", "feat_val", "label_idx", F.lit(0).alias("unseen"))
     counts = (rows.filter(F.col("split") == "train").select(F.explode("label_idx").alias("l"))
               .groupBy("l").count().collect())
@@ -191,7 +206,7 @@ def _xc(run: _Run, paths: list[str]) -> dict[str, Any]:
 def _fill_empty(rows: DataFrame) -> DataFrame:
     """Documents with no known term or no label keep their row, with empty arrays."""
     return rows.select(
-        "key", "path", "line", "doc_id", "split",
+        *ORDER, "doc_id", "split",
         F.coalesce("feat_idx", F.array().cast("array<int>")).alias("feat_idx"),
         F.coalesce("feat_val", F.array().cast("array<float>")).alias("feat_val"),
         F.coalesce("label_idx", F.array().cast("array<int>")).alias("label_idx"),
@@ -210,17 +225,23 @@ def _write(run: _Run, rows: DataFrame, n_features: int, n_labels: int) -> dict[s
     by_split = {r["split"]: {k: int(r[k]) for k in keys} for r in stats}
     wanted = ["train"] + [s for s, f in (("valid", run.params.valid_fraction),
                                          ("test", run.params.test_fraction)) if f > 0]
+    # One sort in input order and one write for all splits: rows already sorted by split are
+    # written in order into split=<name>/ (part files in row order), renamed to <name>/.
+    (rows.orderBy("split", *ORDER).select("split", *SHARD_COLUMNS)
+     .write.partitionBy("split").parquet(str(run.tmp / "shards")))
     splits: dict[str, Any] = {}
     for split in wanted:
         splits[split] = by_split.get(split, dict.fromkeys(keys, 0))
-        (rows.filter(F.col("split") == split).orderBy("path", "line").select(*SHARD_COLUMNS)
-         .write.parquet(str(run.tmp / split)))
+        written = run.tmp / "shards" / f"split={split}"
+        if written.is_dir():
+            os.replace(written, run.tmp / split)
         _log(f"{split}: {splits[split]['rows']} rows, {splits[split]['feat_nnz']} feature non-zeros")
+    shutil.rmtree(run.tmp / "shards")
     run.lap("write_shards")
     train = rows.filter(F.col("split") == "train")
-    cooccurrence(train, run.params.cooc_topk).orderBy("label_idx").write.parquet(str(run.tmp / "label_cooc"))
+    cooccurrence(train, run.params.cooc_topk).write.parquet(str(run.tmp / "label_cooc"))
     run.lap("cooccurrence")
-    pifa(train).orderBy("label_idx").write.parquet(str(run.tmp / "pifa"))
+    pifa(train).write.parquet(str(run.tmp / "pifa"))
     run.lap("pifa")
     return {"n_features": n_features, "n_labels": n_labels, "splits": splits,
             "shard_columns": {"doc_id": "string", "feat_idx": "array<int32>", "feat_val": "array<float32>",

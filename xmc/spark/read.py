@@ -5,15 +5,16 @@ null when the record is fine. The job then either fails with counts and examples
 ``skip_bad``) skips exactly the flagged rows and reports them in the manifest. Everything is
 native Spark SQL (JSON parsed to VARIANT, so the type of each field is known), no Python UDF.
 
-Line numbers of text files: each line gets ``monotonically_increasing_id`` in the scan; within
-one file split those ids are consecutive, so ``line = id - first id of the split + lines in the
-earlier splits of the file + 1``. Parquet rows use ``_metadata.row_index``.
+Input order is ``(path, block, key)``: ``block`` is the byte offset of a line's file split (a
+Parquet row's index) and ``key`` a ``monotonically_increasing_id``, consecutive within a split.
+Line numbers are only needed to report bad records, so they are computed then (one pass over
+the text): ``line = key - first key of the split + lines in the earlier splits of the file + 1``.
 """
 
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from pyspark.sql import types as T
 
 from xmc.errors import DataFormatError
 
-RECORD_COLUMNS = ("path", "line", "key", "id", "text", "labels", "bad", "snippet")
+ORDER = ("path", "block", "key")  # input order: file, split (Parquet: row), position in the split
+RECORD_COLUMNS = ("path", "block", "key", "id", "text", "labels", "bad", "snippet", "first")
 _BLANK = r"(?U)^\s*$"
 _INTEGER_TYPES = r"^(TINYINT|SMALLINT|INT|BIGINT|DECIMAL\(\d+,0\))$"
 
@@ -51,28 +53,55 @@ def first_bad(checks: Sequence[tuple[Column, Column]]) -> Column:
     return expr
 
 
-def read_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
-    """Text lines as ``(path, line, key, value)``: 1-based line numbers per file, unique ``key``."""
-    raw = spark.read.text(list(paths)).select(
+def scan_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
+    """Text lines as ``(path, block, key, value)`` (see the module docstring)."""
+    return spark.read.text(list(paths)).select(
         F.col("_metadata.file_path").alias("path"), F.col("_metadata.file_block_start").alias("block"),
         F.monotonically_increasing_id().alias("key"), "value")
+
+
+def _blocks(lines: DataFrame) -> DataFrame:
+    """Per file split: its first key and the number of lines in the file's earlier splits."""
     earlier = Window.partitionBy("path").orderBy("block").rowsBetween(Window.unboundedPreceding, -1)
-    blocks = (raw.groupBy("path", "block").agg(F.count(F.lit(1)).alias("n"), F.min("key").alias("key0"))
-              .select("path", "block", "key0",
-                      F.coalesce(F.sum("n").over(earlier), F.lit(0)).alias("before")))
-    return raw.join(F.broadcast(blocks), ["path", "block"]).select(
-        "path", (F.col("key") - F.col("key0") + F.col("before") + 1).alias("line"), "key", "value")
+    return (lines.groupBy("path", "block").agg(F.count(F.lit(1)).alias("n"), F.min("key").alias("key0"))
+            .select("path", "block", "key0", F.coalesce(F.sum("n").over(earlier), F.lit(0)).alias("before")))
 
 
-def read_jsonl(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
-    """JSON lines -> records ``(path, line, key, id, text, labels, bad, snippet)``."""
-    lines = read_lines(spark, paths).withColumn("v", F.try_parse_json("value"))
+def with_line_numbers(lines: DataFrame) -> DataFrame:
+    """``scan_lines`` plus the 1-based ``line`` of each line in its file (for formats that need it)."""
+    return lines.join(F.broadcast(_blocks(lines)), ["path", "block"]).select(
+        "path", "block", "key", (F.col("key") - F.col("key0") + F.col("before") + 1).alias("line"), "value")
+
+
+class LineNumbers:
+    """``(path, block, key) -> line`` for the few records a report names, computed on first use.
+
+    Built from ``scan_lines`` output for text; without it, ``block`` is a Parquet row index.
+    """
+
+    def __init__(self, lines: DataFrame | None = None) -> None:
+        self._lines = lines
+        self._table: dict[tuple[str, int], tuple[int, int]] | None = None
+
+    def __call__(self, path: str, block: int, key: int) -> int:
+        if self._lines is None:
+            return block + 1
+        if self._table is None:
+            rows = _blocks(self._lines).collect()
+            self._table = {(r["path"], r["block"]): (r["key0"], r["before"]) for r in rows}
+        key0, before = self._table[(path, block)]
+        return key - key0 + before + 1
+
+
+def read_jsonl(lines: DataFrame) -> DataFrame:
+    """``scan_lines`` of JSON lines -> records ``(path, block, key, id, text, labels, bad, snippet)``."""
+    lines = lines.withColumn("v", F.try_parse_json("value"))
 
     def kind_of(name: str) -> Column:
         return F.schema_of_variant(F.try_variant_get("v", f"$.{name}", "variant"))
 
     df = lines.select(
-        "path", "line", "key", F.substring("value", 1, 200).alias("snippet"),
+        "path", "block", "key", F.substring("value", 1, 200).alias("snippet"),
         F.col("value").rlike(_BLANK).alias("blank"), F.col("v").isNull().alias("malformed"),
         F.schema_of_variant("v").alias("t_record"),
         kind_of("id").alias("t_id"), kind_of("text").alias("t_text"), kind_of("labels").alias("t_labels"),
@@ -123,7 +152,7 @@ def read_parquet(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
             raise DataFormatError(f"column {name} has type {types[name].simpleString()}, expected "
                                   f"{expected[name]}", path=where, field=name)
     df = df.select(
-        F.col("_metadata.file_path").alias("path"), (F.col("_metadata.row_index") + 1).alias("line"),
+        F.col("_metadata.file_path").alias("path"), F.col("_metadata.row_index").alias("block"),
         F.monotonically_increasing_id().alias("key"), F.col("id").cast("string").alias("id"),
         "text", "labels",
         F.substring(F.to_json(F.struct(F.col("id"), F.substring("text", 1, 100).alias("text"), "labels")),
@@ -145,25 +174,25 @@ def _common_checks(df: DataFrame, checks: list[tuple[Column, Column]]) -> DataFr
         (F.size(label_bad) > 0, bad("bad_label", "labels", F.format_string(
             "label '%s' must be a non-empty one-line string", first_label_bad))),
     ]
-    return df.select("path", "line", "key", "id", "text", F.array_distinct("labels").alias("labels"),
+    return df.select("path", "block", "key", "id", "text", F.array_distinct("labels").alias("labels"),
                      first_bad(checks).alias("bad"), "snippet")
 
 
 def mark_duplicate_ids(df: DataFrame) -> DataFrame:
-    """Flag every good record whose id an earlier good record (by file, line) already has.
+    """Flag every good record whose id an earlier good record (in input order) already has;
+    ``first`` holds where that earlier record is.
 
     Only the (small) table of repeated ids is built and joined back, so the text is not shuffled;
     ``df`` is read twice, so persist it first (else the input is parsed twice).
     """
     first = (df.filter(F.col("bad").isNull()).groupBy("id")
-             .agg(F.count(F.lit(1)).alias("n"), F.min(F.struct("path", "line")).alias("first"))
+             .agg(F.count(F.lit(1)).alias("n"), F.min(F.struct(*ORDER)).alias("first"))
              .filter(F.col("n") > 1).select("id", "first"))
-    dup = bad("duplicate_id", "id", F.format_string(
-        "duplicate id '%s' (first seen at %s:%d)", F.col("id"),
-        F.element_at(F.split(F.col("first.path"), "/"), -1), F.col("first.line")))
-    is_dup = F.col("bad").isNull() & F.col("first").isNotNull() & (F.struct("path", "line") != F.col("first"))
+    dup = bad("duplicate_id", "id", F.format_string("duplicate id '%s'", F.col("id")))
+    is_dup = F.col("bad").isNull() & F.col("first").isNotNull() & (F.struct(*ORDER) != F.col("first"))
     return df.join(first, "id", "left").select(
-        *[F.when(is_dup, dup).otherwise(F.col("bad")).alias("bad") if c == "bad" else F.col(c)
+        *[F.when(is_dup, dup).otherwise(F.col("bad")).alias("bad") if c == "bad"
+          else F.when(is_dup, F.col("first")).alias("first") if c == "first" else F.col(c)
           for c in RECORD_COLUMNS])
 
 
@@ -190,17 +219,23 @@ class BadRecords:
                                field=first["field"])
 
 
-def bad_records(records: DataFrame, max_examples: int) -> BadRecords:
-    """Count the flagged records by kind and fetch the first examples in file order."""
+def bad_records(records: DataFrame, max_examples: int, line_of: Callable[[str, int, int], int]) -> BadRecords:
+    """Count the flagged records by kind and fetch the first examples in input order."""
     flagged = records.filter(F.col("bad").isNotNull())
     by_kind = flagged.groupBy(F.col("bad.kind").alias("kind")).count().collect()
     counts = {r["kind"]: int(r["count"]) for r in by_kind}
     if not counts:
         return BadRecords()
-    rows = (flagged.orderBy("path", "line").limit(max_examples)
-            .select("path", "line", "bad.field", "bad.message", "snippet").collect())
-    examples = [{"path": local_path(r["path"]), "line": int(r["line"]), "field": r["field"],
-                 "message": r["message"], "record": r["snippet"]} for r in rows]
+    rows = (flagged.orderBy(*ORDER).limit(max_examples)
+            .select(*ORDER, "bad.field", "bad.message", "snippet", "first").collect())
+    examples = []
+    for r in rows:
+        message = r["message"]
+        if r["first"] is not None:
+            where = Path(local_path(r["first"]["path"])).name
+            message += f" (first seen at {where}:{line_of(*r['first'])})"
+        examples.append({"path": local_path(r["path"]), "line": line_of(r["path"], r["block"], r["key"]),
+                         "field": r["field"], "message": message, "record": r["snippet"]})
     return BadRecords(sum(counts.values()), counts, examples)
 
 

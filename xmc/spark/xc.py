@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from xmc.data.xc import open_text
 from xmc.errors import DataFormatError
-from xmc.spark.read import bad, first_bad, local_path, read_lines
+from xmc.spark.read import bad, first_bad, local_path, scan_lines, with_line_numbers
 
 
 def read_header(path: str) -> tuple[int, int, int]:
@@ -33,15 +33,17 @@ def _first(arr: Column, pred: Callable[[Column], Column]) -> Column:
     return F.try_element_at(F.filter(arr, pred), F.lit(1))
 
 
-def read_xc_rows(spark: SparkSession, path: str) -> tuple[DataFrame, tuple[int, int, int]]:
-    """``(path, line, key, id, feat_idx, feat_val, label_idx, bad, snippet)`` and the header."""
+def read_xc_rows(spark: SparkSession, path: str) -> tuple[DataFrame, DataFrame, tuple[int, int, int]]:
+    """Rows ``(path, block, key, id, feat_idx, feat_val, label_idx, bad, snippet, first)``, the
+    ``scan_lines`` they come from (for line numbers), and the header ``(N, D, L)``."""
     n, d, n_labels = read_header(path)
-    lines = read_lines(spark, [path]).filter(F.col("line") > 1)
+    scanned = scan_lines(spark, [path])
+    lines = with_line_numbers(scanned).filter(F.col("line") > 1)
     tok = F.split("value", " ")
     head = tok[0]
     has_labels = (head != "") & ~head.contains(":")
     df = lines.select(
-        "path", "line", "key", (F.col("line") - 2).cast("string").alias("id"),
+        "path", "block", "key", (F.col("line") - 2).cast("string").alias("id"),
         F.substring("value", 1, 200).alias("snippet"), (F.col("value") == "").alias("empty"),
         F.when(has_labels, F.split(head, ",")).otherwise(F.array().cast("array<string>")).alias("lt"),
         F.filter(F.when(has_labels, F.slice(tok, 2, 1 << 30)).otherwise(tok), lambda t: t != "").alias("ft"))
@@ -78,11 +80,12 @@ def read_xc_rows(spark: SparkSession, path: str) -> tuple[DataFrame, tuple[int, 
     ]
     sorted_fs = F.array_sort(F.transform(fs, lambda x: F.struct(x["i"].alias("i"), x["v"].alias("v"))))
     rows = df.select(
-        "path", "line", "key", "id",
+        "path", "block", "key", "id",
         F.transform(sorted_fs, lambda x: x["i"]).alias("feat_idx"),
         F.transform(sorted_fs, lambda x: x["v"].cast("float")).alias("feat_val"),
-        F.array_sort(labels).alias("label_idx"), first_bad(checks).alias("bad"), "snippet")
-    return rows, (n, d, n_labels)
+        F.array_sort(labels).alias("label_idx"), first_bad(checks).alias("bad"), "snippet",
+        F.lit(None).alias("first"))
+    return rows, scanned, (n, d, n_labels)
 
 
 def check_row_count(rows: DataFrame, path: str, n: int) -> None:
