@@ -18,24 +18,58 @@ DESCRIPTION = """Score instances with a trained model by beam search and keep th
 --input docs.jsonl|.parquet  raw text records {id, text} instead of --x: vectorized with the text
                  vectorizer saved in the model (trained with `xmc train --data BUNDLE`); "id" in
                  the output is the record's id
+--input docs.parquet --out pred.parquet  batch prediction in bounded memory: rows are read,
+                 scored and written --batch-rows at a time; the output {id, labels, scores} is
+                 written incrementally to a temp file that replaces --out at the end
+--model models:/NAME@champion  a registered model (downloaded from --tracking-uri) instead of a folder
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model folder written by `xmc train`")
+    p.add_argument("--model", required=True,
+                   help="model folder written by `xmc train`, or models:/NAME@ALIAS (or /VERSION)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--x", help="features: X.npz or an XC text file")
     source.add_argument("--input", help="raw text records {id, text[, labels]}: JSONL or Parquet")
     p.add_argument("--out", required=True, help="pred.npz or pred.jsonl (written atomically)")
     p.add_argument("--topk", type=int, default=None, help="labels per instance (default: model's topk)")
     p.add_argument("--beam-size", type=int, default=None, help="beam width (default: model's beam_size)")
+    from xmc.batch import DEFAULT_BATCH_ROWS
+
+    p.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                   help=f"rows per batch for parquet -> parquet (default: {DEFAULT_BATCH_ROWS})")
+    p.add_argument("--tracking-uri", default="",
+                   help="MLflow store of a models:/ --model ('' = MLFLOW_TRACKING_URI, else ./mlflow.db)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from xmc.batch import is_registry_uri
+
+    if not is_registry_uri(args.model):
+        return _run(args)
+    import tempfile
+
+    from xmc.batch import resolve_model
+
+    with tempfile.TemporaryDirectory(prefix="xmc-model-") as tmp:
+        args.model = str(resolve_model(args.model, tmp, args.tracking_uri))
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from xmc.data import load_features, write_jsonl, write_npz
     from xmc.model import XMCModel
     from xmc.sparse import topk_rows
 
+    if args.input and args.input.endswith(".parquet") and args.out.endswith(".parquet"):
+        from xmc.batch import predict_parquet
+
+        model_topk = XMCModel.load(args.model).params.predict.topk if args.topk is None else args.topk
+        report = predict_parquet(args.model, args.input, args.out, topk=model_topk,
+                                 batch_rows=args.batch_rows, beam_size=args.beam_size)
+        print(f"xmc predict: {report.rows} instances in {report.batches} batches, {report.seconds:.2f}s "
+              f"-> {args.out}", file=sys.stderr)
+        return 0
     model = XMCModel.load(args.model)
     ids: list[str] | None = None
     if args.input:
