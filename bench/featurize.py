@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for the corpus and bundle (default: a temp dir)")
     ap.add_argument("--ngram-max", type=int, default=1)
     ap.add_argument("--stages", type=int, default=0, help="also print the N slowest Spark stages")
+    ap.add_argument("--driver-memory", default=None,
+                    help="JVM heap of the local driver/executor (default: xmc.spark.session.LOCAL_DEFAULTS)")
     args = ap.parse_args()
 
     from xmc.spark.featurize import featurize
@@ -101,9 +103,10 @@ def main() -> None:
         generate(corpus, args.docs)
     gen_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    spark, _ = spark_session(args.master, {"spark.ui.enabled": "true",
-                                           "spark.executor.processTreeMetrics.enabled": "true"},
-                             app_name="xmc-bench-featurize")
+    conf = {"spark.ui.enabled": "true", "spark.executor.processTreeMetrics.enabled": "true"}
+    if args.driver_memory:
+        conf["spark.driver.memory"] = args.driver_memory
+    spark, _ = spark_session(args.master, conf, app_name="xmc-bench-featurize")
     spark.sparkContext.setLogLevel("ERROR")
     start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -126,6 +129,7 @@ def main() -> None:
     rows = manifest["splits"]["train"]["rows"]
     report = {
         "docs": rows, "corpus_mib": round(corpus.stat().st_size / MiB), "master": master,
+        "driver_memory": conf.get("spark.driver.memory", "default"),
         "generate_s": round(gen_s, 1), "spark_start_s": round(start_s, 1),
         "featurize_s": round(seconds, 1), "docs_per_s": round(rows / seconds),
         "phases_s": manifest["seconds"], "n_features": manifest["n_features"],

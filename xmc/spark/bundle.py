@@ -17,6 +17,7 @@ values), never through text, and checks row counts, index ranges and finiteness.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -169,11 +170,12 @@ def input_fingerprint(inputs: list[str]) -> dict[str, Any]:
     """
     files: list[dict[str, Any]] = []
     for item in inputs:
-        p = Path(item)
-        if not p.exists():
+        matches = [Path(m) for m in sorted(glob.glob(item))] if "://" not in item else []
+        if not matches:
             return {"files": None, "sha256": None, "note": f"{item} is not a local path"}
-        members = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))) \
-            if p.is_dir() else [p]
+        members = [f for m in matches for f in (
+            sorted(f for f in m.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
+            if m.is_dir() else [m])]
         for f in members:
             st = os.stat(f)
             files.append({"path": str(f.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})

@@ -13,6 +13,7 @@ the caller owns the SparkSession. Only vocabularies and counts reach the driver.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -34,6 +35,7 @@ from xmc.spark.labels import cooccurrence, encode_labels, label_vocabulary, pifa
 from xmc.spark.params import FeaturizeParams
 from xmc.spark.read import (
     ORDER,
+    BadRecords,
     LineNumbers,
     bad_records,
     detect_format,
@@ -83,8 +85,10 @@ class _Run:
         self.seconds: dict[str, float] = {}
         self._t = time.perf_counter()
 
-    def keep(self, df: DataFrame) -> DataFrame:
-        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    def keep(self, df: DataFrame, *, small: bool = False) -> DataFrame:
+        """Persist a frame used more than once. Large ones go to local disk: cached blocks in memory
+        would take the heap that the shuffles and aggregations need (memory stays bounded)."""
+        df = df.persist(StorageLevel.MEMORY_AND_DISK if small else StorageLevel.DISK_ONLY)
         self.persisted.append(df)
         return df
 
@@ -98,14 +102,14 @@ class _Run:
         for kept in [df] if df is not None else self.persisted:
             kept.unpersist()
 
-    def check_bad(self, records: DataFrame, line_of: LineNumbers) -> dict[str, Any]:
+    def check_bad(self, records: DataFrame, line_of: LineNumbers) -> BadRecords:
         report = bad_records(records, self.params.max_examples, line_of)
         if report.total and not self.params.skip_bad:
             raise report.error()
         if report.total:
             _log(f"skipped {report.total} bad record(s): {report.by_kind} (examples in the manifest)")
         self.lap("read_validate")
-        return report.to_dict()
+        return report
 
 
 def featurize(
@@ -116,8 +120,8 @@ def featurize(
     paths = [str(p) for p in inputs]
     if not paths:
         raise DataFormatError("no input given")
-    for p in paths:
-        if "://" not in p and not Path(p).exists():
+    for p in paths:  # local paths checked here (clear message); URIs and globs are Spark's to resolve
+        if "://" not in p and not any(c in p for c in "*?[") and not Path(p).exists():
             raise DataFormatError("no such file or folder", path=p)
     fmt = detect_format(paths, params.input_format)
     start = time.perf_counter()
@@ -153,21 +157,24 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
         *ORDER, "id", "text", "labels", split_column(p).alias("split"))
     stop = stop_words(p)
     # Hash-partitioned by document: every later per-document step (term counts, TF-IDF rows,
-    # label indices, their joins) then runs without another shuffle.
-    docs = run.keep(add_terms(good, p, stop).drop("text").repartition("key"))
+    # label indices, their joins) then runs in one stage without another shuffle; the number of
+    # partitions grows with the corpus, so each task's memory stays bounded.
+    parts = max(run.spark.sparkContext.defaultParallelism,
+                math.ceil((report.records - report.total) / p.docs_per_partition))
+    docs = run.keep(add_terms(good, p, stop).drop("text").repartition(parts, "key"))
     train = docs.filter(F.col("split") == "train")
     n_train = train.count()
     run.release(parsed)  # the documents are materialised: their text is no longer needed
     if n_train == 0:
         raise DataFormatError("no training documents (every record is bad or in valid/test)", path=paths[0])
-    vocab = run.keep(fit_vocabulary(train, n_train, p))
+    vocab = run.keep(fit_vocabulary(train, n_train, p), small=True)
     vectorizer = vectorizer_of(vocab, n_train, p, stop)
     if vectorizer.n_features == 0:
         raise DataFormatError(f"empty vocabulary: no term is in min_df={p.min_df} training documents; "
                               "lower --min-df", path=paths[0])
     vectorizer.save(run.tmp / "vectorizer")
     run.lap("vocabulary")
-    label_vocab = run.keep(label_vocabulary(train))
+    label_vocab = run.keep(label_vocabulary(train), small=True)
     table = label_vocab.orderBy("label_idx").select("label", "freq").toArrow()
     names = table.column("label").to_pylist()
     (run.tmp / "labels.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
@@ -180,7 +187,7 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
     body = _write(run, rows, vectorizer.n_features, len(names))
     return {"features": "tfidf", "normalization": "l2" if p.l2_normalize else "none",
             "tf": "1 + ln(count)" if p.sublinear_tf else "count", "idf": "ln((1 + N) / (1 + df)) + 1",
-            "vectorizer": "vectorizer", **body, "bad_records": report}
+            "vectorizer": "vectorizer", **body, "bad_records": report.to_dict()}
 
 
 def _xc(run: _Run, paths: list[str]) -> dict[str, Any]:
@@ -200,7 +207,7 @@ def _xc(run: _Run, paths: list[str]) -> dict[str, Any]:
         freq[r["l"]] = r["count"]
     np.savez(run.tmp / "label_stats.npz", freq=freq)
     body = _write(run, rows, d, n_labels)
-    return {"features": "given (XC BoW)", "normalization": "none", **body, "bad_records": report}
+    return {"features": "given (XC BoW)", "normalization": "none", **body, "bad_records": report.to_dict()}
 
 
 def _fill_empty(rows: DataFrame) -> DataFrame:

@@ -53,6 +53,8 @@ class FeaturizeParams:
     """Term frequency tf -> 1 + ln(tf): a word repeated 10 times is not 10 times the evidence."""
     l2_normalize: bool = True
     """L2-normalise each document's TF-IDF row (so long documents do not dominate)."""
+    docs_per_partition: int = 5000
+    """Documents per task in the per-document steps: fewer = less memory per task, more tasks."""
     cooc_topk: int = 10
     """Co-occurring labels kept per label in the label statistics."""
     valid_fraction: float = 0.0
@@ -77,6 +79,7 @@ class FeaturizeParams:
         _require(self.ngram_max in (1, 2), "ngram_max", self.ngram_max, "use 1 or 2")
         _require(self.min_df >= 1, "min_df", self.min_df, "use >= 1")
         _require(self.max_features >= 1, "max_features", self.max_features, "use >= 1")
+        _require(self.docs_per_partition >= 1, "docs_per_partition", self.docs_per_partition, "use >= 1")
         _require(self.cooc_topk >= 1, "cooc_topk", self.cooc_topk, "use >= 1")
         for name in ("valid_fraction", "test_fraction"):
             value = getattr(self, name)

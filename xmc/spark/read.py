@@ -200,12 +200,16 @@ def mark_duplicate_ids(df: DataFrame) -> DataFrame:
 class BadRecords:
     """What was wrong with the input: counts per kind and the first examples (file, line, field)."""
 
+    records: int = 0
+    """Records read, good and bad."""
     total: int = 0
+    """Bad records."""
     by_kind: dict[str, int] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "by_kind": self.by_kind, "examples": self.examples}
+        return {"records": self.records, "total": self.total, "by_kind": self.by_kind,
+                "examples": self.examples}
 
     def error(self) -> DataFormatError:
         """The job's failure: the first bad record as the error, every count and example after it."""
@@ -220,12 +224,13 @@ class BadRecords:
 
 
 def bad_records(records: DataFrame, max_examples: int, line_of: Callable[[str, int, int], int]) -> BadRecords:
-    """Count the flagged records by kind and fetch the first examples in input order."""
-    flagged = records.filter(F.col("bad").isNotNull())
-    by_kind = flagged.groupBy(F.col("bad.kind").alias("kind")).count().collect()
-    counts = {r["kind"]: int(r["count"]) for r in by_kind}
+    """Count the records and the flagged ones by kind; fetch the first examples in input order."""
+    by_kind = records.groupBy(F.col("bad.kind").alias("kind")).count().collect()
+    n_records = sum(int(r["count"]) for r in by_kind)
+    counts = {r["kind"]: int(r["count"]) for r in by_kind if r["kind"] is not None}
     if not counts:
-        return BadRecords()
+        return BadRecords(n_records)
+    flagged = records.filter(F.col("bad").isNotNull())
     rows = (flagged.orderBy(*ORDER).limit(max_examples)
             .select(*ORDER, "bad.field", "bad.message", "snippet", "first").collect())
     examples = []
@@ -236,7 +241,7 @@ def bad_records(records: DataFrame, max_examples: int, line_of: Callable[[str, i
             message += f" (first seen at {where}:{line_of(*r['first'])})"
         examples.append({"path": local_path(r["path"]), "line": line_of(r["path"], r["block"], r["key"]),
                          "field": r["field"], "message": message, "record": r["snippet"]})
-    return BadRecords(sum(counts.values()), counts, examples)
+    return BadRecords(n_records, sum(counts.values()), counts, examples)
 
 
 def detect_format(inputs: Sequence[str], declared: str) -> str:
@@ -247,7 +252,9 @@ def detect_format(inputs: Sequence[str], declared: str) -> str:
     name = Path(first).name.lower()
     if name.endswith(".parquet") or (Path(first).is_dir() and any(Path(first).glob("*.parquet"))):
         return "parquet"
-    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")):
+    jsonl = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+    folder = Path(first).is_dir()
+    if name.endswith(jsonl) or (folder and any(f.name.endswith(jsonl) for f in Path(first).iterdir())):
         return "jsonl"
     if Path(first).is_file():
         from xmc.data.xc import open_text
