@@ -266,6 +266,8 @@ def test_bad_records_fail_clearly_or_are_skipped_and_reported(
                    tmp_path / "n.parquet")
     with pytest.raises(DataFormatError, match=r"n.parquet:2: \[text\] missing field 'text'"):
         _featurize(spark, [tmp_path / "n.parquet"], tmp_path / "p")
+    with pytest.raises(DataFormatError, match="Spark cannot read the input"):
+        _featurize(spark, [str(tmp_path / "none*.jsonl")], tmp_path / "p")
 
 
 def test_xc_bow_input_gives_the_in_memory_matrices(spark: Any, tmp_path: Path) -> None:

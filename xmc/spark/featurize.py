@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from pyspark import StorageLevel
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -50,6 +51,8 @@ from xmc.spark.xc import check_row_count, read_xc_rows
 BUCKETS = 10_000
 SPLIT_RULE = ("bucket = crc32(utf8(id)) % 10000; test if bucket < 10000 * test_fraction, "
               "valid if bucket < 10000 * (test_fraction + valid_fraction), else train")
+# Spark's conditions for input it cannot find or read as the declared format (user errors, not bugs).
+_UNREADABLE = ("PATH_NOT_FOUND", "UNABLE_TO_INFER_SCHEMA")
 # Parquet columns of a split shard: the Spark -> trainer contract.
 SHARD_COLUMNS = ("doc_id", "feat_idx", "feat_val", "label_idx")
 
@@ -129,6 +132,10 @@ def featurize(
         run = _Run(spark, params, tmp)
         try:
             body = _xc(run, paths) if fmt == "xc" else _text(run, paths, fmt)
+        except AnalysisException as e:
+            if e.getCondition() not in _UNREADABLE:
+                raise
+            raise DataFormatError(f"Spark cannot read the input: {e.getMessage()}", path=paths[0]) from None
         finally:
             run.release()
         manifest = {
