@@ -1,4 +1,4 @@
-"""Featurize a synthetic raw-text corpus with Spark: documents per second and peak memory.
+"""Featurize a synthetic raw-text corpus (``xmc synth --format jsonl``) with Spark: docs/s and peak memory.
 
     python bench/featurize.py                      # 200K documents, embedded local[*] Spark
     python bench/featurize.py --docs 20000 --master spark://127.0.0.1:7077
@@ -32,9 +32,11 @@ MiB = 1 << 20
 
 def generate(path: Path, n_docs: int) -> None:
     """Write the corpus from a child process (its memory is not the featurizer's)."""
-    code = ("from xmc.data import write_jsonl; from xmc.spark.synthetic import synthetic_records; "
-            f"write_jsonl({str(path)!r}, synthetic_records({n_docs}, n_labels=500, vocab_size=30000))")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-m", "xmc.cli", "synth", "--format", "jsonl", "--out",
+                    str(path.parent / "synth"), "--train", str(n_docs), "--test", "0", "--n-labels", "500",
+                    "--n-features", "30000", "--words-per-doc", "80"],
+                   check=True, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
+    os.replace(path.parent / "synth" / "train.jsonl", path)
 
 
 def executor_peaks(spark: Any) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from xmc.spark.bundle import (
     read_manifest,
 )
 from xmc.spark.params import FeaturizeParams
-from xmc.spark.synthetic import synthetic_records
+from xmc.synth import SynthSpec, write
 from xmc.vectorizer import TextVectorizer, python_pattern, utf16_len
 
 
@@ -91,18 +91,29 @@ def _reference_tfidf(
     return vocab, idf, sp.csr_matrix(X)
 
 
+def _synth_records(
+    tmp: Path, spec: SynthSpec, n_train: int, n_test: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and test records ``{id, text, labels}`` of an ``xmc synth`` world."""
+    write(spec, tmp / "synth", n_train, n_test, "jsonl")
+    return tuple(  # type: ignore[return-value]
+        [json.loads(line) for line in (tmp / "synth" / f"{split}.jsonl").read_text().splitlines()]
+        for split in ("train", "test"))
+
+
 MAX_FEATURES = 600  # below the ~900 terms with df >= 2, above those with df >= 3 (the Unicode words)
 
 
 @pytest.fixture(scope="module")
 def text_bundle(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One `xmc featurize` run: a learnable synthetic corpus plus Unicode edge cases, 25% test split
-    by id hash, bigrams, English stop words, a truncated vocabulary; held-out records beside it."""
+    """One `xmc featurize` run: a learnable synthetic corpus (xmc.synth) plus Unicode edge cases,
+    25% test split by id hash, bigrams, English stop words, a truncated vocabulary; held-out
+    records of the same world beside it."""
     from xmc.cli import main
 
     tmp = tmp_path_factory.mktemp("text")
-    generated = list(synthetic_records(400, n_labels=20, vocab_size=400, mean_len=25, seed=3))
-    records, heldout = generated[:300] + UNICODE_DOCS, generated[300:]
+    records, heldout = _synth_records(tmp, SynthSpec(n_labels=20, n_features=400, seed=3), 300, 100)
+    records += UNICODE_DOCS
     write_jsonl(tmp / "corpus.jsonl", records)
     write_jsonl(tmp / "heldout.jsonl", [{"id": r["id"], "text": r["text"]} for r in heldout])
     assert main(["featurize", "--input", str(tmp / "corpus.jsonl"), "--out", str(tmp / "bundle"),
@@ -198,7 +209,7 @@ def test_train_on_bundle_predict_raw_text(text_bundle: dict[str, Any], capsys: A
     p_mem = evaluate(Y_test, XMCModel.fit(X_mem, train.Y, params).predict(X_test, topk=5), (1, 3, 5))
     p_bundle = evaluate(Y_test, XMCModel.load(tmp / "m").predict(X_test, topk=5), (1, 3, 5))
     assert all(abs(p_mem[k] - p_bundle[k]) < 1e-9 for k in ("P@1", "P@3", "P@5")), (p_mem, p_bundle)
-    assert p_bundle["P@1"] > 60  # the topics are learnable
+    assert p_bundle["P@1"] > 40  # learnable: chance is about 9 (1.7 of 20 labels per document)
 
     preds = [json.loads(line) for line in (tmp / "preds.jsonl").read_text().splitlines()]
     assert [p["id"] for p in preds] == [r["id"] for r in heldout]

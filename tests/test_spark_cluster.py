@@ -24,7 +24,7 @@ from xmc.data import write_jsonl
 from xmc.errors import ParamError
 from xmc.spark.bundle import load_split, read_manifest
 from xmc.spark.session import read_conf_file
-from xmc.spark.synthetic import synthetic_records
+from xmc.synth import SynthSpec, write
 from xmc.vectorizer import TextVectorizer
 
 CONF = REPO / "cluster_configs" / "spark" / "spark-defaults.conf"
@@ -127,7 +127,8 @@ def test_conf_file_errors_name_the_line(tmp_path: Path) -> None:
 
 def test_spark_submit_featurize_on_standalone_cluster(standalone: tuple[str, int], tmp_path: Path) -> None:
     master, ui = standalone
-    records = list(synthetic_records(300, n_labels=10, vocab_size=400, mean_len=30, seed=7))
+    write(SynthSpec(n_labels=10, n_features=400, seed=7), tmp_path / "synth", 300, 0, "jsonl")
+    records = [json.loads(line) for line in (tmp_path / "synth" / "train.jsonl").read_text().splitlines()]
     write_jsonl(tmp_path / "corpus.jsonl", records)
     submit = str(_spark_home() / "bin" / "spark-submit")
     cmd = [submit, "--master", master, "--properties-file", str(CONF),

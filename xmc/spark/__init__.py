@@ -2,8 +2,8 @@
 
 Modules: ``session`` (the one SparkSession factory), ``params`` (FeaturizeParams), ``read``
 (input and bad-record checks), ``text`` (TF-IDF), ``labels`` (label statistics, PIFA), ``xc``
-(BoW input), ``featurize`` (the pipeline), ``bundle`` (the contract and its loader, which
-needs no Spark) and ``synthetic`` (a labelled text corpus for tests and the benchmark).
+(BoW input), ``featurize`` (the pipeline) and ``bundle`` (the contract and its loader, which
+needs no Spark).
 Import the modules you need: this package imports nothing, so reading a bundle does not
 start pyspark.
 """

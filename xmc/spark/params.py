@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xmc.errors import ParamError
+from xmc.params import _coerce
 
 InputFormat = Literal["auto", "jsonl", "parquet", "xc"]
 StopWords = Literal["none", "english"]
@@ -92,28 +93,16 @@ class FeaturizeParams:
         return dataclasses.asdict(self)
 
     def replace(self, **values: Any) -> FeaturizeParams:
-        """A copy with overrides, type-checked (JSON configs) and validated."""
-        types = {f.name: str(f.type) for f in fields(FeaturizeParams)}
-        for key, value in values.items():
-            if key not in types:
-                raise ParamError(f"unknown featurize parameter {key!r}; known: {', '.join(sorted(types))}")
-            declared = types[key]
-            if declared == "int":
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif declared == "float":
-                ok = isinstance(value, int | float) and not isinstance(value, bool)
-                values[key] = float(value) if ok else value
-            elif declared == "bool":
-                ok = isinstance(value, bool)
-            else:
-                ok = isinstance(value, str)
-            if not ok:
-                raise ParamError(f"{key}={value!r} has the wrong type: expected {declared}")
-        return dataclasses.replace(self, **values)
+        """A copy with overrides, type-checked as ``xmc.params`` checks JSON configs, and validated."""
+        known = {f.name for f in fields(FeaturizeParams)}
+        for key in values:
+            if key not in known:
+                raise ParamError(f"unknown featurize parameter {key!r}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **_coerce(FeaturizeParams, values))
 
     @classmethod
     def from_json(cls, path: str | Path) -> FeaturizeParams:
-        """A flat JSON object of fields (or a bundle manifest's ``params``)."""
+        """A flat JSON object of fields (the ``params`` object of a bundle's manifest has this form)."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
