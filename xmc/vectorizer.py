@@ -35,7 +35,8 @@ from xmc.errors import BundleError
 FORMAT = "xmc-vectorizer"
 SCHEMA_VERSION = 1
 # Java's (?U)\w: Alphabetic (letters, letter numbers, Other_Alphabetic), marks, decimal digits,
-# connector punctuation, join controls. Other_Alphabetic symbols outside those categories:
+# connector punctuation, join controls. Extra ranges: the join controls, and the Other_Alphabetic
+# symbols outside those categories (circled and squared Latin letters).
 _JAVA_WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nl", "Mn", "Mc", "Me", "Nd", "Pc"})
 _JAVA_WORD_EXTRA = ((0x200C, 0x200D), (0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169),
                     (0x1F170, 0x1F189))
