@@ -19,14 +19,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install $(PIP_ARGS) -e '.[dev]'
 	touch $@
 
-demo: setup
-	$(VENV)/bin/xmc train --x $(DATA)/X.trn.npz --y $(DATA)/Y.trn.npz \
-	    --label-names $(DATA)/label_names.txt --model $(RUN_DIR)/model
+demo: setup  # the main job on embedded engines: local Spark -> local Ray -> local MLflow
+	$(VENV)/bin/xmc featurize --input $(DATA)/bibtex_train.txt.gz --out $(RUN_DIR)/bundle
+	$(VENV)/bin/xmc train --data $(RUN_DIR)/bundle --model $(RUN_DIR)/model --executor ray \
+	    --tracking-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db --experiment bibtex-demo \
+	    --register-as bibtex-demo
 	$(VENV)/bin/xmc predict --model $(RUN_DIR)/model --x $(DATA)/X.tst.npz --topk 5 \
 	    --out $(RUN_DIR)/pred.npz
-	$(VENV)/bin/xmc predict --model $(RUN_DIR)/model --x $(DATA)/X.tst.npz --topk 5 \
-	    --out $(RUN_DIR)/pred.jsonl
 	$(VENV)/bin/xmc evaluate --y $(DATA)/Y.tst.npz --pred $(RUN_DIR)/pred.npz --model $(RUN_DIR)/model
+	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db"
 
 test: setup
 	$(PY) -m pytest
