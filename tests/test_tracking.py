@@ -151,6 +151,8 @@ def test_cli_logs_to_default_sqlite_and_registers_champion_once(
                       key=lambda r: r.info.run_name)
     assert [c.info.run_name for c in children] == ["round-0", "round-1"]
     assert children[1].data.params["round"] == "1" and "val_P_at_5" in children[1].data.metrics
+    for key in ("val_PSP_at_5", "val_nDCG_at_3", "weight_bytes", "peak_rss_mib", "seconds_rankers"):
+        assert children[1].data.metrics[key] > 0, key
     assert parent.data.params["tree.max_leaf_size"] == "8"
     assert len(parent.data.tags["data_fingerprint"]) == 64 and "version.mlflow" in parent.data.tags
     for key in ("model_bytes", "peak_rss_bytes", "heldout_PSP_at_5", "heldout_nDCG_at_3"):

@@ -159,9 +159,17 @@ class RoundRecord:
     coverage_after: float | None = None
     validation: dict[str, float] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    weight_bytes: int = 0
+    """Bytes of the model's weight arrays after the round (CSC data + indices + pointers)."""
+    peak_rss_mib: float = 0.0
+    """Peak resident memory of the driver process so far."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def weight_bytes(weights: list[sp.csc_matrix]) -> int:
+    return int(sum(W.data.nbytes + W.indices.nbytes + W.indptr.nbytes for W in weights))
 
 
 def leaf_size_stats(tree: LabelTree) -> dict[str, float]:

@@ -160,8 +160,10 @@ def run_rounds(
 
     ``state`` (from a checkpoint) continues after its round; ``checkpoint`` saves every round.
     """
+    import resource
+
     from xmc.checkpoint import RoundState
-    from xmc.disentangle import RoundRecord, disentangle_round, leaf_size_stats
+    from xmc.disentangle import RoundRecord, disentangle_round, leaf_size_stats, weight_bytes
     from xmc.metrics import evaluate
 
     p = model.params
@@ -170,11 +172,17 @@ def run_rounds(
         if X_val is None or Y_val is None:
             return None
         pred = predict(X_val, m.tree, m.weights, p.predict, bias=p.solver.bias, topk=5)
-        return evaluate(Y_val, pred, (1, 3, 5))
+        return evaluate(Y_val, pred, (1, 3, 5), label_counts=m.label_counts, n_train=m.n_train)
+
+    def footprint(record: RoundRecord, m: XMCModel) -> RoundRecord:
+        record.weight_bytes = weight_bytes(m.weights)
+        record.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return record
 
     if state is None:
         base = RoundRecord(0, copies=len(model.tree.copy_label), leaf_sizes=leaf_size_stats(model.tree),
                            validation=validate(model))
+        footprint(base, model)
         state = RoundState(0, model, model, 0, (base.validation or {}).get("P@1", 0.0), [base.to_dict()])
         if checkpoint is not None:
             checkpoint.save(state)
@@ -192,7 +200,7 @@ def run_rounds(
         record.validation = validate(current)
         record.seconds["validate"] = time.perf_counter() - t0
         state.round, state.current = r, current
-        state.records.append(record.to_dict())
+        state.records.append(footprint(record, current).to_dict())
         if record.validation is None:
             state.best, state.best_round = current, r
         elif record.validation["P@1"] > state.best_score:

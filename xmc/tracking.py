@@ -103,7 +103,8 @@ def metric_key(name: str) -> str:
 def round_metrics(record: dict[str, Any]) -> dict[str, float]:
     """Flat numeric metrics of one round record (see ``xmc.disentangle.RoundRecord``)."""
     out: dict[str, float] = {}
-    for name in ("labels_copied", "copies", "clusters_changed", "coverage_before", "coverage_after"):
+    for name in ("labels_copied", "copies", "clusters_changed", "coverage_before", "coverage_after",
+                 "weight_bytes", "peak_rss_mib"):
         if record.get(name) is not None:
             out[name] = float(record[name])
     for stat, v in (record.get("leaf_sizes") or {}).items():
