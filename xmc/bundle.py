@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.errors import BundleError
-from xmc.fsutil import atomic_dir, sha256
+from xmc.fsutil import atomic_dir, read_manifest_file, sha256, verify_checksums
 from xmc.tree import LabelTree
 
 FORMAT = "xmc-model"
@@ -88,38 +88,15 @@ def save_bundle(
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise BundleError(f"{folder}: no such model folder (train one with `xmc train ... --model {folder}`)")
-    mpath = folder / "manifest.json"
-    if not mpath.exists():
-        raise BundleError(f"{folder}: not an xmc model (no manifest.json)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath}: corrupt manifest (line {e.lineno}: {e.msg})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{mpath}: not an xmc model manifest (format != {FORMAT!r})")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{mpath}: schema_version {version!r} is not supported by this xmc "
-            f"(reads {SCHEMA_VERSION}); retrain or use the xmc version that wrote it"
-        )
-    return manifest
+    return read_manifest_file(path, fmt=FORMAT, version=SCHEMA_VERSION, kind="an xmc model", noun="model",
+                              fix=f"train one with `xmc train ... --model {path}`")
 
 
 def load_bundle(path: str | Path) -> dict[str, Any]:
     """Read and fully validate a bundle; returns its parts (tree, weights, counts, names, manifest)."""
     folder = Path(path)
     manifest = read_manifest(folder)
-    files: dict[str, str] = manifest.get("files", {})
-    for name, digest in files.items():
-        f = folder / name
-        if not f.exists():
-            raise BundleError(f"{folder}: file {name} listed in the manifest is missing")
-        if sha256(f) != digest:
-            raise BundleError(f"{f}: checksum mismatch, the file is corrupt or was modified")
+    verify_checksums(folder, manifest.get("files", {}))
     try:
         n_features = int(manifest["n_features"])
         n_labels = int(manifest["n_labels"])

@@ -10,6 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -55,3 +56,43 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_manifest_file(
+    folder: str | Path, *, fmt: str, version: int, kind: str, noun: str, fix: str
+) -> dict[str, Any]:
+    """``folder/manifest.json`` checked for its format and schema version (of a model, a features
+    bundle, ...). In messages ``kind`` names the thing with its article ("an xmc model"), ``noun``
+    without it ("model"); ``fix`` says what to do about a missing or foreign one."""
+    import json
+
+    from xmc.errors import BundleError
+
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such {noun} folder ({fix})")
+    if not path.is_file():
+        raise BundleError(f"{folder}: not {kind} (no manifest.json; {fix})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: corrupt manifest (line {e.lineno}: {e.msg})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise BundleError(f"{path}: not {kind} manifest (format != {fmt!r})")
+    if manifest.get("schema_version") != version:
+        raise BundleError(f"{path}: schema_version {manifest.get('schema_version')!r} is not supported "
+                          f"by this xmc (reads {version}); {fix}")
+    return manifest
+
+
+def verify_checksums(folder: str | Path, files: dict[str, str]) -> None:
+    """Every file a manifest lists exists and has its recorded sha256 (else a clear BundleError)."""
+    from xmc.errors import BundleError
+
+    for name, digest in files.items():
+        f = Path(folder) / name
+        if not f.is_file():
+            raise BundleError(f"{folder}: file {name} listed in the manifest is missing")
+        if sha256(f) != digest:
+            raise BundleError(f"{f}: checksum mismatch, the file is corrupt or was modified")

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from xmc.errors import BundleError
-from xmc.fsutil import sha256
+from xmc.fsutil import read_manifest_file, verify_checksums
 
 FORMAT = "xmc-features"
 SCHEMA_VERSION = 1
@@ -48,25 +48,13 @@ class FeatureSplit:
     doc_ids: list[str]
 
 
-def read_manifest(bundle: str | Path) -> dict[str, Any]:
-    folder = Path(bundle)
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise BundleError(f"{folder}: not a features bundle (no manifest.json); make one with "
-                          f"`xmc featurize --input CORPUS --out {folder}`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: corrupt manifest (line {e.lineno}: {e.msg})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a features bundle manifest (format != {FORMAT!r})")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path}: schema_version {manifest.get('schema_version')!r} is not supported "
-                          f"(this xmc reads {SCHEMA_VERSION}); re-run `xmc featurize`")
-    for name, digest in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file() or sha256(f) != digest:
-            raise BundleError(f"{f}: missing or modified since featurization (checksum mismatch)")
+def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
+    """The bundle's manifest; with ``verify`` every listed file's checksum is checked too."""
+    manifest = read_manifest_file(bundle, fmt=FORMAT, version=SCHEMA_VERSION, kind="a features bundle",
+                                  noun="features bundle",
+                                  fix=f"make one with `xmc featurize --input CORPUS --out {bundle}`")
+    if verify:
+        verify_checksums(bundle, manifest.get("files", {}))
     return manifest
 
 
@@ -129,9 +117,8 @@ def load_label_names(bundle: str | Path) -> list[str] | None:
     return names[:-1] if names and names[-1] == "" else names
 
 
-def _by_label(bundle: str | Path, name: str, columns: list[str]) -> tuple[pa.Table, int]:
-    manifest = read_manifest(bundle)
-    return _table(Path(bundle) / name, columns), int(manifest["n_labels"])
+def _by_label(bundle: str | Path, name: str, columns: list[str]) -> tuple[pa.Table, dict[str, Any]]:
+    return _table(Path(bundle) / name, columns), read_manifest(bundle)
 
 
 def _scatter(table: pa.Table, n_rows: int, n_cols: int, idx: str, val: str, what: str) -> sp.csr_matrix:
@@ -147,14 +134,15 @@ def _scatter(table: pa.Table, n_rows: int, n_cols: int, idx: str, val: str, what
 
 def load_pifa(bundle: str | Path) -> sp.csr_matrix:
     """PIFA embeddings (L x D, float32): row l = normalize(sum of label l's training rows)."""
-    table, n_labels = _by_label(bundle, "pifa", ["label_idx", "feat_idx", "feat_val"])
-    return _scatter(table, n_labels, int(read_manifest(bundle)["n_features"]), "feat_idx", "feat_val",
+    table, manifest = _by_label(bundle, "pifa", ["label_idx", "feat_idx", "feat_val"])
+    return _scatter(table, int(manifest["n_labels"]), int(manifest["n_features"]), "feat_idx", "feat_val",
                     str(Path(bundle) / "pifa"))
 
 
 def load_cooccurrence(bundle: str | Path) -> sp.csr_matrix:
     """Top-k co-occurrence counts (L x L CSR, at most k entries per row) of the training labels."""
-    table, n_labels = _by_label(bundle, "label_cooc", ["label_idx", "cooc_idx", "cooc_count"])
+    table, manifest = _by_label(bundle, "label_cooc", ["label_idx", "cooc_idx", "cooc_count"])
+    n_labels = int(manifest["n_labels"])
     return _scatter(table, n_labels, n_labels, "cooc_idx", "cooc_count", str(Path(bundle) / "label_cooc"))
 
 
