@@ -62,9 +62,10 @@ class Checkpoint:
         """Bundles first, then the state file that points at them (atomic): a crash mid-save
         leaves the previous checkpoint valid."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for r, model in ((state.round, state.current), (state.best_round, state.best)):
-            if not (self.folder / f"round_{r}" / "manifest.json").exists() or r == state.round:
-                model.save(self.folder / f"round_{r}")
+        state.current.save(self.folder / f"round_{state.round}")
+        best_dir = self.folder / f"round_{state.best_round}"
+        if not (best_dir / "manifest.json").exists():  # an earlier best is already on disk
+            state.best.save(best_dir)
         doc = {"round": state.round, "best_round": state.best_round, "best_score": state.best_score,
                "finished": state.finished, "records": state.records, "params": self.params.to_dict(),
                "data_fingerprint": self.data_fingerprint}

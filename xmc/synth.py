@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from xmc.composite import TrueSplit
 from xmc.errors import ParamError
 from xmc.fsutil import atomic_dir
+from xmc.params import _require
 
 BLOCK = 2048
 SPLITS = {"train": 0, "test": 1, "validation": 2}
@@ -63,20 +64,17 @@ class SynthSpec:
     """Seed of the sense table and of every document block."""
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.n_labels >= 2, "n_labels", "use >= 2"),
-            (self.n_features >= 16, "n_features", "use >= 16"),
-            (self.n_topics == 0 or self.n_topics >= 2, "n_topics", "use 0 (auto) or >= 2"),
-            (0 <= self.multi_sense_share <= 1, "multi_sense_share", "use a share in [0, 1]"),
-            (self.words_per_topic >= 1, "words_per_topic", "use >= 1"),
-            (self.words_per_doc >= 1, "words_per_doc", "use >= 1"),
-            (0 <= self.noise_share < 1, "noise_share", "use a share in [0, 1)"),
-            (self.signature_words >= 0, "signature_words", "use >= 0"),
-            (1 <= self.labels_per_doc <= MAX_LABELS_PER_DOC, "labels_per_doc", "use a mean in [1, 8]"),
-        ]
-        for ok, name, fix in checks:
-            if not ok:
-                raise ParamError(f"SynthSpec.{name} = {getattr(self, name)!r} is invalid: {fix}")
+        _require(self.n_labels >= 2, "n_labels", self.n_labels, "use >= 2")
+        _require(self.n_features >= 16, "n_features", self.n_features, "use >= 16")
+        _require(self.n_topics == 0 or self.n_topics >= 2, "n_topics", self.n_topics, "use 0 (auto) or >= 2")
+        _require(0 <= self.multi_sense_share <= 1, "multi_sense_share", self.multi_sense_share,
+                 "use a share in [0, 1]")
+        for name in ("words_per_topic", "words_per_doc"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "use >= 1")
+        _require(0 <= self.noise_share < 1, "noise_share", self.noise_share, "use a share in [0, 1)")
+        _require(self.signature_words >= 0, "signature_words", self.signature_words, "use >= 0")
+        _require(1 <= self.labels_per_doc <= MAX_LABELS_PER_DOC, "labels_per_doc", self.labels_per_doc,
+                 "use a mean in [1, 8]")
 
     @property
     def topics(self) -> int:
