@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import evaluate, explain, featurize, nightly, predict, synth, train
+from jobs import datasets, evaluate, explain, featurize, nightly, predict, synth, train
 from xmc import __version__
 from xmc.cliutil import run_main
 
 COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "explain": explain,
-            "synth": synth, "featurize": featurize, "nightly": nightly}
+            "synth": synth, "featurize": featurize, "nightly": nightly, "datasets": datasets}
 
 
 def main(argv: list[str] | None = None) -> int:
