@@ -314,11 +314,15 @@ def _posix(name: str) -> str:
 
 
 def _check_member(m: tarfile.TarInfo, staging: Path, archive: Path) -> None:
-    """Refuse links, devices and anything tarfile's "data" filter refuses (absolute, ``..``)."""
+    """Refuse links, devices, absolute paths and ``..`` anywhere (even when it stays inside the
+    destination), then anything else tarfile's "data" filter refuses."""
     if not (m.isfile() or m.isdir()):
         kind = "link" if (m.issym() or m.islnk()) else "special file"
         raise DataFormatError(f"unsafe archive member {m.name!r} ({kind}): refused, nothing was unpacked",
                               path=archive)
+    if m.name.startswith("/") or ".." in m.name.split("/"):
+        raise DataFormatError(f"unsafe archive member {m.name!r} (absolute path or '..'): refused, nothing "
+                              "was unpacked", path=archive)
     try:
         tarfile.data_filter(m, str(staging))
     except tarfile.FilterError as e:
