@@ -284,6 +284,9 @@ def test_names_and_out_folder_are_checked(tmp_path: Path, tiny: dict[str, sp.csr
     with pytest.raises(ParamError, match="not a features bundle; refusing"):
         _fetch(tmp_path, out="precious")
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "precious" / "manifest.json").write_text('{"format": "xmc-model"}')  # a model folder
+    with pytest.raises(ParamError, match="not a features bundle; refusing"):
+        _fetch(tmp_path, out="precious")
     assert datasets.source_url(datasets.REGISTRY["eurlex-4k"]) == (
         "https://archive.org/download/pecos-dataset/xmc-base/eurlex-4k.tar.gz")
 

@@ -613,7 +613,15 @@ def _check_out(out: Path) -> None:
         return
     if not out.is_dir():
         raise ParamError(f"--out {out}: exists and is not a folder")
-    if any(out.iterdir()) and not (out / "manifest.json").is_file():
+    if not any(out.iterdir()):
+        return
+    from xmc.spark.bundle import FORMAT
+
+    try:
+        fmt = json.loads((out / "manifest.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != FORMAT:
         raise ParamError(f"--out {out}: a non-empty folder that is not a features bundle; refusing to "
                          "replace it (pick a new folder)")
 
