@@ -19,6 +19,7 @@ folder holding ``Y.trn.npz`` wherever it is, so a repacked archive without ``xmc
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import math
@@ -318,23 +319,24 @@ def _check_member(m: tarfile.TarInfo, staging: Path, archive: Path) -> None:
     destination), then anything else tarfile's "data" filter refuses."""
     if not (m.isfile() or m.isdir()):
         kind = "link" if (m.issym() or m.islnk()) else "special file"
-        raise DataFormatError(f"unsafe archive member {m.name!r} ({kind}): refused, nothing was unpacked",
-                              path=archive)
+        raise DataFormatError(f"unsafe archive member {m.name!r} ({kind}): refused (nothing from the "
+                              "archive is kept)", path=archive)
     if m.name.startswith("/") or ".." in m.name.split("/"):
-        raise DataFormatError(f"unsafe archive member {m.name!r} (absolute path or '..'): refused, nothing "
-                              "was unpacked", path=archive)
+        raise DataFormatError(f"unsafe archive member {m.name!r} (absolute path or '..'): refused "
+                              "(nothing from the archive is kept)", path=archive)
     try:
         tarfile.data_filter(m, str(staging))
     except tarfile.FilterError as e:
-        raise DataFormatError(f"unsafe archive member {m.name!r} ({e}): refused, nothing was unpacked",
-                              path=archive) from None
+        raise DataFormatError(f"unsafe archive member {m.name!r} ({e}): refused (nothing from the "
+                              "archive is kept)", path=archive) from None
 
 
 def unpack(archive: Path, staging: Path, features: str) -> _Unpacked:
     """Extract the label files and ``<features>/X.*.npz`` in one streaming pass of the archive.
 
-    Every member is checked first, the ones not needed too, so a tampered archive is refused
-    as a whole. Raw text and other feature folders are skipped (never written to disk).
+    Every member is checked before anything is done with it, the ones not needed too, so a
+    tampered archive is refused as a whole (the caller deletes ``staging``). Raw text and other
+    feature folders are skipped (never written to disk).
     """
     extracted: list[tuple[Path, str]] = []
     x_parents: list[str] = []
@@ -351,7 +353,7 @@ def unpack(archive: Path, staging: Path, features: str) -> _Unpacked:
                 if base in LABEL_FILES or (base in FEATURE_FILES and parent.rpartition("/")[2] == features):
                     tar.extract(m, staging, filter="data")
                     extracted.append((staging / name, name))
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataFormatError(f"not a readable tar archive ({type(e).__name__}: {e})", path=archive) from None
     holders = sorted({n.rpartition("/")[0] for _, n in extracted if n.rpartition("/")[2] == "Y.trn.npz"})
     if not holders:
