@@ -160,7 +160,7 @@ class ExecutorParams:
     ray_address: str = ""
     """Ray cluster to join, e.g. ray://head:10001 or auto ('' = start a local Ray)."""
     num_workers: int = 0
-    """Parallel Ray tasks to aim for (0 = cluster CPUs / cpus_per_worker)."""
+    """Parallel Ray tasks, or the local executor's threads, to aim for (0 = CPUs / cpus_per_worker)."""
     cpus_per_worker: int = 1
     """CPUs each Ray task requests; torch inside it uses this many threads."""
     memory_per_worker_mb: int = 0

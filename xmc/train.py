@@ -62,8 +62,12 @@ class ClusterWeights:
 def train_cluster(shared: LayerData, unit: ClusterUnit) -> ClusterWeights:
     """Fit the unit's children on its rows, restricted to the features that occur there."""
     X_p = shared.X[unit.rows]
-    features = np.unique(X_p.indices)
-    remap = np.searchsorted(features, X_p.indices)
+    seen = np.zeros(shared.X.shape[1], dtype=bool)  # O(nnz + D): unique + searchsorted cost 10% of a fit
+    seen[X_p.indices] = True
+    features = np.flatnonzero(seen)
+    local = np.empty(shared.X.shape[1], dtype=X_p.indices.dtype)
+    local[features] = np.arange(len(features), dtype=X_p.indices.dtype)
+    remap = local[X_p.indices]
     X_local = sp.csr_matrix((X_p.data, remap, X_p.indptr), shape=(X_p.shape[0], len(features)))
     Y_local = shared.Y[:, unit.child_start : unit.child_stop][unit.rows].toarray()
     W = solve_squared_hinge(X_local, Y_local, shared.solver)
