@@ -9,7 +9,7 @@ PIP_ARGS ?= -q --disable-pip-version-check
 RUN_DIR ?= runs/bibtex
 DATA := data/bibtex
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-peers bench-scale clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ lint: setup
 
 bench: setup
 	$(PY) bench/bibtex.py
+
+bench-peers: setup  # ours vs PECOS, omikuji, napkinXC (their own venv, bench/.peers-venv, made on first use)
+	$(PY) bench/compare.py
+
+bench-scale: setup  # fit time, predict throughput, peak memory vs N and L (long: see README, Performance)
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

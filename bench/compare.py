@@ -1,0 +1,235 @@
+"""Side-by-side table: our model (baseline and disentangled) against the peers users would pick.
+
+    python bench/compare.py [--seeds 3] [--datasets bibtex,bibtex-composite,synth-1k,synth-10k]
+                            [--systems ...] [--out bench/results]
+
+Every system trains and predicts in a process of its own on the same prepared files (rows
+L2-normalised, same splits) and is scored by the same code; see bench/harness.py. Peers run in
+bench/.peers-venv, made on first use. Writes OUT/peers.md (the table the README shows),
+OUT/peers.json (every run) and OUT/peers.png, and prints the bars:
+- our disentangled model's P@1 against the best peer, per dataset;
+- its fit time over PECOS XR-Linear's on the largest synthetic set (target <= 1.5x).
+Fit time excludes loading and an untimed warm-up fit on 1000 rows that every system does first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from harness import RESULTS, SYSTEMS, THREADS, WORK, Outcome, System, prepare, run
+
+from xmc import XMCParams, __version__
+from xmc.composite import make_composite
+from xmc.data import read_npz
+from xmc.sparse import normalize_rows
+from xmc.synth import SynthSpec, generate
+
+BIBTEX = Path(__file__).resolve().parents[1] / "data" / "bibtex"
+SMALL_LEAF = 16
+"""Bibtex's leaf size for our model (issue 3's setting: 159 labels make leaf 100 a 2-leaf tree)."""
+PECOS_SMALL = System("pecos-xrlinear-leaf16", "pecos", {"max_leaf_size": SMALL_LEAF},
+                     "PECOS XR-Linear with our small-leaf tree (leaf 16)")
+OURS_DEFAULT_LEAF = System("xmc-disentangled-leaf100", "xmc", {"rounds": 1, "max_leaf_size": 100},
+                           "ours with the default tree (leaf 100), on small-leaf datasets")
+RATIO_TARGET = 1.5
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    build: Callable[[], tuple[Any, ...]]
+    """-> X, Y, X_test, Y_test, a note on where it comes from."""
+    small_leaf: bool = False
+    synthetic: bool = False
+
+
+def bibtex() -> tuple[Any, ...]:
+    return (read_npz(BIBTEX / "X.trn.npz"), read_npz(BIBTEX / "Y.trn.npz", binary=True),
+            read_npz(BIBTEX / "X.tst.npz"), read_npz(BIBTEX / "Y.tst.npz", binary=True),
+            "Bibtex, XC repository split (data/bibtex/SOURCE.md)")
+
+
+def composite() -> tuple[Any, ...]:
+    X, Y, Xt, Yt, _ = bibtex()
+    tree = XMCParams().replace(max_leaf_size=SMALL_LEAF).tree
+    comp = make_composite(normalize_rows(X), Y, tree, seed=0, levels_up=1)
+    return (X, comp.apply(Y), Xt, comp.apply(Yt),
+            f"Bibtex with label pairs of sibling leaves (leaf {SMALL_LEAF}) merged (xmc.composite, seed 0)")
+
+
+def synthetic(n_labels: int, n_features: int, n_train: int, n_test: int) -> Callable[[], tuple[Any, ...]]:
+    def build() -> tuple[Any, ...]:
+        spec = SynthSpec(n_labels=n_labels, n_features=n_features)
+        tr, te = generate(spec, n_train), generate(spec, n_test, "test")
+        return tr.X, tr.Y, te.X, te.Y, f"xmc synth: {spec}, {n_train} train / {n_test} test docs"
+    return build
+
+
+DATASETS = {d.name: d for d in [
+    Dataset("bibtex", bibtex, small_leaf=True),
+    Dataset("bibtex-composite", composite, small_leaf=True),
+    Dataset("synth-1k", synthetic(1_000, 20_000, 20_000, 5_000), synthetic=True),
+    Dataset("synth-10k", synthetic(10_000, 50_000, 100_000, 10_000), synthetic=True),
+    Dataset("synth-100k", synthetic(100_000, 100_000, 300_000, 10_000), synthetic=True),
+]}
+DEFAULT_DATASETS = "bibtex,bibtex-composite,synth-1k,synth-10k"
+
+
+def systems_for(ds: Dataset, names: list[str]) -> list[System]:
+    """The chosen systems; on a small-leaf dataset also PECOS with the same leaf and ours at leaf 100."""
+    chosen = [SYSTEMS[n] for n in names]
+    if ds.small_leaf and "xmc-disentangled" in names:
+        chosen.insert(names.index("xmc-disentangled") + 1, OURS_DEFAULT_LEAF)
+    return chosen + [PECOS_SMALL] if ds.small_leaf and "pecos-xrlinear" in names else chosen
+
+
+def summarise(runs: list[Outcome]) -> dict[str, Any]:
+    """Mean over seeds (peak RSS: max); a system that failed any seed shows that status."""
+    bad = [r.status for r in runs if r.status != "ok"]
+    if bad:
+        return {"status": bad[0], "seeds": len(runs)}
+    out: dict[str, Any] = {"status": "ok", "seeds": len(runs)}
+    for key in runs[0].metrics:
+        out[key] = float(np.mean([r.metrics[key] for r in runs]))
+    out["P@1_sd"] = float(np.std([r.metrics["P@1"] for r in runs]))
+    for key in ("fit_s", "predict_s", "model_bytes"):
+        out[key] = float(np.mean([getattr(r, key) for r in runs]))
+    out["peak_rss_mib"] = float(max(r.peak_rss_mib or 0.0 for r in runs))
+    return out
+
+
+def markdown(table: dict[str, dict[str, dict[str, Any]]], about: dict[str, str], header: str) -> str:
+    cols = "| system | P@1 | P@3 | P@5 | nDCG@5 | PSP@5 | fit s | predict s | peak RSS MiB | model MB |"
+    lines = [header, ""]
+    for ds, rows in table.items():
+        lines += [f"**{ds}** ({about[ds]})", "", cols, "|" + "---|" * 10]
+        for name, r in rows.items():
+            if r["status"] != "ok":
+                lines.append(f"| {name} | {r['status']} |" + " |" * 8)
+                continue
+            p1 = f"{r['P@1']:.2f} ± {r['P@1_sd']:.2f}" if r["seeds"] > 1 else f"{r['P@1']:.2f}"
+            lines.append(f"| {name} | {p1} | {r['P@3']:.2f} | {r['P@5']:.2f} | {r['nDCG@5']:.2f} | "
+                         f"{r['PSP@5']:.2f} | {r['fit_s']:.2f} | {r['predict_s']:.2f} | "
+                         f"{r['peak_rss_mib']:.0f} | {r['model_bytes'] / 1e6:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def verdicts(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The issue's bars, as sentences: P@1 lead per dataset, fit-time ratio to PECOS."""
+    out = []
+    for ds, rows in table.items():
+        peers = {n: r for n, r in rows.items() if not n.startswith("xmc-") and r["status"] == "ok"}
+        for name in ("xmc-disentangled", OURS_DEFAULT_LEAF.name):
+            ours = rows.get(name, {})
+            if ours.get("status") != "ok" or not peers:
+                continue
+            best = max(peers, key=lambda n: peers[n]["P@1"])
+            lead = ours["P@1"] - peers[best]["P@1"]
+            out.append(f"{ds}: {name} P@1 {ours['P@1']:.2f} vs best peer {best} {peers[best]['P@1']:.2f} "
+                       f"({lead:+.2f}): {'LEADS' if lead > 0 else 'DOES NOT LEAD'}")
+    synth = [ds for ds, rows in table.items() if ds.startswith("synth-")
+             and rows.get("xmc-disentangled", {}).get("status") == "ok"
+             and rows.get("pecos-xrlinear", {}).get("status") == "ok"]
+    if synth:
+        ds = max(synth, key=lambda d: int(d.split("-")[1].rstrip("k")))
+        rows = table[ds]
+        pecos = rows["pecos-xrlinear"]["fit_s"]
+        for name in ("xmc-disentangled", "xmc-baseline"):
+            if rows.get(name, {}).get("status") == "ok":
+                r = rows[name]["fit_s"] / pecos
+                verdict = f" (target <= {RATIO_TARGET}x: {'PASS' if r <= RATIO_TARGET else 'FAIL'})" \
+                    if name == "xmc-disentangled" else ""
+                out.append(f"{ds}: fit time {name} / pecos-xrlinear = {rows[name]['fit_s']:.1f} s / "
+                           f"{pecos:.1f} s = {r:.2f}x{verdict}")
+    return out
+
+
+def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({n for rows in table.values() for n in rows}, key=lambda n: (not n.startswith("xmc-"), n))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = np.arange(len(table)) + i * width
+        get = [(rows.get(name, {}).get("P@1", np.nan), rows.get(name, {}).get("P@1_sd", 0.0),
+                rows.get(name, {}).get("fit_s", np.nan)) for rows in table.values()]
+        axes[0].bar(xs, [g[0] for g in get], width, yerr=[g[1] for g in get], label=name)
+        axes[1].bar(xs, [g[2] for g in get], width, label=name)
+    for ax, title in zip(axes, ("P@1 (%), mean over seeds", "fit seconds (log)"), strict=True):
+        ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, list(table), rotation=15)
+        ax.set_title(title)
+    axes[1].set_yscale("log")
+    p1 = [r["P@1"] for rows in table.values() for r in rows.values() if r.get("status") == "ok"]
+    if p1:
+        axes[0].set_ylim(max(0.0, min(p1) - 10), min(100.0, max(p1) + 5))
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per system (omikuji takes none: repeats)")
+    ap.add_argument("--datasets", default=DEFAULT_DATASETS, help=f"comma list of {', '.join(DATASETS)}")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of systems")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per run before it is stopped")
+    args = ap.parse_args()
+    datasets = [DATASETS[d] for d in args.datasets.split(",")]
+    names = args.systems.split(",")
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        ap.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs: list[Outcome] = []
+    about: dict[str, str] = {}
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    started = time.strftime("%Y-%m-%d")
+    for ds in datasets:
+        X, Y, Xt, Yt, note = ds.build()
+        data = prepare(WORK / "data" / ds.name, X, Y, Xt, Yt, {"source": note})
+        about[ds.name] = f"{X.shape[0]:,} train / {Xt.shape[0]:,} test docs, {Y.shape[1]:,} labels, " \
+                         f"{X.shape[1]:,} features"
+        table[ds.name] = {}
+        for system in systems_for(ds, names):
+            extra = {"max_leaf_size": SMALL_LEAF} if ds.small_leaf and system.ours else {}  # default: own
+            mine = [run(system, data, WORK / "runs" / ds.name / f"{system.name}-{seed}", seed=seed,
+                        extra=extra, timeout_s=args.timeout) for seed in range(args.seeds)]
+            runs += mine
+            table[ds.name][system.name] = summarise(mine)
+            r = table[ds.name][system.name]
+            print(f"{ds.name:>16} {system.name:>22}: " + (
+                f"P@1 {r['P@1']:.2f} P@5 {r['P@5']:.2f} fit {r['fit_s']:.2f}s predict {r['predict_s']:.2f}s "
+                f"RSS {r['peak_rss_mib']:.0f} MiB" if r["status"] == "ok" else r["status"]), flush=True)
+    header = (f"Measured {started} with `python bench/compare.py --seeds {args.seeds} --datasets "
+              f"{args.datasets}` on {platform.machine()} Linux, {THREADS} cores (every system uses them "
+              f"all); xmc {__version__}, peers as pinned in bench/peers/requirements-nodeps.txt. "
+              f"Mean over {args.seeds} seeds; ± is the P@1 standard deviation.")
+    lines = verdicts(table)
+    md = markdown(table, about, header) + "\n" + "\n".join(f"- {v}" for v in lines) + "\n"
+    (args.out / "peers.md").write_text(md)
+    systems = {s.name: s.about for s in [*SYSTEMS.values(), PECOS_SMALL, OURS_DEFAULT_LEAF]}
+    (args.out / "peers.json").write_text(json.dumps(
+        {"header": header, "about": about, "systems": systems, "table": table, "verdicts": lines,
+         "runs": [r.to_dict() for r in runs]}, indent=2))
+    plot(table, args.out / "peers.png")
+    print("\n".join(lines))
+    print(f"wrote {args.out / 'peers.md'}, peers.json, peers.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Train and predict one system on one prepared dataset, in a process of its own.
+
+    python bench/peers/runner.py --system NAME --data DIR --work DIR [--params JSON] [--threads N]
+
+Runs under the product's interpreter for ``xmc-*`` systems and under the peers' virtual
+environment (bench/peers/requirements.txt) for the others, so each process imports only one
+system and its peak RSS is that system's alone. DIR holds ``X.trn.npz``, ``Y.trn.npz`` and
+``X.tst.npz`` (scipy CSR, rows already L2-normalised: every system sees the same features).
+Writes ``WORK/pred.npz`` (``indices``/``scores``, n_test x k, -1 = no label) and
+``WORK/result.json`` (fit_s, predict_s, peak_rss_mib, model_bytes, the params used). Evaluation
+is not done here: the harness scores every system's predictions with the same code
+(``xmc.metrics``). Only numpy and scipy are imported at top level, so this file runs in either env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+TOPK = 5
+WARMUP_ROWS = 1000
+"""Rows of the untimed warm-up fit every engine does first, in the same process."""
+Fitted = tuple[Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray]], Path]
+"""A fitted system: predict(X) -> (indices, scores) of the top k, and the folder its model is saved in."""
+
+
+def topk_from_csr(P: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top k of a sparse score matrix as dense (n x k) arrays, padded with -1 / -inf."""
+    P = sp.csr_matrix(P)
+    idx = np.full((P.shape[0], k), -1, dtype=np.int64)
+    val = np.full((P.shape[0], k), -np.inf, dtype=np.float32)
+    for i in range(P.shape[0]):
+        lo, hi = P.indptr[i], P.indptr[i + 1]
+        order = np.argsort(-P.data[lo:hi], kind="stable")[:k]
+        idx[i, : len(order)] = P.indices[lo:hi][order]
+        val[i, : len(order)] = P.data[lo:hi][order]
+    return idx, val
+
+
+def from_pairs(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(label, score) lists per row -> dense (n x k) arrays."""
+    idx = np.full((len(rows), k), -1, dtype=np.int64)
+    val = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    for i, pairs in enumerate(rows):
+        for r, (label, score) in enumerate(pairs[:k]):
+            idx[i, r], val[i, r] = label, score
+    return idx, val
+
+
+def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
+    import torch
+
+    from xmc import XMCModel, XMCParams
+
+    torch.set_num_threads(threads)
+    model = XMCModel.fit(X, Y, XMCParams().replace(**p))
+    model.save(work / "model")
+    return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK), TOPK)), work / "model"
+
+
+def fit_pecos(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
+    from pecos.xmc import Indexer, LabelEmbeddingFactory
+    from pecos.xmc.xlinear.model import XLinearModel
+
+    beam = int(p.get("beam_size", 10))
+    feat = LabelEmbeddingFactory.create(Y, X, method="pifa")
+    chain = Indexer.gen(feat, indexer_type="hierarchicalkmeans", threads=threads,
+                        max_leaf_size=int(p.get("max_leaf_size", 100)), nr_splits=int(p.get("nr_splits", 16)),
+                        seed=int(p.get("seed", 0)))
+    model = XLinearModel.train(X, Y, C=chain, threads=threads)
+    model.save(str(work / "model"))
+
+    def predict(Xt: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        return topk_from_csr(model.predict(Xt, beam_size=beam, only_topk=TOPK, threads=threads), TOPK)
+
+    return predict, work / "model"
+
+
+def write_xc(path: Path, X: sp.csr_matrix, Y: sp.csr_matrix) -> None:
+    """The Extreme Classification Repository text format omikuji reads (header N D L)."""
+    with open(path, "w") as f:
+        f.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n")
+        for i in range(X.shape[0]):
+            labels = ",".join(map(str, Y.indices[Y.indptr[i] : Y.indptr[i + 1]]))
+            lo, hi = X.indptr[i], X.indptr[i + 1]
+            feats = " ".join(f"{j}:{v:.6g}" for j, v in zip(X.indices[lo:hi], X.data[lo:hi], strict=True))
+            f.write(f"{labels} {feats}\n")
+
+
+def fit_omikuji(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
+    import omikuji
+
+    hp = omikuji.Model.default_hyper_param()
+    for name, value in p.items():
+        if name != "beam_size":
+            setattr(hp, name, value)
+    model = omikuji.Model.train_on_data(str(work / "train.txt"), hp, n_threads=threads)
+    model.save(str(work / "model"))
+    model.init_prediction_thread_pool(threads)
+    beam = int(p.get("beam_size", 10))
+
+    def predict(Xt: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        rows = []
+        for i in range(Xt.shape[0]):
+            lo, hi = Xt.indptr[i], Xt.indptr[i + 1]
+            pairs = list(zip(Xt.indices[lo:hi].tolist(), Xt.data[lo:hi].tolist(), strict=True))
+            rows.append(model.predict(pairs, beam_size=beam, top_k=TOPK))
+        return from_pairs(rows, TOPK)
+
+    return predict, work / "model"
+
+
+def fit_napkinxc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
+    from napkinxc.models import PLT
+
+    model = PLT(str(work / "model"), threads=threads, **p)
+    model.fit(X, Y)
+
+    def predict(Xt: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        return from_pairs(model.predict_proba(Xt, top_k=TOPK), TOPK)
+
+    return predict, work / "model"
+
+
+FIT: dict[str, Callable[[sp.csr_matrix, sp.csr_matrix, dict[str, Any], Path, int], Fitted]] = {
+    "xmc": fit_xmc, "pecos": fit_pecos, "omikuji": fit_omikuji, "napkinxc": fit_napkinxc,
+}
+"""Engines by name; a system in the harness is an engine plus params."""
+
+
+def peak_rss_mib() -> float:
+    """This process's high-water RSS (VmHWM). Not ru_maxrss: Linux carries that over from the
+    parent across fork + exec, so every child would report at least the harness's own size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", required=True, choices=sorted(FIT))
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--params", default="{}", help="engine params as a JSON object")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    params = json.loads(args.params)
+    args.work.mkdir(parents=True, exist_ok=True)
+    X = sp.load_npz(args.data / "X.trn.npz").tocsr().astype(np.float32)
+    Y = sp.load_npz(args.data / "Y.trn.npz").tocsr().astype(np.float32)
+    Xt = sp.load_npz(args.data / "X.tst.npz").tocsr().astype(np.float32)
+    warm = args.work / "warmup"  # first-call costs (thread pools, lazy kernels) are not fit time
+    warm.mkdir()
+    n_warm = min(X.shape[0], WARMUP_ROWS)
+    if args.engine == "omikuji":  # its Python API trains from a file only; writing it is not fit time
+        write_xc(warm / "train.txt", X[:n_warm], Y[:n_warm])
+        write_xc(args.work / "train.txt", X, Y)
+    FIT[args.engine](X[:n_warm], Y[:n_warm], params, warm, args.threads)[0](Xt[:10])
+    t0 = time.perf_counter()
+    predict, model_path = FIT[args.engine](X, Y, params, args.work, args.threads)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    idx, scores = predict(Xt)
+    predict_s = time.perf_counter() - t0
+    np.savez(args.work / "pred.npz", indices=idx, scores=scores)
+    result = {"engine": args.engine, "params": params, "threads": args.threads, "fit_s": fit_s,
+              "predict_s": predict_s, "n_test": int(Xt.shape[0]),
+              "peak_rss_mib": peak_rss_mib(),
+              "model_bytes": folder_bytes(model_path)}
+    (args.work / "result.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The peer-benchmark harness (bench/harness.py, bench/peers/runner.py) with our engine.
+
+The peers' own environment is not built here (a minute of installs); what is shared by every
+system is: the prepared files, the guarded child process, and the scoring of its top-k.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xmc.data import read_npz
+from xmc.metrics import evaluate
+from xmc.synth import SynthSpec, generate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import harness  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = SynthSpec(n_labels=60, n_features=800)
+    tr, te = generate(spec, 1500), generate(spec, 300, "test")
+    return harness.prepare(tmp_path_factory.mktemp("bench") / "tiny", tr.X, tr.Y, te.X, te.Y, {"source": "test"})
+
+
+def test_prepare_normalises_rows_and_records_shapes(data: Path) -> None:
+    X = read_npz(data / "X.trn.npz")
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel())
+    assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
+    about = json.loads((data / "about.json").read_text())
+    assert (about["n_train"], about["n_test"], about["n_labels"]) == (1500, 300, 60)
+
+
+def test_score_matches_the_product_metrics(data: Path) -> None:
+    Yt = read_npz(data / "Y.tst.npz")
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.permutation(60)[:5] for _ in range(Yt.shape[0])])
+    idx[:, 0] = Yt.indices[Yt.indptr[:-1]]  # every first guess right: P@1 = 100
+    idx[0, 3:] = -1  # a row with only 3 predictions
+    got = harness.score(data, idx)
+    assert got["P@1"] == pytest.approx(100.0)
+    import scipy.sparse as sp
+
+    ok = idx >= 0
+    P = sp.csr_matrix((np.broadcast_to(np.arange(5, 0, -1.0), idx.shape)[ok], (np.nonzero(ok)[0], idx[ok])),
+                      shape=Yt.shape)
+    want = evaluate(Yt, P, (1, 3, 5))
+    for key in ("P@3", "P@5", "nDCG@5"):
+        assert got[key] == pytest.approx(want[key])
+
+
+def test_run_trains_and_scores_our_engine_in_a_child(data: Path, tmp_path: Path) -> None:
+    out = harness.run(harness.SYSTEMS["xmc-baseline"], data, tmp_path / "run", extra={"max_leaf_size": 8})
+    assert out.status == "ok", out.status
+    assert out.metrics["P@1"] > 30  # 60 labels: chance is under 5
+    assert out.fit_s and out.fit_s > 0 and out.model_bytes and out.model_bytes > 0
+    assert out.peak_rss_mib and 50 < out.peak_rss_mib < 4096
+    params = json.loads((tmp_path / "run" / "result.json").read_text())["params"]
+    assert params == {"max_leaf_size": 8, "rounds": 0, "seed": 0}
+
+
+def test_a_run_past_its_time_is_stopped_and_says_so(data: Path, tmp_path: Path) -> None:
+    out = harness.run(harness.SYSTEMS["xmc-baseline"], data, tmp_path / "slow", timeout_s=0.5)
+    assert out.status.startswith("timeout") and out.fit_s is None
+
+
+def test_a_failing_run_reports_its_last_log_line(data: Path, tmp_path: Path) -> None:
+    bad = harness.System("xmc-bad", "xmc", {"max_leaf_size": 0}, "invalid params")
+    out = harness.run(bad, data, tmp_path / "bad")
+    assert out.status.startswith("error (exit 1)") and "max_leaf_size" in out.status
