@@ -4,9 +4,8 @@
 
 Trains the default tree on the XC split (rows L2-normalised, beam 10) and prints P@1/3/5,
 nDCG@5, PSP@5, fit and predict seconds and peak RSS, next to the bars and the PECOS
-reference measured on this machine class (PECOS is not installed here, so its figures are
-constants from the issue; the side-by-side peer harness is bench/ work of a later issue).
-Fit time is also given as a ratio to PECOS's 0.6 s.
+reference figures of the issue (constants; bench/compare.py runs PECOS, omikuji and napkinXC
+themselves, side by side). Fit time is also given as a ratio to PECOS's 0.6 s.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ import harness  # noqa: E402
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = SynthSpec(n_labels=60, n_features=800)
     tr, te = generate(spec, 1500), generate(spec, 300, "test")
-    return harness.prepare(tmp_path_factory.mktemp("bench") / "tiny", tr.X, tr.Y, te.X, te.Y, {"source": "test"})
+    folder = tmp_path_factory.mktemp("bench") / "tiny"
+    return harness.prepare(folder, tr.X, tr.Y, te.X, te.Y, {"source": "test"})
 
 
 def test_prepare_normalises_rows_and_records_shapes(data: Path) -> None:
