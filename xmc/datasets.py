@@ -48,6 +48,7 @@ import scipy.sparse as sp
 from xmc.errors import BundleError, DataFormatError, ParamError, XMCError
 from xmc.fsutil import atomic_dir, atomic_file, sha256
 from xmc.progress import progress_bar
+from xmc.sparse import csr, normalize_rows
 
 BASE_URL = "https://archive.org/download/pecos-dataset/xmc-base"
 DEFAULT_FEATURES = "tfidf-attnxml"
@@ -478,15 +479,9 @@ def _write_pifa(folder: Path, X: sp.csr_matrix, Y: sp.csr_matrix, max_rows: int,
     cost = np.concatenate([[0], np.cumsum(cum[Yc.indptr[1:]] - cum[Yc.indptr[:-1]])])  # upper bound of nnz
     nnz = 0
     for part, (a, b) in enumerate(_bounds(cost, max_rows, max_nnz)):
-        Z = sp.csr_matrix(Yc[:, a:b].T @ X, dtype=np.float32)
-        Z.sum_duplicates()
-        Z.sort_indices()
-        Z.eliminate_zeros()
+        Z = csr(Yc[:, a:b].T @ X)
         keep = np.flatnonzero(np.diff(Z.indptr))
-        Z = Z[keep]
-        if Z.nnz:  # every kept row is non-empty and non-zero: its norm is > 0
-            norms = np.sqrt(np.add.reduceat(np.square(Z.data, dtype=np.float64), Z.indptr[:-1]))
-            Z.data = (Z.data / np.repeat(norms, np.diff(Z.indptr))).astype(np.float32)
+        Z = normalize_rows(Z[keep])
         table = pa.table({
             "label_idx": pa.array((keep + a).astype(np.int32), pa.int32()),
             "feat_idx": _lists(Z.indptr, Z.indices.astype(np.int32, copy=False), 0, Z.shape[0], pa.int32()),
