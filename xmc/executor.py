@@ -52,8 +52,9 @@ def torch_threads(n: int) -> Iterator[None]:
 class LocalExecutor:
     """In-process: units run on a pool of threads, one core each.
 
-    torch's intra-op threads barely parallelise one unit's sparse products (2 cores: 1.1x), but
-    the kernels release the GIL, so units side by side on single-threaded torch use every core.
+    torch's intra-op threads barely parallelise one unit's sparse products, but the kernels
+    release the GIL, so units side by side on single-threaded torch use every core (2 cores,
+    10K labels x 100K docs: fit 11.6 s one unit at a time on 2 torch threads, 8.3 s here).
     Results are the same as one unit after another: a unit reads only its inputs, and its
     single-threaded kernels sum in a fixed order.
     """
