@@ -82,34 +82,44 @@ def solve_squared_hinge(
 def _newton_cg(
     X: torch.Tensor, XT: torch.Tensor, sign: torch.Tensor, params: SolverParams
 ) -> torch.Tensor:
+    """Newton-CG from W = 0 until every column passes its gradient test.
+
+    The columns still running are kept as one compact working set (Wa, Za, sa), cut down only
+    when some column stops: gathering a (d x m) block every step was 15 % of a leaf's solve.
+    """
     C = params.cost
     d = X.shape[1]
     m = sign.shape[1]
-    W = torch.zeros((d, m), dtype=sign.dtype, device=sign.device)
-    Z = torch.zeros_like(sign)  # X @ W, kept up to date to avoid recomputing
     n = sign.shape[0]
+    W = torch.zeros((d, m), dtype=sign.dtype, device=sign.device)
     n_pos = (sign > 0).sum(0)
     balance = torch.clamp(torch.minimum(n_pos, n - n_pos), min=1).to(sign.dtype) / n
     g0_norm = torch.linalg.vector_norm(2 * C * (XT @ sign), dim=0)
     g_stop = params.solver_tol * balance * g0_norm  # liblinear: eps * max(min(pos, neg), 1) / n
     active = torch.arange(m, device=sign.device)
+    Wa, sa = W, sign
+    Za = torch.zeros_like(sign)  # X @ Wa, kept up to date
     for _ in range(params.max_newton_iter):
-        Wa, Za, sa = W[:, active], Z[:, active], sign[:, active]
         slack = torch.clamp(1 - sa * Za, min=0)  # (1 - y z)+ ; D = slack > 0
-        G = Wa - 2 * C * (XT @ (sa * slack))
-        g_norm = torch.linalg.vector_norm(G, dim=0)
+        G = torch.addmm(Wa, XT, sa * slack, alpha=-2 * C)
+        g_norm = (G * G).sum(0).sqrt_()
         keep = g_norm > g_stop[active]
-        if not bool(keep.any()):
-            break
-        active, Wa, Za, sa, slack, G, g_norm = (
-            active[keep], Wa[:, keep], Za[:, keep], sa[:, keep], slack[:, keep], G[:, keep], g_norm[keep],
-        )
+        if not bool(keep.all()):
+            if not bool(keep.any()):
+                break
+            if Wa is not W:  # columns that stop leave the working set with their final weights
+                W.index_copy_(1, active, Wa)
+            idx = keep.nonzero().squeeze(1)
+            active, g_norm = active[idx], g_norm[idx]
+            Wa, Za, sa, slack, G = _columns(idx, Wa, Za, sa, slack, G)
         D = (slack > 0).to(sa.dtype)
-        P = _conjugate_gradient(X, XT, D, -G, C, _CG_FORCING * g_norm, params.max_cg_iter)
+        P = _conjugate_gradient(X, XT, D, G.neg_(), C, _CG_FORCING * g_norm, params.max_cg_iter)
         XP = X @ P
-        step = _armijo_step(Wa, Za, sa, P, XP, G, C)
-        W[:, active] = Wa + step * P
-        Z[:, active] = Za + step * XP
+        step = _armijo_step(Wa, Za, sa, P, XP, G, C)  # G holds -grad now
+        Wa.addcmul_(P, step)  # in place: W itself until the first column stops
+        Za.addcmul_(XP, step)
+    if Wa is not W:
+        W.index_copy_(1, active, Wa)
     return W
 
 
@@ -117,41 +127,67 @@ def _conjugate_gradient(
     X: torch.Tensor, XT: torch.Tensor, D: torch.Tensor, B: torch.Tensor, C: float,
     tol: torch.Tensor, max_iter: int,
 ) -> torch.Tensor:
-    """Solve (I + 2C X^T D X) P = B column by column, all columns in one batch."""
+    """Solve (I + 2C X^T D X) P = B column by column, all columns in one batch.
+
+    Columns that converge are frozen (alpha = 0) and, once fewer than half of the batch still
+    runs, dropped from it, so a few slow columns do not keep the whole batch's products busy.
+    """
     P = torch.zeros_like(B)
     R = B.clone()
     Q = R.clone()
-    rs = (R * R).sum(0)
-    running = torch.sqrt(rs) > tol
+    rs = (R * R).sum(0)  # column norms: vector_norm(dim=0) is 3x slower on CPU
+    tol_sq = tol.square()
+    running = rs > tol_sq
+    cols = torch.arange(B.shape[1], device=B.device)  # columns of P that R, Q, D, ... hold
+    Pc, Dc = P, D
     for _ in range(max_iter):
-        if not bool(running.any()):
+        n_running = int(running.sum())
+        if n_running == 0:
             break
-        HQ = Q + 2 * C * (XT @ (D * (X @ Q)))
+        if n_running * 2 < len(cols):  # compact: finished columns of Pc go back to P
+            if Pc is not P:
+                P.index_copy_(1, cols, Pc)
+            idx = running.nonzero().squeeze(1)
+            cols, rs, tol_sq, running = cols[idx], rs[idx], tol_sq[idx], running[idx]
+            Pc, R, Q, Dc = _columns(idx, Pc, R, Q, Dc)
+        HQ = torch.addmm(Q, XT, Dc * (X @ Q), alpha=2 * C)
         qhq = (Q * HQ).sum(0)
         alpha = torch.where(running, rs / torch.clamp(qhq, min=1e-30), torch.zeros_like(rs))
-        P += alpha * Q
-        R -= alpha * HQ
+        Pc.addcmul_(Q, alpha)
+        R.addcmul_(HQ, alpha, value=-1)
         rs_new = (R * R).sum(0)
-        running = running & (torch.sqrt(rs_new) > tol)
+        running = running & (rs_new > tol_sq)
         beta = rs_new / torch.clamp(rs, min=1e-30)
-        Q = R + beta * Q
+        Q.mul_(beta).add_(R)
         rs = rs_new
+    if Pc is not P:
+        P.index_copy_(1, cols, Pc)
     return P
+
+
+def _columns(idx: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The given columns of each block (index_select: 6x faster than a boolean mask on CPU)."""
+    return tuple(b.index_select(1, idx) for b in blocks)
 
 
 def _armijo_step(
     W: torch.Tensor, Z: torch.Tensor, sign: torch.Tensor, P: torch.Tensor, XP: torch.Tensor,
-    G: torch.Tensor, C: float,
+    neg_G: torch.Tensor, C: float,
 ) -> torch.Tensor:
-    """Per-column step 2^-s: the largest that decreases f by at least 1% of the linear model."""
+    """Per-column step 2^-s: the largest that decreases f by at least 1% of the linear model.
+
+    The regulariser along the step is the quadratic ||W||^2 + 2t W.P + t^2 ||P||^2, so each trial
+    touches only the (n x m) margins, never the (d x m) weights.
+    """
+    ww, wp, pp = (W * W).sum(0), (W * P).sum(0), (P * P).sum(0)
+    margin, slope_margin = sign * Z, sign * XP
 
     def f(t: torch.Tensor) -> torch.Tensor:
-        Wt = W + t * P
-        slack = torch.clamp(1 - sign * (Z + t * XP), min=0)
-        return 0.5 * (Wt * Wt).sum(0) + C * (slack * slack).sum(0)
+        slack = torch.clamp(1 - margin - t * slope_margin, min=0)
+        return 0.5 * (ww + 2 * t * wp + t * t * pp) + C * (slack * slack).sum(0)
 
     f0 = f(torch.zeros(W.shape[1], dtype=W.dtype, device=W.device))
-    slope = (G * P).sum(0)
+    slope = -(neg_G * P).sum(0)
     step = torch.ones_like(f0)
     accepted = torch.zeros_like(f0, dtype=torch.bool)
     for _ in range(_MAX_HALVINGS):
