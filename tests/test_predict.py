@@ -1,0 +1,50 @@
+"""The beam search's per-parent weight blocks: exact scores, memory that follows nnz(W)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.predict import _Layer
+
+
+def _layer_case(
+    n_features: int, sizes: list[int], density: float, seed: int
+) -> tuple[sp.csc_matrix, np.ndarray]:
+    """Random layer weights: parents with the given numbers of children."""
+    ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    nnz = int(density * n_features * ptr[-1])
+    W = sp.csc_matrix((rng.standard_normal(nnz).astype(np.float32),
+                       (rng.integers(0, n_features, nnz), rng.integers(0, ptr[-1], nnz))),
+                      shape=(n_features, int(ptr[-1])))
+    W.sum_duplicates()
+    return W, ptr
+
+
+def test_block_scores_equal_the_plain_product() -> None:
+    W, ptr = _layer_case(300, [4, 1, 7, 3, 5], density=0.05, seed=0)
+    W = sp.csc_matrix(W.multiply(np.isin(np.arange(W.shape[1]), [4, 5], invert=True)[None, :]))
+    W.eliminate_zeros()  # parent 1 (child 4) has an empty block; child 5 has no weights
+    assert W[:, 4].nnz == 0 and W[:, 5].nnz == 0
+    X = sp.random(9, 300, density=0.1, random_state=1, dtype=np.float32, format="csr")
+    X = sp.csr_matrix(sp.vstack([sp.csr_matrix((1, 300), dtype=np.float32), X,
+                                 sp.csr_matrix((2, 300), dtype=np.float32)]))  # empty first/last rows
+    layer = _Layer(W, ptr)
+    for p in range(len(ptr) - 1):
+        expected = (X @ W[:, ptr[p] : ptr[p + 1]]).toarray()
+        got = layer.scores(X, p)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+        rows = np.array([3, 0, 11])  # a subset of rows in any order, as the beam passes them
+        np.testing.assert_allclose(layer.scores(X[rows], p), expected[rows], rtol=1e-6, atol=1e-7)
+
+
+def test_memory_follows_the_weights_not_parents_times_features() -> None:
+    n_features, n_parents = 200_000, 2_000
+    W, ptr = _layer_case(n_features, [3] * n_parents, density=2e-5, seed=2)
+    layer = _Layer(W, ptr)
+    kept = layer.rows.data.nbytes + layer.rows.indices.nbytes + layer.rows.indptr.nbytes
+    kept += layer.features.nbytes + layer.row_ptr.nbytes
+    per_parent_csr = n_parents * (n_features + 1) * 4  # what one CSR row pointer per parent costs
+    assert kept < 40 * W.nnz + 16 * n_parents < per_parent_csr / 50
