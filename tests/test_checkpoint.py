@@ -36,18 +36,29 @@ class StopAtRound2(LocalExecutor):
         return super().map(fn, shared, units, desc=desc)
 
 
-def test_resume_continues_after_the_last_finished_round(tmp_path: Path) -> None:
+@pytest.mark.parametrize("validation_fraction", [0.1, 0.0])
+def test_resume_continues_after_the_last_finished_round(tmp_path: Path, validation_fraction: float) -> None:
+    """With validation every round's model is complete; without it round 1's rankers are
+    deferred (nothing reads them), so its bundle refuses to predict until the run finishes."""
     data = generate(SynthSpec(n_labels=160, n_features=3000, seed=3), 3000)
     X, Y = data.X, data.Y
-    full = XMCModel.fit(X, Y, PARAMS, executor=LocalExecutor(show_progress=False))
+    params = PARAMS.replace(validation_fraction=validation_fraction)
+    full = XMCModel.fit(X, Y, params, executor=LocalExecutor(show_progress=False))
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Interrupted):
-        XMCModel.fit(X, Y, PARAMS, executor=StopAtRound2(show_progress=False), checkpoint_dir=ckpt)
+        XMCModel.fit(X, Y, params, executor=StopAtRound2(show_progress=False), checkpoint_dir=ckpt)
     saved = sorted(p.name for p in ckpt.iterdir())
     assert "state.json" in saved and "round_1" in saved
     left = json.loads((ckpt / "state.json").read_text())
     assert left["round"] == 1 and not left["finished"]
-    resumed = XMCModel.fit(X, Y, PARAMS, executor=LocalExecutor(show_progress=False),
+    round_1 = XMCModel.load(ckpt / "round_1")
+    if validation_fraction:
+        assert round_1.predict(X[:5], topk=3).nnz == 15
+    else:
+        assert round_1.weights[-1].nnz == 0
+        with pytest.raises(BundleError, match="rankers are not trained yet"):
+            round_1.predict(X[:5])
+    resumed = XMCModel.fit(X, Y, params, executor=LocalExecutor(show_progress=False),
                            checkpoint_dir=ckpt, resume=True)
     records = resumed.info["rounds"]
     assert [r["round"] for r in records] == [r["round"] for r in full.info["rounds"]]
@@ -59,6 +70,6 @@ def test_resume_continues_after_the_last_finished_round(tmp_path: Path) -> None:
         assert abs(a - b).max() == 0
     assert resumed.info["best_round"] == full.info["best_round"]
     with pytest.raises(BundleError, match="other params"):
-        XMCModel.fit(X, Y, PARAMS.replace(max_copies=3), checkpoint_dir=ckpt, resume=True)
+        XMCModel.fit(X, Y, params.replace(max_copies=3), checkpoint_dir=ckpt, resume=True)
     with pytest.raises(BundleError, match="other training data"):
-        XMCModel.fit(X[:-1], Y[:-1], PARAMS, checkpoint_dir=ckpt, resume=True)
+        XMCModel.fit(X[:-1], Y[:-1], params, checkpoint_dir=ckpt, resume=True)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from tests.conftest import topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
 from xmc.composite import make_composite, variation_of_information
-from xmc.disentangle import assign, coverage, precision_gains, tree_with_assignment
+from xmc.disentangle import assign, coverage, disentangle_round, precision_gains, tree_with_assignment
 from xmc.params import DisentangleParams
 from xmc.predict import _merge_copies, match
 from xmc.tree import LabelTree
@@ -100,6 +100,28 @@ def test_rounds_end_to_end(tmp_path: Path) -> None:
     loaded = XMCModel.load(tmp_path / "m")
     assert (loaded.predict(X, topk=3) != pred).nnz == 0
     assert loaded.info["rounds"] == records
+
+
+def test_deferred_rankers_give_the_model_of_the_plain_round() -> None:
+    """Without validation the baseline's rankers are never trained (nothing reads them); the
+    model must be the one a round on the fully trained baseline gives, rankers and all."""
+    X, Y = multi_sense()
+    params = XMCParams().replace(max_leaf_size=4, rounds=1, gain_beam_size=1)
+    deferred = XMCModel.fit(X, Y, params)
+    assert "rankers_pending" not in deferred.info and deferred.info["rounds"][1]["seconds"]["rankers"] > 0
+    base = XMCModel.fit(X, Y, params.replace(rounds=0))
+    Xn = base.preprocess(X)
+    tree, weights, record = disentangle_round(
+        Xn, sp.csr_matrix(Y), base.tree, base.weights, params.solver, params.predict, params.disentangle,
+        params.tree.max_leaf_size, LocalExecutor(show_progress=False), 1, "changed")
+    assert 0 < record.clusters_changed < tree.n_clusters  # some rankers were moved over, not retrained
+    assert np.array_equal(tree.copy_label, deferred.tree.copy_label)
+    for a, b in zip(weights, deferred.weights, strict=True):
+        assert abs(a - b).max() < 1e-6
+    # two rounds: round 1's rankers are skipped too, the final model is complete
+    two = XMCModel.fit(X, Y, params.replace(rounds=2))
+    assert "rankers_pending" not in two.info and two.weights[-1].nnz > 0
+    assert two.predict(X, topk=3).nnz == 3 * X.shape[0]
 
 
 def test_zero_rounds_is_the_baseline(toy) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -178,12 +178,46 @@ def leaf_size_stats(tree: LabelTree) -> dict[str, float]:
             "max": int(sizes.max())}
 
 
+RankerRetrain = Literal["changed", "all", "none"]
+
+
+def pending_rankers(n_features: int, n_copies: int) -> sp.csc_matrix:
+    """All-zero last layer standing in for rankers that are trained later (only the final model's are)."""
+    return sp.csc_matrix((n_features + 1, n_copies), dtype=np.float32)
+
+
+def train_rankers(
+    X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
+    changed: np.ndarray, M: sp.csr_matrix, solver: SolverParams, executor: Executor, desc: str,
+) -> sp.csc_matrix:
+    """New last layer: rankers of the ``changed`` clusters trained, the others' columns moved over.
+
+    ``M`` (the round's matching) gives the matcher-aware negatives when the solver asks for them.
+    The layers above are not needed: a ranker reads only the rows routed to its cluster.
+    """
+    last = tree.n_layers - 1
+    targets = new_tree.copy_targets(Y)
+    matched = M.tocsc() if solver.negatives == "tfn+man" else None
+    units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
+    results = executor.map(train_cluster, LayerData(X, targets, solver), units, desc=desc)
+    old_ptr, new_ptr = tree.children_ptr(last), new_tree.children_ptr(last)
+    kept = np.setdiff1d(np.arange(new_tree.n_clusters), changed)
+    results += [weights_of(W_old, int(old_ptr[k]), int(old_ptr[k + 1]), int(new_ptr[k])) for k in kept]
+    return assemble(results, X.shape[1], len(new_tree.copy_label))
+
+
 def disentangle_round(
     X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, weights: list[sp.csc_matrix],
     solver: SolverParams, predict: PredictParams, params: DisentangleParams, max_leaf_size: int,
-    executor: Executor, round_no: int,
+    executor: Executor, round_no: int, rankers: RankerRetrain = "changed",
 ) -> tuple[LabelTree, list[sp.csc_matrix], RoundRecord]:
-    """One reassignment round; returns the new tree, new weights and the round's record."""
+    """One reassignment round; returns the new tree, new weights and the round's record.
+
+    ``rankers`` says which clusters' rankers to retrain: 'changed' (step 5 of the method),
+    'all' (the input's rankers were never trained), or 'none' (nothing will read this round's
+    rankers: the gains of the next round use only the matcher). With 'none' the last layer is
+    an empty placeholder of the right shape (see ``pending_rankers``).
+    """
     record = RoundRecord(round_no)
     t0 = time.perf_counter()
     gain_predict = replace(predict, beam_size=params.gain_beam_size or predict.beam_size)
@@ -205,18 +239,14 @@ def disentangle_round(
                                    matcher_targets=routed_copy_targets(Y, M, new_tree))
     t3 = time.perf_counter()
     last = tree.n_layers - 1
-    if solver.negatives == "tfn+man":  # ranker negatives depend on the matcher: all change
-        changed = np.arange(new_tree.n_clusters)
-    targets = new_tree.copy_targets(Y)  # the layers above are not needed to retrain rankers
-    matched = M.tocsc() if solver.negatives == "tfn+man" else None
-    units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
-    results = executor.map(train_cluster, LayerData(X, targets, solver), units,
-                           desc=f"round {round_no}: rankers")
-    old_ptr, new_ptr = tree.children_ptr(last), new_tree.children_ptr(last)
-    kept = np.setdiff1d(np.arange(new_tree.n_clusters), changed)
-    results += [weights_of(weights[last], int(old_ptr[k]), int(old_ptr[k + 1]), int(new_ptr[k]))
-                for k in kept]
-    new_weights[last] = assemble(results, X.shape[1], len(new_tree.copy_label))
+    retrain = changed
+    if solver.negatives == "tfn+man" or rankers == "all":  # MAN: ranker negatives depend on the matcher
+        retrain = np.arange(new_tree.n_clusters)
+    if rankers == "none":
+        new_weights[last] = pending_rankers(X.shape[1], len(new_tree.copy_label))
+    else:
+        new_weights[last] = train_rankers(X, Y, tree, new_tree, weights[last], retrain, M, solver,
+                                          executor, f"round {round_no}: rankers")
     t4 = time.perf_counter()
     per_label = np.bincount(new_tree.copy_label, minlength=tree.n_labels)
     record.labels_copied = int((per_label > 1).sum())

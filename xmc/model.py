@@ -41,6 +41,10 @@ def check_xy(X: sp.spmatrix, Y: sp.spmatrix | None = None) -> None:
         raise DataFormatError("Y must be a 0/1 indicator matrix", field="Y")
 
 
+RANKERS_PENDING = "rankers_pending"
+"""``info`` key of a model whose last layer is a placeholder: nothing has read its rankers yet."""
+
+
 @dataclass
 class XMCModel:
     """A trained label tree with its matcher and ranker weights."""
@@ -102,11 +106,19 @@ class XMCModel:
         t0 = time.perf_counter()
         tree = build_tree(pifa(Xt, Yt), params.tree)
         t1 = time.perf_counter()
-        weights = train_layers(Xt, Yt, tree, params.solver, params.predict, executor)
+        rounds = params.disentangle.rounds > 0 and tree.n_layers > 1
+        defer = rounds and Xv is None  # nothing reads the baseline's rankers: train only the matcher
+        weights = train_layers(Xt, Yt, tree, params.solver, params.predict, executor,
+                               layers=list(range(tree.n_layers - 1)) if defer else None)
         t2 = time.perf_counter()
         info: dict[str, Any] = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
+        if defer:
+            from xmc.disentangle import pending_rankers
+
+            weights[-1] = pending_rankers(Xt.shape[1], len(tree.copy_label))
+            info[RANKERS_PENDING] = True
         model = cls(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
-        if params.disentangle.rounds > 0 and tree.n_layers > 1:
+        if rounds:
             model = run_rounds(model, Xt, Yt, Xv, Yv, executor, ckpt)
         return model
 
@@ -115,6 +127,9 @@ class XMCModel:
     ) -> sp.csr_matrix:
         """(N x n_labels) CSR holding each row's top-k label scores."""
         check_xy(X)
+        if self.info.get(RANKERS_PENDING):
+            raise BundleError("this model's rankers are not trained yet (a checkpoint taken between "
+                              "rounds): resume the training run to finish it")
         return predict(self.preprocess(X), self.tree, self.weights, self.params.predict,
                        bias=self.params.solver.bias, topk=topk, beam_size=beam_size)
 
@@ -190,12 +205,19 @@ def run_rounds(
         if state.finished:
             break
         current = state.current
+        pending = bool(current.info.get(RANKERS_PENDING))
+        # without validation only the last round's rankers are ever read; a fixed point stopping
+        # the rounds earlier leaves them pending, and they are trained after the loop
+        rankers = "none" if X_val is None and r < p.disentangle.rounds else "all" if pending else "changed"
         tree, weights, record = disentangle_round(
             X, Y, current.tree, current.weights, p.solver, p.predict, p.disentangle,
-            p.tree.max_leaf_size, executor, r,
+            p.tree.max_leaf_size, executor, r, rankers,
         )
+        info = {k: v for k, v in model.info.items() if k not in ("rounds", RANKERS_PENDING)}
+        if rankers == "none":
+            info[RANKERS_PENDING] = True
         current = XMCModel(p, tree, weights, model.n_features, model.label_counts, model.n_train,
-                           model.label_names, {k: v for k, v in model.info.items() if k != "rounds"})
+                           model.label_names, info)
         t0 = time.perf_counter()
         record.validation = validate(current)
         record.seconds["validate"] = time.perf_counter() - t0
@@ -212,6 +234,12 @@ def run_rounds(
         if checkpoint is not None:
             checkpoint.save(state)
     best = state.best
+    if best.info.get(RANKERS_PENDING):
+        t0 = time.perf_counter()
+        best.weights = train_layers(X, Y, best.tree, p.solver, p.predict, executor,
+                                    layers=[best.tree.n_layers - 1], weights=best.weights)
+        del best.info[RANKERS_PENDING]
+        state.records[state.best_round]["seconds"]["rankers"] = time.perf_counter() - t0
     best.info["rounds"] = list(state.records)
     best.info["best_round"] = state.best_round
     return best
