@@ -178,7 +178,13 @@ def run_rounds(
     import resource
 
     from xmc.checkpoint import RoundState
-    from xmc.disentangle import RoundRecord, disentangle_round, leaf_size_stats, weight_bytes
+    from xmc.disentangle import (
+        RankerRetrain,
+        RoundRecord,
+        disentangle_round,
+        leaf_size_stats,
+        weight_bytes,
+    )
     from xmc.metrics import evaluate
 
     p = model.params
@@ -208,7 +214,9 @@ def run_rounds(
         pending = bool(current.info.get(RANKERS_PENDING))
         # without validation only the last round's rankers are ever read; a fixed point stopping
         # the rounds earlier leaves them pending, and they are trained after the loop
-        rankers = "none" if X_val is None and r < p.disentangle.rounds else "all" if pending else "changed"
+        rankers: RankerRetrain = "all" if pending else "changed"
+        if X_val is None and r < p.disentangle.rounds:
+            rankers = "none"
         tree, weights, record = disentangle_round(
             X, Y, current.tree, current.weights, p.solver, p.predict, p.disentangle,
             p.tree.max_leaf_size, executor, r, rankers,
