@@ -35,7 +35,16 @@ class GainInputs:
     tree: LabelTree
     matcher: list[sp.csc_matrix]
     predict: PredictParams
+    """Its beam_size is the search's beam."""
     bias: float
+    keep: int
+    """Leaves kept per instance: the best ``keep`` of the search's beam."""
+
+
+def gain_matching(params: DisentangleParams, predict: PredictParams) -> tuple[PredictParams, int]:
+    """(predict params whose beam is the gain search's, leaves kept per instance)."""
+    keep = params.gain_beam_size or predict.beam_size
+    return replace(predict, beam_size=max(keep, params.gain_search_beam or predict.beam_size)), keep
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ class ShardGains:
 def shard_gains(shared: GainInputs, shard: Shard) -> ShardGains:
     """Match one shard and return its share of ``G = Y^T M`` (a pure work unit)."""
     Xs = shared.X[shard.start : shard.stop]
-    M = match(Xs, shared.tree, shared.matcher, shared.predict, bias=shared.bias)
+    M = match(Xs, shared.tree, shared.matcher, shared.predict, bias=shared.bias, keep=shared.keep)
     G = csr(shared.Y[shard.start : shard.stop].T.tocsr() @ M)
     return ShardGains(G, M)
 
@@ -65,12 +74,15 @@ def shard_gains(shared: GainInputs, shard: Shard) -> ShardGains:
 def precision_gains(
     X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, weights: list[sp.csc_matrix],
     predict: PredictParams, bias: float, executor: Executor, shard_rows: int = SHARD_ROWS,
+    keep: int | None = None,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(G, M): gains summed over shards, and the stacked matching matrix."""
+    """(G, M): gains summed over shards, and the stacked matching matrix (``keep`` best leaves
+    of a beam-``predict.beam_size`` search per instance; all of the beam by default)."""
     if tree.n_layers < 2:
         raise ValueError("disentanglement needs a matcher: the tree has a single leaf cluster")
     shards = [Shard(s, min(s + shard_rows, X.shape[0])) for s in range(0, X.shape[0], shard_rows)]
-    parts = executor.map(shard_gains, GainInputs(X, Y, tree, weights[:-1], predict, bias), shards,
+    parts = executor.map(shard_gains, GainInputs(X, Y, tree, weights[:-1], predict, bias,
+                                                     keep or predict.beam_size), shards,
                          desc="gains")
     G = parts[0].G.copy()  # results may be read-only views (Ray's object store)
     for part in parts[1:]:
@@ -220,8 +232,8 @@ def disentangle_round(
     """
     record = RoundRecord(round_no)
     t0 = time.perf_counter()
-    gain_predict = replace(predict, beam_size=params.gain_beam_size or predict.beam_size)
-    G, M = precision_gains(X, Y, tree, weights, gain_predict, solver.bias, executor)
+    gain_predict, keep = gain_matching(params, predict)
+    G, M = precision_gains(X, Y, tree, weights, gain_predict, solver.bias, executor, keep=keep)
     t1 = time.perf_counter()
     C_old = tree.label_cluster_matrix()
     n_pos = np.diff(Y.tocsc().indptr)

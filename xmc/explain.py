@@ -8,12 +8,12 @@ each copy. Two copies whose top features read like two topics are a disentangled
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.disentangle import gain_matching
 from xmc.model import XMCModel
 from xmc.predict import match
 
@@ -35,8 +35,8 @@ def explain_label(
     copies = np.flatnonzero(tree.copy_label == label)
     clusters = tree.parents[-1][copies]
     p = model.params
-    beam = p.disentangle.gain_beam_size or p.predict.beam_size
-    M = match(Xp[rows], tree, model.weights[:-1], replace(p.predict, beam_size=beam), bias=p.solver.bias)
+    search, keep = gain_matching(p.disentangle, p.predict)
+    M = match(Xp[rows], tree, model.weights[:-1], search, bias=p.solver.bias, keep=keep)
     M = sp.csc_matrix(M)
     background = np.asarray(Xp.mean(axis=0)).ravel()  # features common everywhere say nothing
     routed_any = np.zeros(len(rows), bool)

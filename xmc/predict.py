@@ -184,15 +184,17 @@ def match(
     *,
     bias: float,
     beam_size: int | None = None,
+    keep: int | None = None,
 ) -> sp.csr_matrix:
     """Matching matrix M (N x nodes of the last given layer): 1 where the node is in the beam.
 
-    With all layers but the last, this is the method's M over leaf clusters.
+    With all layers but the last, this is the method's M over leaf clusters. ``keep`` < beam
+    keeps only the best ``keep`` nodes of the final beam (the search itself stays that wide).
     """
     beam_size = params.beam_size if beam_size is None else beam_size
     n_nodes = len(tree.parents[len(weights) - 1])
     parts = []
     for cand_idx, cand_score in _scored_chunks(X, tree, weights, params, bias, beam_size):
-        idx, _ = topk_dense(cand_score, cand_idx, beam_size)
+        idx, _ = topk_dense(cand_score, cand_idx, beam_size if keep is None else min(keep, beam_size))
         parts.append(from_topk(idx, np.ones(idx.shape, np.float32), n_nodes))
     return _stack(parts, n_nodes)
