@@ -179,8 +179,8 @@ def test_gain_matching_keeps_the_top_leaf_of_a_wide_search() -> None:
     X, Y, C = model.preprocess(data.X), sp.csr_matrix(data.Y), model.tree.label_cluster_matrix()
     search, keep = gain_matching(DisentangleParams(), params.predict)
     assert (search.beam_size, keep) == (params.predict.beam_size, 1)
-    top = match(X, model.tree, model.weights[:-1], search, bias=1.0, keep=keep)
-    wide = match(X, model.tree, model.weights[:-1], search, bias=1.0)
-    greedy = match(X, model.tree, model.weights[:-1], search, bias=1.0, beam_size=1)
+    top = match(X, model.tree, model.weights[:-1], search, bias=params.solver.bias, keep=keep)
+    wide = match(X, model.tree, model.weights[:-1], search, bias=params.solver.bias)
+    greedy = match(X, model.tree, model.weights[:-1], search, bias=params.solver.bias, beam_size=1)
     assert np.all(np.diff(top.indptr) == 1) and top.multiply(wide).nnz == X.shape[0]
     assert 0 < (top != greedy).nnz and coverage(Y, top, C) >= coverage(Y, greedy, C) - 0.01
