@@ -6,7 +6,7 @@ import scipy.sparse as sp
 
 from xmc.params import TreeParams
 from xmc.sparse import normalize_rows
-from xmc.tree import LabelTree, build_tree, pifa, tree_depth
+from xmc.tree import LabelTree, NodeRows, build_tree, pifa, top_half, tree_depth
 
 
 def test_pifa_by_hand() -> None:
@@ -57,3 +57,28 @@ def test_tree_validation() -> None:
         LabelTree((np.array([0, 0]), np.array([1, 0])), np.array([0, 1]), 2)
     with pytest.raises(ValueError, match="out of range"):
         LabelTree((np.array([0, 0]), np.array([0, 2])), np.array([0, 1]), 2)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 64, 501])
+def test_top_half_is_the_stable_sort_split(n: int) -> None:
+    # scores with many exact ties, zeros among them (labels without instances score 0)
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        score = np.round(rng.standard_normal(n), 1) * (rng.random(n) < rng.random())
+        order = np.lexsort((np.arange(n), -score))  # by score desc, ties by row
+        expected = np.ones(n, dtype=np.int8)
+        expected[order[: (n + 1) // 2]] = 0
+        assert np.array_equal(top_half(score), expected)
+
+
+def test_node_rows_keep_only_the_node_columns() -> None:
+    rng = np.random.default_rng(0)
+    Z = sp.random(12, 40, density=0.1, random_state=rng, dtype=np.float32).tocsr()
+    order = rng.permutation(12)
+    rows = NodeRows(Z, order)
+    for start, stop in [(0, 5), (5, 12), (3, 4)]:
+        local = rows.node(start, stop)
+        full = Z[order[start:stop]].toarray()
+        used = np.flatnonzero(np.abs(full).sum(0))
+        assert local.shape == (stop - start, len(used))
+        np.testing.assert_array_equal(local.toarray(), full[:, used])
