@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.predict import _Layer
+from xmc.predict import ScoringLayer
 
 
 def _layer_case(
@@ -30,7 +33,7 @@ def test_block_scores_equal_the_plain_product() -> None:
     X = sp.random(9, 300, density=0.1, random_state=1, dtype=np.float32, format="csr")
     X = sp.csr_matrix(sp.vstack([sp.csr_matrix((1, 300), dtype=np.float32), X,
                                  sp.csr_matrix((2, 300), dtype=np.float32)]))  # empty first/last rows
-    layer = _Layer(W, ptr)
+    layer = ScoringLayer(W, ptr)
     for p in range(len(ptr) - 1):
         expected = (X @ W[:, ptr[p] : ptr[p + 1]]).toarray()
         got = layer.scores(X, p)
@@ -40,10 +43,28 @@ def test_block_scores_equal_the_plain_product() -> None:
         np.testing.assert_allclose(layer.scores(X[rows], p), expected[rows], rtol=1e-6, atol=1e-7)
 
 
+
+def test_a_shared_layer_scores_the_same_from_threads_and_after_pickling() -> None:
+    # the gain shards share one ScoringLayer across threads (local) or processes (Ray)
+    W, ptr = _layer_case(500, [6] * 40, density=0.05, seed=3)
+    X = sp.random(64, 500, density=0.05, random_state=4, dtype=np.float32, format="csr")
+    layer = ScoringLayer(W, ptr)
+    expected = [(X @ W[:, ptr[p] : ptr[p + 1]]).toarray() for p in range(40)]
+
+    def all_scores(lay: ScoringLayer) -> list[np.ndarray]:
+        return [lay.scores(X, p) for p in range(40) for _ in range(5)][::5]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: all_scores(layer), range(8)))
+    results.append(all_scores(pickle.loads(pickle.dumps(layer))))
+    for got in results:
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
+
 def test_memory_follows_the_weights_not_parents_times_features() -> None:
     n_features, n_parents = 200_000, 2_000
     W, ptr = _layer_case(n_features, [3] * n_parents, density=2e-5, seed=2)
-    layer = _Layer(W, ptr)
+    layer = ScoringLayer(W, ptr)
     kept = layer.rows.data.nbytes + layer.rows.indices.nbytes + layer.rows.indptr.nbytes
     kept += layer.features.nbytes + layer.row_ptr.nbytes
     per_parent_csr = n_parents * (n_features + 1) * 4  # what one CSR row pointer per parent costs

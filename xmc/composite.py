@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.params import PredictParams, TreeParams
-from xmc.predict import _beam_chunk, _Layer
+from xmc.predict import _beam_chunk, scoring_layers
 from xmc.sparse import binarize, csr, normalize_rows
 from xmc.tree import LabelTree, build_tree, pifa
 
@@ -91,7 +91,7 @@ def leaf_scores(
     The beam is opened to every leaf, so this is for analysis of small trees, not for serving.
     """
     Xb = sp.hstack([X, np.full((X.shape[0], 1), bias, np.float32)], format="csr")
-    layers = [_Layer(W, tree.children_ptr(t)) for t, W in enumerate(weights[:-1])]
+    layers = scoring_layers(tree, weights[:-1])
     idx, score = _beam_chunk(Xb, layers, tree.n_clusters, params.post_processor)
     leaf = np.zeros((X.shape[0], tree.n_clusters))
     rows = np.repeat(np.arange(X.shape[0]), idx.shape[1]).reshape(idx.shape)

@@ -18,22 +18,27 @@ import scipy.sparse as sp
 
 from xmc.executor import Executor
 from xmc.params import DisentangleParams, PredictParams, SolverParams
-from xmc.predict import match
+from xmc.predict import ScoringLayer, match_layers, scoring_layers
 from xmc.sparse import csr
 from xmc.train import LayerData, assemble, layer_units, train_cluster, train_layers, weights_of
 from xmc.tree import LabelTree
 
-SHARD_ROWS = 8192
+SHARD_ROWS = 32768
+"""Training rows per gain shard, each matched as one chunk. The beam search pays a fixed cost
+per parent node a chunk reaches (1024 of them in the last matcher layer at 1M labels), so small
+chunks are slow: 8K-row shards made the gain pass at 1M labels 2x slower. The matcher layers
+are 16 wide, so a 32K-row chunk's candidates take about 60 MiB."""
 
 
 @dataclass(frozen=True)
 class GainInputs:
-    """What every gain shard reads: data, tree and matcher layers (all layers but the last)."""
+    """What every gain shard reads: data, tree and the matcher's layers, ready to score."""
 
     X: sp.csr_matrix
     Y: sp.csr_matrix
     tree: LabelTree
-    matcher: list[sp.csc_matrix]
+    matcher: list[ScoringLayer]
+    """``scoring_layers`` of all layers but the last, built once for every shard."""
     predict: PredictParams
     """Its beam_size is the search's beam."""
     bias: float
@@ -66,7 +71,7 @@ class ShardGains:
 def shard_gains(shared: GainInputs, shard: Shard) -> ShardGains:
     """Match one shard and return its share of ``G = Y^T M`` (a pure work unit)."""
     Xs = shared.X[shard.start : shard.stop]
-    M = match(Xs, shared.tree, shared.matcher, shared.predict, bias=shared.bias, keep=shared.keep)
+    M = match_layers(Xs, shared.tree, shared.matcher, shared.predict, bias=shared.bias, keep=shared.keep)
     G = csr(shared.Y[shard.start : shard.stop].T.tocsr() @ M)
     return ShardGains(G, M)
 
@@ -81,9 +86,10 @@ def precision_gains(
     if tree.n_layers < 2:
         raise ValueError("disentanglement needs a matcher: the tree has a single leaf cluster")
     shards = [Shard(s, min(s + shard_rows, X.shape[0])) for s in range(0, X.shape[0], shard_rows)]
-    parts = executor.map(shard_gains, GainInputs(X, Y, tree, weights[:-1], predict, bias,
-                                                     keep or predict.beam_size), shards,
-                         desc="gains")
+    search = replace(predict, chunk_size=max(predict.chunk_size, shard_rows))
+    shared = GainInputs(X, Y, tree, scoring_layers(tree, weights[:-1]), search, bias,
+                        keep or predict.beam_size)
+    parts = executor.map(shard_gains, shared, shards, desc="gains")
     G = parts[0].G.copy()  # results may be read-only views (Ray's object store)
     for part in parts[1:]:
         G = G + part.G
