@@ -5,8 +5,9 @@ import pytest
 import scipy.optimize as so
 import scipy.sparse as sp
 
+from xmc import solver
 from xmc.params import SolverParams
-from xmc.solver import solve_squared_hinge
+from xmc.solver import ROWSPACE_MAX_ROWS, solve_squared_hinge
 
 
 def _objective(w: np.ndarray, X: np.ndarray, y: np.ndarray, C: float) -> tuple[float, np.ndarray]:
@@ -14,14 +15,15 @@ def _objective(w: np.ndarray, X: np.ndarray, y: np.ndarray, C: float) -> tuple[f
     return 0.5 * w @ w + C * slack @ slack, w - 2 * C * X.T @ (y * slack)
 
 
+@pytest.mark.parametrize("n", [ROWSPACE_MAX_ROWS // 2, 2 * ROWSPACE_MAX_ROWS])  # both paths
 @pytest.mark.parametrize("cost", [0.5, 1.0, 4.0])
-def test_matches_an_independent_optimiser(cost: float) -> None:
+def test_matches_an_independent_optimiser(cost: float, n: int) -> None:
     rng = np.random.default_rng(1)
-    X = sp.random(60, 12, density=0.4, random_state=2, dtype=np.float64).tocsr()
-    Y = (rng.random((60, 3)) < 0.3).astype(np.float32)
+    X = sp.random(n, 12, density=0.4, random_state=2, dtype=np.float64).tocsr()
+    Y = (rng.random((n, 3)) < 0.3).astype(np.float32)
     params = SolverParams(cost=cost, bias=1.0, solver_tol=1e-4, dtype="float64", device="cpu")
     W = solve_squared_hinge(X, Y, params)
-    Xa = np.hstack([X.toarray(), np.ones((60, 1))])
+    Xa = np.hstack([X.toarray(), np.ones((n, 1))])
     for j in range(3):
         y = np.where(Y[:, j] > 0, 1.0, -1.0)
         ref = so.minimize(_objective, np.zeros(13), args=(Xa, y, cost), jac=True, method="L-BFGS-B",
@@ -44,3 +46,29 @@ def test_separable_columns_rank_their_positives_first() -> None:
 
 def test_empty_inputs() -> None:
     assert solve_squared_hinge(sp.csr_matrix((0, 4)), np.zeros((0, 2)), SolverParams()).shape == (5, 2)
+
+
+def test_row_space_and_feature_space_paths_agree_at_the_default_tolerance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a leaf of the 1M-label shape: few rows, many sparse features, rare labels
+    rng = np.random.default_rng(5)
+    n, d, m = 30, 600, 40
+    X = sp.random(n, d, density=0.05, random_state=6, dtype=np.float32).tocsr()
+    Y = np.zeros((n, m), np.float32)
+    Y[rng.integers(0, n, size=m), np.arange(m)] = 1
+    Xa = np.hstack([X.toarray(), np.ones((n, 1))])
+    sign = np.where(Y > 0, 1.0, -1.0)
+
+    def objective(W: np.ndarray) -> np.ndarray:
+        slack = np.maximum(0, 1 - sign * (Xa @ W))
+        return 0.5 * (W * W).sum(0) + (slack * slack).sum(0)
+
+    params = SolverParams(device="cpu")
+    monkeypatch.setattr(solver, "ROWSPACE_MAX_ROWS", n)
+    rows = solve_squared_hinge(X, Y, params)
+    monkeypatch.setattr(solver, "ROWSPACE_MAX_ROWS", 0)
+    features = solve_squared_hinge(X, Y, params)
+    np.testing.assert_allclose(objective(rows), objective(features), rtol=2e-2)
+    assert np.all(objective(rows) <= objective(features) * (1 + 1e-4))  # exact steps: never worse
+    assert np.array_equal(np.argmax(Xa @ rows, 0), np.argmax(Xa @ features, 0))
