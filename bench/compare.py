@@ -35,8 +35,17 @@ from xmc.synth import SynthSpec, generate
 BIBTEX = Path(__file__).resolve().parents[1] / "data" / "bibtex"
 SMALL_LEAF = 16
 """Bibtex's leaf size for our model (issue 3's setting: 159 labels make leaf 100 a 2-leaf tree)."""
-PECOS_SMALL = System("pecos-xrlinear-leaf16", "pecos", {"max_leaf_size": SMALL_LEAF},
-                     "PECOS XR-Linear with our small-leaf tree (leaf 16)")
+SMALL_LEAF_PEERS = {
+    "pecos-xrlinear": System("pecos-xrlinear-leaf16", "pecos", {"max_leaf_size": SMALL_LEAF},
+                             "PECOS XR-Linear with our small-leaf tree (leaf 16)"),
+    "omikuji-parabel": System("omikuji-parabel-leaf16", "omikuji", {"min_branch_size": SMALL_LEAF},
+                              "omikuji Parabel splitting down to 16 labels (min_branch_size 16)",
+                              seeded=None),
+    "napkinxc-plt": System("napkinxc-plt-leaf16", "napkinxc", {"max_leaves": SMALL_LEAF},
+                           "napkinXC PLT with leaves of 16 labels (max_leaves 16)"),
+}
+"""On small-leaf datasets, each peer also runs with our leaf size: the same setting side by side,
+next to the peer's own default."""
 OURS_DEFAULT_LEAF = System("xmc-disentangled-leaf100", "xmc", {"rounds": 1, "max_leaf_size": 100},
                            "ours with the default tree (leaf 100), on small-leaf datasets")
 RATIO_TARGET = 1.5
@@ -84,11 +93,13 @@ DEFAULT_DATASETS = "bibtex,bibtex-composite,synth-1k,synth-10k"
 
 
 def systems_for(ds: Dataset, names: list[str]) -> list[System]:
-    """The chosen systems; on a small-leaf dataset also PECOS with the same leaf and ours at leaf 100."""
+    """The chosen systems; on a small-leaf dataset also the peers at our leaf and ours at leaf 100."""
     chosen = [SYSTEMS[n] for n in names]
-    if ds.small_leaf and "xmc-disentangled" in names:
+    if not ds.small_leaf:
+        return chosen
+    if "xmc-disentangled" in names:
         chosen.insert(names.index("xmc-disentangled") + 1, OURS_DEFAULT_LEAF)
-    return chosen + [PECOS_SMALL] if ds.small_leaf and "pecos-xrlinear" in names else chosen
+    return chosen + [SMALL_LEAF_PEERS[n] for n in names if n in SMALL_LEAF_PEERS]
 
 
 def summarise(runs: list[Outcome]) -> dict[str, Any]:
@@ -136,6 +147,14 @@ def verdicts(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             lead = ours["P@1"] - peers[best]["P@1"]
             out.append(f"{ds}: {name} P@1 {ours['P@1']:.2f} vs best peer {best} {peers[best]['P@1']:.2f} "
                        f"({lead:+.2f}): {'LEADS' if lead > 0 else 'DOES NOT LEAD'}")
+        same_leaf = {n: r for n, r in peers.items() if n.endswith(f"-leaf{SMALL_LEAF}")}
+        ours = rows.get("xmc-disentangled", {})
+        if same_leaf and ours.get("status") == "ok":
+            best = max(same_leaf, key=lambda n: same_leaf[n]["P@1"])
+            lead = ours["P@1"] - same_leaf[best]["P@1"]
+            out.append(f"{ds}: at the same leaf ({SMALL_LEAF}), xmc-disentangled P@1 {ours['P@1']:.2f} "
+                       f"vs best peer {best} {same_leaf[best]['P@1']:.2f} ({lead:+.2f}): "
+                       f"{'LEADS' if lead > 0 else 'DOES NOT LEAD'}")
     synth = [ds for ds, rows in table.items() if ds.startswith("synth-")
              and rows.get("xmc-disentangled", {}).get("status") == "ok"
              and rows.get("pecos-xrlinear", {}).get("status") == "ok"]
@@ -222,7 +241,7 @@ def main() -> None:
     lines = verdicts(table)
     md = markdown(table, about, header) + "\n" + "\n".join(f"- {v}" for v in lines) + "\n"
     (args.out / "peers.md").write_text(md)
-    systems = {s.name: s.about for s in [*SYSTEMS.values(), PECOS_SMALL, OURS_DEFAULT_LEAF]}
+    systems = {s.name: s.about for s in [*SYSTEMS.values(), *SMALL_LEAF_PEERS.values(), OURS_DEFAULT_LEAF]}
     (args.out / "peers.json").write_text(json.dumps(
         {"header": header, "about": about, "systems": systems, "table": table, "verdicts": lines,
          "runs": [r.to_dict() for r in runs]}, indent=2))

@@ -74,3 +74,19 @@ def test_a_failing_run_reports_its_last_log_line(data: Path, tmp_path: Path) -> 
     bad = harness.System("xmc-bad", "xmc", {"max_leaf_size": 0}, "invalid params")
     out = harness.run(bad, data, tmp_path / "bad")
     assert out.status.startswith("error (exit 1)") and "max_leaf_size" in out.status
+
+
+def test_verdicts_name_the_best_peer_overall_and_at_the_same_leaf() -> None:
+    import compare
+
+    def row(p1: float) -> dict[str, object]:
+        return {"status": "ok", "P@1": p1, "fit_s": 1.0}
+
+    table = {"bibtex": {"xmc-disentangled": row(63.0), "omikuji-parabel": row(63.5),
+                        "omikuji-parabel-leaf16": row(62.0), "pecos-xrlinear-leaf16": row(61.0),
+                        "xmc-baseline": row(70.0)}}  # our other rows are never a peer
+    lines = compare.verdicts(table)
+    assert ("bibtex: xmc-disentangled P@1 63.00 vs best peer omikuji-parabel 63.50 (-0.50): "
+            "DOES NOT LEAD") in lines
+    assert ("bibtex: at the same leaf (16), xmc-disentangled P@1 63.00 vs best peer "
+            "omikuji-parabel-leaf16 62.00 (+1.00): LEADS") in lines
