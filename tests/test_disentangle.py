@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,28 @@ def test_deferred_rankers_give_the_model_of_the_plain_round() -> None:
     two = XMCModel.fit(X, Y, params.replace(rounds=2))
     assert "rankers_pending" not in two.info and two.weights[-1].nnz > 0
     assert two.predict(X, topk=3).nnz == 3 * X.shape[0]
+
+
+def test_matcher_aware_negatives_of_a_round_come_from_the_new_matchers_beam() -> None:
+    """With 'tfn+man' a round's rankers must see the rows the retrained matcher's full beam sends
+    to each leaf, exactly as train_layers gives them, not the gain matching's single top leaf
+    under the old matcher (which made 'tfn+man' rounds train as plain 'tfn' on Bibtex)."""
+    from xmc.train import train_layers
+
+    X, Y = multi_sense()
+    params = XMCParams().replace(max_leaf_size=4, rounds=0, negatives="tfn+man", beam_size=3)
+    base = XMCModel.fit(X, Y, params)
+    Xn, Yc, ex = base.preprocess(X), sp.csr_matrix(Y), LocalExecutor(show_progress=False)
+    tree, weights, _ = disentangle_round(
+        Xn, Yc, base.tree, base.weights, params.solver, params.predict, params.disentangle,
+        params.tree.max_leaf_size, ex, 1, "changed")
+    last = tree.n_layers - 1
+    reference = train_layers(Xn, Yc, tree, params.solver, params.predict, ex, layers=[last],
+                             weights=weights)
+    assert abs(weights[last] - reference[last]).max() < 1e-6
+    teacher_forced = train_layers(Xn, Yc, tree, replace(params.solver, negatives="tfn"),
+                                  params.predict, ex, layers=[last], weights=weights)
+    assert abs(weights[last] - teacher_forced[last]).max() > 1e-3  # the matcher's rows did change it
 
 
 def test_zero_rounds_is_the_baseline(toy) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from xmc.executor import Executor
 from xmc.params import DisentangleParams, PredictParams, SolverParams
-from xmc.predict import ScoringLayer, match_layers, scoring_layers
+from xmc.predict import ScoringLayer, match, match_layers, scoring_layers
 from xmc.sparse import csr
 from xmc.train import LayerData, assemble, layer_units, train_cluster, train_layers, weights_of
 from xmc.tree import LabelTree
@@ -206,16 +206,17 @@ def pending_rankers(n_features: int, n_copies: int) -> sp.csc_matrix:
 
 def train_rankers(
     X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
-    changed: np.ndarray, M: sp.csr_matrix, solver: SolverParams, executor: Executor, desc: str,
+    changed: np.ndarray, matched: sp.csc_matrix | None, solver: SolverParams, executor: Executor,
+    desc: str,
 ) -> sp.csc_matrix:
     """New last layer: rankers of the ``changed`` clusters trained, the others' columns moved over.
 
-    ``M`` (the round's matching) gives the matcher-aware negatives when the solver asks for them.
-    The layers above are not needed: a ranker reads only the rows routed to its cluster.
+    ``matched`` (N x clusters, the beam of the matcher that will route to these rankers) adds the
+    matcher-aware negatives; None trains on teacher-forced rows only. The layers above are not
+    needed: a ranker reads only the rows routed to its cluster.
     """
     last = tree.n_layers - 1
     targets = new_tree.copy_targets(Y)
-    matched = M.tocsc() if solver.negatives == "tfn+man" else None
     units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
     results = executor.map(train_cluster, LayerData(X, targets, solver), units, desc=desc)
     old_ptr, new_ptr = tree.children_ptr(last), new_tree.children_ptr(last)
@@ -263,7 +264,11 @@ def disentangle_round(
     if rankers == "none":
         new_weights[last] = pending_rankers(X.shape[1], len(new_tree.copy_label))
     else:
-        new_weights[last] = train_rankers(X, Y, tree, new_tree, weights[last], retrain, M, solver,
+        matched = None
+        if solver.negatives == "tfn+man":  # the rows the new matcher's full beam sends to each leaf,
+            # as train_layers gives them; the gain matching (its top leaf, old matcher) is not that
+            matched = match(X, new_tree, new_weights[:last], predict, bias=solver.bias).tocsc()
+        new_weights[last] = train_rankers(X, Y, tree, new_tree, weights[last], retrain, matched, solver,
                                           executor, f"round {round_no}: rankers")
     t4 = time.perf_counter()
     per_label = np.bincount(new_tree.copy_label, minlength=tree.n_labels)
