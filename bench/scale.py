@@ -97,7 +97,7 @@ def plot(cells: dict[str, dict[str, Any]], path: Path) -> None:
                 ax.set_title(f"{title}, L = {L:,}", fontsize=9)
                 ax.set_xlabel("training documents N", fontsize=8)
         for i in range(len(what)):  # after set_xscale, which resets the ticks
-            axes[i][j].set_xticks(docs, [f"{n / 1000:g}K" for n in docs])
+            axes[i][j].set_xticks(docs, [f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1000:g}K" for n in docs])
             axes[i][j].minorticks_off()
     axes[0][0].legend(fontsize=7)
     fig.suptitle("x = the system stopped fitting (time or memory limit) at that N", fontsize=9)
