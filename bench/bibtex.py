@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
-from xmc import XMCModel, XMCParams
-from xmc.data import read_npz
-from xmc.metrics import evaluate
+from xmc import XMCParams
+from xmc.core.fit import fit
+from xmc.core.metrics import evaluate
+from xmc.io.readers import read_npz
+from xmc.log import peak_rss_mib
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bibtex"
 BARS = {"P@1": 63.5, "P@3": 38.8, "P@5": 28.4}
 PECOS = {"P@1": 63.54, "P@3": 39.01, "P@5": 28.72, "fit_s": 0.6, "predict_s": 0.4}
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(seed: int, max_leaf_size: int, rounds: int = 0) -> dict[str, float]:
@@ -36,7 +33,7 @@ def run(seed: int, max_leaf_size: int, rounds: int = 0) -> dict[str, float]:
     Xt, Yt = read_npz(DATA / "X.tst.npz"), read_npz(DATA / "Y.tst.npz", binary=True)
     params = XMCParams().replace(seed=seed, max_leaf_size=max_leaf_size, beam_size=10, rounds=rounds)
     t0 = time.perf_counter()
-    model = XMCModel.fit(X, Y, params)
+    model = fit(X, Y, params)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pred = model.predict(Xt, topk=5)

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 from harness import RESULTS, SYSTEMS, THREADS, WORK, Outcome, System, prepare, run
 
-from xmc import XMCParams, __version__
-from xmc.composite import make_composite
-from xmc.data import read_npz
-from xmc.sparse import normalize_rows
-from xmc.synth import SynthSpec, generate
+from xmc import XMCParams, __version__  # noqa: F401
+from xmc.core.sparse import normalize_rows
+from xmc.io.readers import read_npz
+from xmc.research.composite import make_composite
+from xmc.research.synth import SynthSpec, generate
 
 BIBTEX = Path(__file__).resolve().parents[1] / "data" / "bibtex"
 SMALL_LEAF = 16
@@ -71,7 +71,8 @@ def composite() -> tuple[Any, ...]:
     tree = XMCParams().replace(max_leaf_size=SMALL_LEAF).tree
     comp = make_composite(normalize_rows(X), Y, tree, seed=0, levels_up=1)
     return (X, comp.apply(Y), Xt, comp.apply(Yt),
-            f"Bibtex with label pairs of sibling leaves (leaf {SMALL_LEAF}) merged (xmc.composite, seed 0)")
+            f"Bibtex with label pairs of sibling leaves (leaf {SMALL_LEAF}) merged "
+            "(xmc.research.composite, seed 0)")
 
 
 def synthetic(n_labels: int, n_features: int, n_train: int, n_test: int) -> Callable[[], tuple[Any, ...]]:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from xmc import XMCModel, XMCParams
-from xmc.composite import disentanglement_vi, leaf_scores, make_composite, split_vi
-from xmc.data import read_npz
-from xmc.metrics import evaluate
-from xmc.synth import SynthSpec, generate, sense_splits, sense_table
+from xmc import XMCParams
+from xmc.core.fit import fit
+from xmc.core.metrics import evaluate
+from xmc.io.readers import read_npz
+from xmc.research.composite import disentanglement_vi, leaf_scores, make_composite, split_vi
+from xmc.research.synth import SynthSpec, generate, sense_splits, sense_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bibtex"
 PECOS = "PECOS reference (issue): baseline 62.07/38.18/28.46, + one round (lambda 2) 63.70/38.97/28.76"
@@ -35,7 +36,7 @@ def load() -> tuple:  # type: ignore[type-arg]
 
 def fit_eval(X, Y, Xt, Yt, params):  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
-    model = XMCModel.fit(X, Y, params)
+    model = fit(X, Y, params)
     fit_s = time.perf_counter() - t0
     m = evaluate(Yt, model.predict(Xt, topk=5), (1, 3, 5))
     return model, m, fit_s

@@ -90,12 +90,13 @@ def main() -> None:
     ap.add_argument("--ngram-max", type=int, default=1)
     ap.add_argument("--stages", type=int, default=0, help="also print the N slowest Spark stages")
     ap.add_argument("--driver-memory", default=None,
-                    help="JVM heap of the local driver/executor (default: xmc.spark.session.LOCAL_DEFAULTS)")
+                    help="JVM heap of the local driver/executor "
+                         "(default: xmc.engines.spark.session.LOCAL_DEFAULTS)")
     args = ap.parse_args()
 
-    from xmc.spark.featurize import featurize
-    from xmc.spark.params import FeaturizeParams
-    from xmc.spark.session import spark_session
+    from xmc.engines.spark.featurize import featurize
+    from xmc.engines.spark.params import FeaturizeParams
+    from xmc.engines.spark.session import spark_session
 
     work = Path(args.work or tempfile.mkdtemp(prefix="xmc-bench-featurize-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ def main() -> None:
     jvm_hwm = vm_hwm_mib(jvm_pid) if jvm_pid else None
     master = spark.sparkContext.master
     spark.stop()
-    from xmc.spark.bundle import load_split
+    from xmc.io.features import load_split
 
     t0 = time.perf_counter()
     split = load_split(work / "bundle")

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.data import read_npz, write_npz
-from xmc.fsutil import atomic_dir
-from xmc.metrics import evaluate
-from xmc.sparse import csr, normalize_rows
+from xmc.core.metrics import evaluate
+from xmc.core.sparse import csr, normalize_rows
+from xmc.io.files import atomic_dir
+from xmc.io.readers import read_npz, write_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "bench" / "peers"

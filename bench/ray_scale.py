@@ -16,14 +16,15 @@ import os
 import resource
 import time
 
-from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc import LocalExecutor, XMCParams
+from xmc.core.fit import fit
 from xmc.params import ExecutorParams
-from xmc.synth import SynthSpec, generate
+from xmc.research.synth import SynthSpec, generate
 
 
-def fit(X, Y, params, executor):  # type: ignore[no-untyped-def]
+def timed_fit(X, Y, params, executor):  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
-    model = XMCModel.fit(X, Y, params, executor=executor)
+    model = fit(X, Y, params, executor=executor)
     return model, time.perf_counter() - t0
 
 
@@ -39,7 +40,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from xmc.ray_executor import RayExecutor
+    from xmc.engines.ray_executor import RayExecutor
 
     spec = SynthSpec(n_labels=args.labels, n_features=args.features)
     data = generate(spec, args.docs)
@@ -48,7 +49,7 @@ def main() -> None:
           f"nnz(X) {data.X.nnz}, rounds {args.rounds}; {os.cpu_count()} cores", flush=True)
     ref, local_s = None, float("nan")
     if not args.skip_local:
-        ref, local_s = fit(data.X, data.Y, params, LocalExecutor(show_progress=False))
+        ref, local_s = timed_fit(data.X, data.Y, params, LocalExecutor(show_progress=False))
         print(f"local executor: fit {local_s:.1f}s", flush=True)
     rows = {}
     for workers in (1, 2):
@@ -57,7 +58,7 @@ def main() -> None:
                                         batches_per_worker=args.batches_per_worker), show_progress=False)
         ray.get([ray.remote(lambda: __import__("torch").get_num_threads()).remote() for _ in range(workers)])
         start_s = time.perf_counter() - t0
-        model, fit_s = fit(data.X, data.Y, params, ex)
+        model, fit_s = timed_fit(data.X, data.Y, params, ex)
         same = ref is not None and all(abs(a - b).max() <= 1e-6
                                        for a, b in zip(model.weights, ref.weights, strict=True))
         peak = max(s["worker_peak_rss_mib"] for s in ex.stats)

@@ -22,7 +22,7 @@ from typing import Any
 
 from harness import RESULTS, SYSTEMS, THREADS, WORK, prepare, run
 
-from xmc.synth import SynthSpec, generate
+from xmc.research.synth import SynthSpec, generate
 
 N_FEATURES = 2**17
 N_TEST = 5000

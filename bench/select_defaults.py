@@ -15,9 +15,10 @@ import itertools
 import numpy as np
 from disentangle import load  # bench/ is on sys.path when run as a script
 
-from xmc import XMCModel, XMCParams
-from xmc.metrics import evaluate
-from xmc.model import split_validation
+from xmc import XMCParams
+from xmc.core.fit import fit
+from xmc.core.metrics import evaluate
+from xmc.core.model import split_validation
 
 GRID = {"gain_beam_size": (1, 2), "max_copies": (2, 3), "min_gain_share": (0.0, 0.05, 0.1),
         "copy_merge": ("max", "mean")}
@@ -34,7 +35,7 @@ def main() -> None:
     def score(params: XMCParams) -> tuple[float, float]:
         ms = []
         for s, (Xt, Yt, Xv, Yv) in enumerate(splits):
-            m = XMCModel.fit(Xt, Yt, params.replace(seed=s))
+            m = fit(Xt, Yt, params.replace(seed=s))
             ms.append(evaluate(Yv, m.predict(Xv, topk=5), (1, 5)))
         return float(np.mean([m["P@1"] for m in ms])), float(np.mean([m["P@5"] for m in ms]))
 

@@ -5,7 +5,7 @@
 Leaf clusters at 1M labels hold a few dozen documents (median 24 rows, 62 labels on the scale
 curve's 1M x 400K set). Each problem here has that shape: sparse rows of 30 features from a
 vocabulary 20x the rows, each label positive on 1-3 rows. Prints ms per problem for Newton-CG over
-the features and for exact Newton in the span of the rows (``xmc.solver.ROWSPACE_MAX_ROWS`` picks
+the features and for exact Newton in the span of the rows (``xmc.core.solver.ROWSPACE_MAX_ROWS`` picks
 between them), and the row-space objective relative to Newton-CG's (both stop at the same test).
 One torch thread, as in the local executor's units.
 """
@@ -19,9 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xmc import solver
+from xmc.core import solver
+from xmc.core.sparse import normalize_rows
 from xmc.params import SolverParams
-from xmc.sparse import normalize_rows
 
 
 def problem(n: int, m: int, rng: np.random.Generator) -> tuple[sp.csr_matrix, np.ndarray]:

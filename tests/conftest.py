@@ -23,9 +23,9 @@ def bibtex() -> dict[str, sp.csr_matrix]:
 
 @pytest.fixture(scope="session")
 def bibtex_model(bibtex):  # type: ignore[no-untyped-def]
-    from xmc import XMCModel
+    from xmc.core.fit import fit
 
-    return XMCModel.fit(bibtex["X.trn"], bibtex["Y.trn"])
+    return fit(bibtex["X.trn"], bibtex["Y.trn"])
 
 
 def topic_data(

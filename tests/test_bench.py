@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmc.data import read_npz
-from xmc.metrics import evaluate
-from xmc.synth import SynthSpec, generate
+from xmc.core.metrics import evaluate
+from xmc.io.readers import read_npz
+from xmc.research.synth import SynthSpec, generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import harness  # noqa: E402

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.core.fit import fit
 from xmc.errors import BundleError
-from xmc.synth import SynthSpec, generate
+from xmc.research.synth import SynthSpec, generate
 
 PARAMS = XMCParams().replace(max_leaf_size=16, rounds=2, validation_fraction=0.1)
 
@@ -43,10 +44,10 @@ def test_resume_continues_after_the_last_finished_round(tmp_path: Path, validati
     data = generate(SynthSpec(n_labels=160, n_features=3000, seed=3), 3000)
     X, Y = data.X, data.Y
     params = PARAMS.replace(validation_fraction=validation_fraction)
-    full = XMCModel.fit(X, Y, params, executor=LocalExecutor(show_progress=False))
+    full = fit(X, Y, params, executor=LocalExecutor(show_progress=False))
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Interrupted):
-        XMCModel.fit(X, Y, params, executor=StopAtRound2(show_progress=False), checkpoint_dir=ckpt)
+        fit(X, Y, params, executor=StopAtRound2(show_progress=False), checkpoint_dir=ckpt)
     saved = sorted(p.name for p in ckpt.iterdir())
     assert "state.json" in saved and "round_1" in saved
     left = json.loads((ckpt / "state.json").read_text())
@@ -58,7 +59,7 @@ def test_resume_continues_after_the_last_finished_round(tmp_path: Path, validati
         assert round_1.weights[-1].nnz == 0
         with pytest.raises(BundleError, match="rankers are not trained yet"):
             round_1.predict(X[:5])
-    resumed = XMCModel.fit(X, Y, params, executor=LocalExecutor(show_progress=False),
+    resumed = fit(X, Y, params, executor=LocalExecutor(show_progress=False),
                            checkpoint_dir=ckpt, resume=True)
     records = resumed.info["rounds"]
     assert [r["round"] for r in records] == [r["round"] for r in full.info["rounds"]]
@@ -70,6 +71,6 @@ def test_resume_continues_after_the_last_finished_round(tmp_path: Path, validati
         assert abs(a - b).max() == 0
     assert resumed.info["best_round"] == full.info["best_round"]
     with pytest.raises(BundleError, match="other params"):
-        XMCModel.fit(X, Y, params.replace(max_copies=3), checkpoint_dir=ckpt, resume=True)
+        fit(X, Y, params.replace(max_copies=3), checkpoint_dir=ckpt, resume=True)
     with pytest.raises(BundleError, match="other training data"):
-        XMCModel.fit(X[:-1], Y[:-1], params, checkpoint_dir=ckpt, resume=True)
+        fit(X[:-1], Y[:-1], params, checkpoint_dir=ckpt, resume=True)

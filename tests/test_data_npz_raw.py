@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from xmc.data import LabelVocab, read_npz, read_records, write_npz
 from xmc.errors import DataFormatError
+from xmc.io.readers import LabelVocab, read_npz, read_records, write_npz
 
 
 def test_npz_roundtrip_and_validation(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from tests.conftest import BIBTEX
-from xmc.data import load_xy, read_xc, write_xc
 from xmc.errors import DataFormatError
+from xmc.io.readers import load_xy, read_xc, write_xc
 
 
 def test_bibtex_text_matches_npz_and_provenance() -> None:

@@ -18,12 +18,13 @@ import pytest
 import scipy.sparse as sp
 
 from tests.conftest import topic_data
-from xmc import datasets
 from xmc.cli import main
-from xmc.datasets import DatasetInfo, FetchError, build_bundle, fetch
+from xmc.core.tree import pifa
 from xmc.errors import DataFormatError, ParamError
-from xmc.spark.bundle import label_frequencies, load_label_names, load_pifa, load_split, read_manifest
-from xmc.tree import pifa
+from xmc.io.features import label_frequencies, load_label_names, load_pifa, load_split, read_manifest
+from xmc.io.files import sha256
+from xmc.ops.datasets import fetch as datasets
+from xmc.ops.datasets.fetch import DatasetInfo, FetchError, build_bundle, fetch
 
 N_TRN, N_TST, D, L = 60, 25, 40, 12
 NAMES = [f"label {i} é" for i in range(L)]
@@ -202,7 +203,7 @@ def test_a_wrong_pinned_sha256_fails_and_a_right_one_verifies(
         _fetch(tmp_path, sha256_pin="0" * 64)
     assert not (tmp_path / "bundle").exists() and not (tmp_path / "cache" / "tiny.tar.gz").exists()
     assert not (tmp_path / "cache" / "checksums.json").exists()
-    digest = datasets.sha256(tmp_path / "mirror" / "tiny.tar.gz")
+    digest = sha256(tmp_path / "mirror" / "tiny.tar.gz")
     result = _fetch(tmp_path, sha256_pin=digest.upper())
     assert result.checksum == "verified: sha256 --sha256"
     assert main(["datasets", "fetch", "tiny", "--mirror", str(tmp_path / "mirror"), "--cache-dir",
@@ -262,15 +263,15 @@ def test_inconsistent_files_name_the_member(tmp_path: Path, tiny: dict[str, sp.c
         _fetch(tmp_path)
     _archive(tmp_path / "mirror" / "tiny.tar.gz", tiny, names=NAMES[:-1])
     with pytest.raises(DataFormatError, match=r"output-items\.txt: 11 label names for 12 label columns"):
-        _fetch(tmp_path, sha256_pin=datasets.sha256(tmp_path / "mirror" / "tiny.tar.gz"))
+        _fetch(tmp_path, sha256_pin=sha256(tmp_path / "mirror" / "tiny.tar.gz"))
     nan = dict(tiny, **{"X.trn": tiny["X.trn"].copy()})
     nan["X.trn"].data[0] = np.nan
     _archive(tmp_path / "mirror" / "tiny.tar.gz", nan)
     with pytest.raises(DataFormatError, match=r"tfidf-attnxml/X\.trn\.npz: NaN or inf"):
-        _fetch(tmp_path, sha256_pin=datasets.sha256(tmp_path / "mirror" / "tiny.tar.gz"))
+        _fetch(tmp_path, sha256_pin=sha256(tmp_path / "mirror" / "tiny.tar.gz"))
     (tmp_path / "mirror" / "tiny.tar.gz").write_bytes(b"not a tar")
     with pytest.raises(DataFormatError, match="not a readable tar archive"):
-        _fetch(tmp_path, sha256_pin=datasets.sha256(tmp_path / "mirror" / "tiny.tar.gz"))
+        _fetch(tmp_path, sha256_pin=sha256(tmp_path / "mirror" / "tiny.tar.gz"))
     assert not (tmp_path / "bundle").exists() and _leftovers(tmp_path) == []
 
 
@@ -292,7 +293,7 @@ def test_names_and_out_folder_are_checked(tmp_path: Path, tiny: dict[str, sp.csr
 
 
 def test_the_model_trains_on_a_fetched_bundle(tmp_path: Path) -> None:
-    from xmc import XMCModel
+    from xmc.core.fit import fit
     from xmc.params import XMCParams
 
     X, Y = topic_data(n=300, n_labels=16, d=50)
@@ -300,7 +301,7 @@ def test_the_model_trains_on_a_fetched_bundle(tmp_path: Path) -> None:
     _archive(tmp_path / "mirror" / "tiny.tar.gz", data, names=[f"t{i}" for i in range(16)])
     _fetch(tmp_path)
     train, test = load_split(tmp_path / "bundle", "train"), load_split(tmp_path / "bundle", "test")
-    model = XMCModel.fit(train.X, train.Y, XMCParams().replace(max_leaf_size=4, rounds=0),
+    model = fit(train.X, train.Y, XMCParams().replace(max_leaf_size=4, rounds=0),
                          label_names=load_label_names(tmp_path / "bundle"))
     scores = model.predict(test.X, topk=1)
     hits = scores.multiply(test.Y).getnnz(axis=1) > 0

@@ -9,8 +9,7 @@ import scipy.sparse as sp
 
 from tests.conftest import topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
-from xmc.composite import make_composite, variation_of_information
-from xmc.disentangle import (
+from xmc.core.disentangle import (
     assign,
     coverage,
     disentangle_round,
@@ -18,9 +17,11 @@ from xmc.disentangle import (
     precision_gains,
     tree_with_assignment,
 )
+from xmc.core.fit import fit
+from xmc.core.predict import _merge_copies, match
+from xmc.core.tree import LabelTree
 from xmc.params import DisentangleParams
-from xmc.predict import _merge_copies, match
-from xmc.tree import LabelTree
+from xmc.research.composite import make_composite, variation_of_information
 
 
 def _m(rows: list[list[float]]) -> sp.csr_matrix:
@@ -71,7 +72,7 @@ def test_merge_copies_max_and_mean() -> None:
 
 def test_gains_are_a_sum_over_shards(toy) -> None:  # type: ignore[no-untyped-def]
     X, Y = toy
-    model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, beam_size=2))
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, beam_size=2))
     Xp = model.preprocess(X)
     args = (Xp, Y, model.tree, model.weights, model.params.predict, 1.0, LocalExecutor())
     G_one, M_one = precision_gains(*args, shard_rows=10**6)
@@ -94,7 +95,7 @@ def test_rounds_end_to_end(tmp_path: Path) -> None:
     X, Y = multi_sense()
     params = XMCParams().replace(max_leaf_size=4, rounds=2, max_copies=2, gain_beam_size=1,
                                  validation_fraction=0.2)
-    model = XMCModel.fit(X, Y, params)
+    model = fit(X, Y, params)
     records = model.info["rounds"]
     assert records[0]["round"] == 0 and records[0]["validation"]["P@1"] > 0
     assert 2 <= len(records) <= 3 and model.info["best_round"] in {r["round"] for r in records}
@@ -115,9 +116,9 @@ def test_deferred_rankers_give_the_model_of_the_plain_round() -> None:
     model must be the one a round on the fully trained baseline gives, rankers and all."""
     X, Y = multi_sense()
     params = XMCParams().replace(max_leaf_size=4, rounds=1, gain_beam_size=1)
-    deferred = XMCModel.fit(X, Y, params)
+    deferred = fit(X, Y, params)
     assert "rankers_pending" not in deferred.info and deferred.info["rounds"][1]["seconds"]["rankers"] > 0
-    base = XMCModel.fit(X, Y, params.replace(rounds=0))
+    base = fit(X, Y, params.replace(rounds=0))
     Xn = base.preprocess(X)
     tree, weights, record = disentangle_round(
         Xn, sp.csr_matrix(Y), base.tree, base.weights, params.solver, params.predict, params.disentangle,
@@ -127,7 +128,7 @@ def test_deferred_rankers_give_the_model_of_the_plain_round() -> None:
     for a, b in zip(weights, deferred.weights, strict=True):
         assert abs(a - b).max() < 1e-6
     # two rounds: round 1's rankers are skipped too, the final model is complete
-    two = XMCModel.fit(X, Y, params.replace(rounds=2))
+    two = fit(X, Y, params.replace(rounds=2))
     assert "rankers_pending" not in two.info and two.weights[-1].nnz > 0
     assert two.predict(X, topk=3).nnz == 3 * X.shape[0]
 
@@ -136,11 +137,11 @@ def test_matcher_aware_negatives_of_a_round_come_from_the_new_matchers_beam() ->
     """With 'tfn+man' a round's rankers must see the rows the retrained matcher's full beam sends
     to each leaf, exactly as train_layers gives them, not the gain matching's single top leaf
     under the old matcher (which made 'tfn+man' rounds train as plain 'tfn' on Bibtex)."""
-    from xmc.train import train_layers
+    from xmc.core.train import train_layers
 
     X, Y = multi_sense()
     params = XMCParams().replace(max_leaf_size=4, rounds=0, negatives="tfn+man", beam_size=3)
-    base = XMCModel.fit(X, Y, params)
+    base = fit(X, Y, params)
     Xn, Yc, ex = base.preprocess(X), sp.csr_matrix(Y), LocalExecutor(show_progress=False)
     tree, weights, _ = disentangle_round(
         Xn, Yc, base.tree, base.weights, params.solver, params.predict, params.disentangle,
@@ -156,7 +157,7 @@ def test_matcher_aware_negatives_of_a_round_come_from_the_new_matchers_beam() ->
 
 def test_zero_rounds_is_the_baseline(toy) -> None:  # type: ignore[no-untyped-def]
     X, Y = toy
-    model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0))
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0))
     assert len(model.tree.copy_label) == Y.shape[1] and "rounds" not in model.info
 
 
@@ -175,10 +176,10 @@ def test_composite_pairs_sibling_leaves_and_vi() -> None:
 
 
 def test_explain_lists_each_copy_with_its_gain() -> None:
-    from xmc.explain import explain_label
+    from xmc.research.explain import explain_label
 
     X, Y = multi_sense()
-    model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=4, gain_beam_size=1))
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4, gain_beam_size=1))
     copied = np.flatnonzero(np.bincount(model.tree.copy_label) > 1)
     assert len(copied) > 0
     label = int(copied[0])
@@ -193,11 +194,11 @@ def test_gain_matching_keeps_the_top_leaf_of_a_wide_search() -> None:
     """In a deep tree a greedy (beam 1) descent can misroute (at L = 100K it reached a quarter of
     the training pairs); the gains take the best leaf of a beam-10 search instead: one leaf per
     instance, inside the wide beam, and not always the greedy one."""
-    from xmc.synth import SynthSpec, generate
+    from xmc.research.synth import SynthSpec, generate
 
     data = generate(SynthSpec(n_labels=1500, n_features=4000, seed=5), 3000)
     params = XMCParams().replace(max_leaf_size=8, branching_factor=4, rounds=0)
-    model = XMCModel.fit(data.X, data.Y, params)
+    model = fit(data.X, data.Y, params)
     assert model.tree.n_layers >= 4
     X, Y, C = model.preprocess(data.X), sp.csr_matrix(data.Y), model.tree.label_cluster_matrix()
     search, keep = gain_matching(DisentangleParams(), params.predict)

@@ -19,9 +19,9 @@ import pytest
 import scipy.sparse as sp
 
 from tests.conftest import BIBTEX
-from xmc.data import LabelVocab, read_records, read_xc, write_jsonl
+from xmc.engines.spark.params import FeaturizeParams
 from xmc.errors import BundleError, DataFormatError, ParamError
-from xmc.spark.bundle import (
+from xmc.io.features import (
     label_frequencies,
     load_cooccurrence,
     load_label_names,
@@ -29,14 +29,14 @@ from xmc.spark.bundle import (
     load_split,
     read_manifest,
 )
-from xmc.spark.params import FeaturizeParams
-from xmc.synth import SynthSpec, write
-from xmc.vectorizer import TextVectorizer, python_pattern, utf16_len
+from xmc.io.readers import LabelVocab, read_records, read_xc, write_jsonl
+from xmc.io.vectorizer import TextVectorizer, python_pattern, utf16_len
+from xmc.research.synth import SynthSpec, write
 
 
 @pytest.fixture(scope="session")
 def spark():  # type: ignore[no-untyped-def]
-    from xmc.spark.session import spark_session
+    from xmc.engines.spark.session import spark_session
 
     session, created = spark_session("local[2]", {
         "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
@@ -49,7 +49,7 @@ def spark():  # type: ignore[no-untyped-def]
 
 def _featurize(spark: Any, inputs: list[Path], out: Path, **params: Any) -> dict[str, Any]:
     """The notebook way in: the function, on the session the caller owns."""
-    from xmc.spark.featurize import featurize
+    from xmc.engines.spark.featurize import featurize
 
     return featurize(spark, inputs, out, FeaturizeParams(**params))
 
@@ -106,7 +106,7 @@ MAX_FEATURES = 600  # below the ~900 terms with df >= 2, above those with df >= 
 
 @pytest.fixture(scope="module")
 def text_bundle(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One `xmc featurize` run: a learnable synthetic corpus (xmc.synth) plus Unicode edge cases,
+    """One `xmc featurize` run: a learnable synthetic corpus (xmc.research.synth) plus Unicode edge cases,
     25% test split by id hash, bigrams, English stop words, a truncated vocabulary; held-out
     records of the same world beside it."""
     from xmc.cli import main
@@ -173,7 +173,7 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
     assert np.array_equal(load_cooccurrence(bundle).toarray(), expected)
     Z = Y.T @ X
     Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-300)
-    from xmc.tree import pifa
+    from xmc.core.tree import pifa
 
     assert np.abs(load_pifa(bundle).toarray() - Z).max() < 1e-5
     assert abs(load_pifa(bundle) - pifa(train.X, train.Y)).max() < 1e-5
@@ -185,8 +185,9 @@ def test_train_on_bundle_predict_raw_text(text_bundle: dict[str, Any], capsys: A
     """`xmc train --data` then `xmc predict --input` on raw text; the bundle's CSR equals the
     same features built in memory, so the model's precision equals the in-memory model's."""
     from xmc.cli import main
-    from xmc.metrics import evaluate
-    from xmc.model import XMCModel
+    from xmc.core.fit import fit
+    from xmc.core.metrics import evaluate
+    from xmc.core.model import XMCModel
     from xmc.params import XMCParams
 
     tmp, bundle, heldout = text_bundle["tmp"], text_bundle["bundle"], text_bundle["heldout"]
@@ -206,7 +207,7 @@ def test_train_on_bundle_predict_raw_text(text_bundle: dict[str, Any], capsys: A
     Y_test = sp.csr_matrix([[1.0 if n in r["labels"] else 0.0 for n in names]  # type: ignore[operator]
                             for r in heldout], dtype=np.float32)
     params = XMCParams().replace(max_leaf_size=8, rounds=0)
-    p_mem = evaluate(Y_test, XMCModel.fit(X_mem, train.Y, params).predict(X_test, topk=5), (1, 3, 5))
+    p_mem = evaluate(Y_test, fit(X_mem, train.Y, params).predict(X_test, topk=5), (1, 3, 5))
     p_bundle = evaluate(Y_test, XMCModel.load(tmp / "m").predict(X_test, topk=5), (1, 3, 5))
     assert all(abs(p_mem[k] - p_bundle[k]) < 1e-9 for k in ("P@1", "P@3", "P@5")), (p_mem, p_bundle)
     assert p_bundle["P@1"] > 40  # learnable: chance is about 9 (1.7 of 20 labels per document)
@@ -291,7 +292,7 @@ def test_xc_bow_input_gives_the_in_memory_matrices(spark: Any, tmp_path: Path) -
     assert (got.X != X).nnz == 0 and (got.Y != Y).nnz == 0 and got.doc_ids[:2] == ["0", "1"]
     assert manifest["normalization"] == "none" and load_label_names(tmp_path / "b") is None
     assert np.array_equal(label_frequencies(tmp_path / "b"), np.asarray(Y.sum(axis=0)).ravel())
-    from xmc.tree import pifa
+    from xmc.core.tree import pifa
 
     assert abs(load_pifa(tmp_path / "b") - pifa(X, Y)).max() < 1e-5
 
@@ -309,7 +310,7 @@ def test_params_and_vectorizer_without_spark(tmp_path: Path) -> None:
         FeaturizeParams(valid_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ParamError, match="wrong type"):
         FeaturizeParams().replace(min_df="2")
-    from xmc.spark.featurize import split_of
+    from xmc.engines.spark.featurize import split_of
 
     p = FeaturizeParams(test_fraction=0.25)
     assert split_of("d7", p) == ("test" if zlib.crc32(b"d7") % 10_000 < 2_500 else "train")

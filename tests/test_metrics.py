@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmc.metrics import evaluate, propensity
+from xmc.core.metrics import evaluate, propensity
 
 
 def _m(rows: list[list[float]]) -> sp.csr_matrix:

@@ -9,8 +9,9 @@ import pytest
 import scipy.sparse as sp
 
 from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.core.fit import fit
+from xmc.core.metrics import evaluate
 from xmc.errors import BundleError, DataFormatError
-from xmc.metrics import evaluate
 
 
 def test_bibtex_end_to_end_is_sane(bibtex, bibtex_model) -> None:  # type: ignore[no-untyped-def]
@@ -34,7 +35,7 @@ def test_save_load_predicts_identically(tmp_path: Path, bibtex, bibtex_model) ->
 
 
 def _saved(tmp_path: Path, toy) -> Path:  # type: ignore[no-untyped-def]
-    XMCModel.fit(*toy, XMCParams().replace(max_leaf_size=4)).save(tmp_path / "m")
+    fit(*toy, XMCParams().replace(max_leaf_size=4)).save(tmp_path / "m")
     return tmp_path / "m"
 
 
@@ -74,8 +75,8 @@ class ReversedExecutor:
 def test_executor_and_chunking_do_not_change_the_model(toy) -> None:  # type: ignore[no-untyped-def]
     X, Y = toy
     params = XMCParams().replace(max_leaf_size=4, branching_factor=2, beam_size=3)
-    a = XMCModel.fit(X, Y, params, executor=LocalExecutor())
-    b = XMCModel.fit(X, Y, params, executor=ReversedExecutor())
+    a = fit(X, Y, params, executor=LocalExecutor())
+    b = fit(X, Y, params, executor=ReversedExecutor())
     assert len(a.weights) == 4  # 24 labels, leaves of 3 -> 8 leaves -> binary levels 2, 4, 8
     for Wa, Wb in zip(a.weights, b.weights, strict=True):
         assert abs(Wa - Wb).max() == 0
@@ -87,7 +88,7 @@ def test_executor_and_chunking_do_not_change_the_model(toy) -> None:  # type: ig
 def test_deep_tree_beam_and_man_on_separable_data(toy) -> None:  # type: ignore[no-untyped-def]
     X, Y = toy
     for negatives in ("tfn", "tfn+man"):
-        model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=4, branching_factor=2,
+        model = fit(X, Y, XMCParams().replace(max_leaf_size=4, branching_factor=2,
                                                         negatives=negatives))
         m = evaluate(Y, model.predict(X, topk=1))
         assert m["P@1"] > 95, negatives  # each label owns two features: near-perfect
@@ -98,11 +99,11 @@ def test_deep_tree_beam_and_man_on_separable_data(toy) -> None:  # type: ignore[
 def test_input_errors(toy) -> None:  # type: ignore[no-untyped-def]
     X, Y = toy
     with pytest.raises(DataFormatError, match="X has 400 rows but Y has 399"):
-        XMCModel.fit(X, Y[:399])
+        fit(X, Y[:399])
     bad = X.copy()
     bad.data[0] = np.nan
     with pytest.raises(DataFormatError, match="NaN or inf"):
-        XMCModel.fit(bad, Y)
-    model = XMCModel.fit(X, Y, XMCParams().replace(max_leaf_size=8))
+        fit(bad, Y)
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=8))
     with pytest.raises(DataFormatError, match="trained on 60"):
         model.predict(sp.csr_matrix((2, 61), dtype=np.float32))

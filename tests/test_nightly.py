@@ -15,21 +15,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from xmc import XMCParams
+from xmc.engines.tracking import CHAMPION
 from xmc.errors import DataFormatError, ParamError
-from xmc.nightly import (
+from xmc.ops.nightly.config import (
     EXIT_LOCKED,
     EXIT_REJECTED,
     PREVIOUS_CHAMPION,
     LockHeldError,
     NightlyParams,
-    Scores,
-    decide,
     load_config,
     nightly_lock,
     params_from_dict,
-    run_nightly,
 )
-from xmc.tracking import CHAMPION
+from xmc.ops.nightly.gate import Scores, decide
+from xmc.ops.nightly.run import run_nightly
 
 BIBTEX = Path(__file__).resolve().parents[1] / "data" / "bibtex"
 
@@ -76,7 +75,7 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
 
 
 def test_lock_refuses_a_second_nightly_and_dies_with_its_holder(tmp_path: Path) -> None:
-    from jobs.nightly import main
+    from xmc.cli.nightly import main
 
     lock = tmp_path / "n.lock"
     params = NightlyParams(x=str(BIBTEX / "X.trn.npz"), y=str(BIBTEX / "Y.trn.npz"),
@@ -104,7 +103,7 @@ def test_bibtex_nightly_registers_promotes_then_rejects_a_worse_config(tmp_path:
     config is rejected and `champion` stays; re-running a finished night touches nothing."""
     import mlflow
 
-    from jobs.nightly import main
+    from xmc.cli.nightly import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = {"x": str(BIBTEX / "X.trn.npz"), "y": str(BIBTEX / "Y.trn.npz"),
@@ -148,7 +147,7 @@ def test_bibtex_nightly_registers_promotes_then_rejects_a_worse_config(tmp_path:
 
 @pytest.fixture(scope="module")
 def raw_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from xmc.synth import SynthSpec, write
+    from xmc.research.synth import SynthSpec, write
 
     return write(SynthSpec(n_labels=24, n_features=300, seed=1), tmp_path_factory.mktemp("raw") / "corpus",
                  500, 120, "jsonl")
@@ -159,8 +158,8 @@ def test_raw_nightly_pyfunc_by_alias_and_parquet_batch_predict(raw_corpus: Path,
     the batch job scores parquet in row batches with the registered model."""
     import mlflow
 
-    from jobs.predict import main as predict_main
-    from xmc.spark.session import spark_session
+    from xmc.cli.predict import main as predict_main
+    from xmc.engines.spark.session import spark_session
 
     spark, created = spark_session("local[2]", {"spark.ui.enabled": "false",
                                                 "spark.sql.shuffle.partitions": "2"})

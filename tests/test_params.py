@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xmc.cliutil import add_param_flags, params_from_args
+from xmc.cli.common import add_param_flags, params_from_args
 from xmc.errors import ParamError
 from xmc.params import GROUPS, TreeParams, XMCParams
 

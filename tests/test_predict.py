@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.predict import ScoringLayer
+from xmc.core.predict import ScoringLayer
 
 
 def _layer_case(

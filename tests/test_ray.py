@@ -13,9 +13,10 @@ import yaml
 
 from tests.conftest import REPO
 from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.core.fit import fit
+from xmc.engines.ray_executor import RayExecutor, balanced_batches
 from xmc.params import ExecutorParams
-from xmc.ray_executor import RayExecutor, balanced_batches
-from xmc.synth import SynthSpec, generate
+from xmc.research.synth import SynthSpec, generate
 
 PARAMS = XMCParams().replace(max_leaf_size=16, rounds=1)
 
@@ -35,7 +36,7 @@ def ray_executor() -> Iterator[RayExecutor]:
 
 @pytest.fixture(scope="module")
 def local_model(data) -> XMCModel:  # type: ignore[no-untyped-def]
-    return XMCModel.fit(data.X, data.Y, PARAMS, executor=LocalExecutor(show_progress=False))
+    return fit(data.X, data.Y, PARAMS, executor=LocalExecutor(show_progress=False))
 
 
 def assert_same_model(a: XMCModel, b: XMCModel, X) -> None:  # type: ignore[no-untyped-def]
@@ -55,7 +56,7 @@ def test_balanced_batches_pack_heaviest_first() -> None:
 
 
 def test_ray_executor_gives_the_local_model(data, ray_executor, local_model) -> None:  # type: ignore[no-untyped-def]
-    model = XMCModel.fit(data.X, data.Y, PARAMS, executor=ray_executor)
+    model = fit(data.X, data.Y, PARAMS, executor=ray_executor)
     assert_same_model(model, local_model, data.X[:500])
     rankers = [s for s in ray_executor.stats if s["desc"].startswith("round 1")]
     assert rankers and rankers[0]["batches"] <= 4 and rankers[0]["workers_used"] >= 1
@@ -68,7 +69,7 @@ def test_killed_worker_is_retried_and_the_model_is_unchanged(  # type: ignore[no
     marker = tmp_path / "killed"
     ray_executor.kill_once = str(marker)  # the first task to start SIGKILLs its own worker
     try:
-        model = XMCModel.fit(data.X, data.Y, PARAMS, executor=ray_executor)
+        model = fit(data.X, data.Y, PARAMS, executor=ray_executor)
     finally:
         ray_executor.kill_once = None
     assert marker.exists()  # a worker process really died mid-run
@@ -84,7 +85,7 @@ def test_cluster_configs_parse_with_required_fields() -> None:
     job = yaml.safe_load((REPO / "cluster_configs/ray/rayjob.yaml").read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     spec = job["spec"]
-    assert "--executor ray" in spec["entrypoint"] and "jobs.train" in spec["entrypoint"]
+    assert "--executor ray" in spec["entrypoint"] and "xmc.cli.train" in spec["entrypoint"]
     heads = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert heads[0]["image"] and workers[0]["replicas"] >= 1

@@ -1,7 +1,7 @@
 """The nightly schedules under cluster_configs/schedule/: cron, systemd timer, Kubernetes CronJob -> RayJob.
 
 Each must run ``xmc nightly --config FILE`` on a valid schedule, and every nightly config they
-carry must load with ``xmc.nightly.load_config`` (the same validation the job applies)."""
+carry must load with ``xmc.ops.nightly.config.load_config`` (the same validation the job applies)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from xmc.nightly import load_config, params_from_dict
+from xmc.ops.nightly.config import load_config, params_from_dict
 
 SCHEDULE = Path(__file__).resolve().parents[1] / "cluster_configs" / "schedule"
 CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),

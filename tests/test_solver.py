@@ -5,9 +5,9 @@ import pytest
 import scipy.optimize as so
 import scipy.sparse as sp
 
-from xmc import solver
+from xmc.core import solver
+from xmc.core.solver import ROWSPACE_MAX_ROWS, solve_squared_hinge
 from xmc.params import SolverParams
-from xmc.solver import ROWSPACE_MAX_ROWS, solve_squared_hinge
 
 
 def _objective(w: np.ndarray, X: np.ndarray, y: np.ndarray, C: float) -> tuple[float, np.ndarray]:

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from xmc.data import write_jsonl
+from xmc.engines.spark.session import read_conf_file
 from xmc.errors import ParamError
-from xmc.spark.bundle import load_split, read_manifest
-from xmc.spark.session import read_conf_file
-from xmc.synth import SynthSpec, write
-from xmc.vectorizer import TextVectorizer
+from xmc.io.features import load_split, read_manifest
+from xmc.io.readers import write_jsonl
+from xmc.io.vectorizer import TextVectorizer
+from xmc.research.synth import SynthSpec, write
 
 CONF = REPO / "cluster_configs" / "spark" / "spark-defaults.conf"
 

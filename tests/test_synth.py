@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmc import XMCModel, XMCParams
-from xmc.composite import leaf_scores, split_vi
-from xmc.data import read_xc
+from xmc import XMCParams
+from xmc.core.fit import fit
 from xmc.errors import ParamError
-from xmc.synth import BLOCK, SynthSpec, generate, sense_splits, sense_table, write
+from xmc.io.readers import read_xc
+from xmc.research.composite import leaf_scores, split_vi
+from xmc.research.synth import BLOCK, SynthSpec, generate, sense_splits, sense_table, write
 
 SPEC = SynthSpec(n_labels=160, n_features=3000)
 
@@ -45,7 +46,7 @@ def test_ground_truth_senses_come_from_two_unrelated_topics() -> None:
 def test_disentangled_model_copies_multi_sense_labels_and_routes_senses_apart() -> None:
     train, test = generate(SPEC, 6000), generate(SPEC, 1500, "test")
     table = sense_table(SPEC)
-    model = XMCModel.fit(train.X, train.Y, XMCParams().replace(max_leaf_size=16, rounds=1))
+    model = fit(train.X, train.Y, XMCParams().replace(max_leaf_size=16, rounds=1))
     copies = np.bincount(model.tree.copy_label, minlength=SPEC.n_labels)
     assert (copies[table.multi_sense] > 1).mean() > 0.8
     assert (copies[~table.multi_sense] > 1).mean() < 0.5
@@ -59,8 +60,8 @@ def test_reassignment_round_keeps_unchanged_clusters_weights() -> None:
     spec = SynthSpec(n_labels=160, n_features=3000, multi_sense_share=0.03)
     train = generate(spec, 4000)
     base = XMCParams().replace(max_leaf_size=16, retrain_matcher=False)
-    m0 = XMCModel.fit(train.X, train.Y, base.replace(rounds=0))
-    m1 = XMCModel.fit(train.X, train.Y, base.replace(rounds=1))
+    m0 = fit(train.X, train.Y, base.replace(rounds=0))
+    m1 = fit(train.X, train.Y, base.replace(rounds=1))
     rec = m1.info["rounds"][-1]
     assert 0 < rec["clusters_changed"] < m1.tree.n_clusters
     # a cluster whose labels did not change has exactly the baseline's ranker columns

@@ -21,9 +21,8 @@ import pytest
 import scipy.sparse as sp
 
 from xmc import XMCModel, XMCParams
-from xmc.errors import DataFormatError, ParamError
-from xmc.synth import SynthSpec, generate
-from xmc.tracking import (
+from xmc.core.fit import fit
+from xmc.engines.tracking import (
     CHAMPION,
     TrackingParams,
     champion_uri,
@@ -32,7 +31,9 @@ from xmc.tracking import (
     metric_key,
     round_metrics,
 )
-from xmc.vectorizer import TextVectorizer
+from xmc.errors import DataFormatError, ParamError
+from xmc.io.vectorizer import TextVectorizer
+from xmc.research.synth import SynthSpec, generate
 
 PARAMS = ["--max-leaf-size", "8", "--rounds", "1", "--validation-fraction", "0.2"]
 
@@ -89,7 +90,7 @@ def text_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     vectorizer.save(folder / "vectorizer")
     names = [f"label-{j}" for j in range(60)]
     params = XMCParams().replace(max_leaf_size=8, rounds=1, validation_fraction=0.2)
-    model = XMCModel.fit(vectorizer.transform(texts), block.Y, params, label_names=names)
+    model = fit(vectorizer.transform(texts), block.Y, params, label_names=names)
     model.save(folder / "model", extra_dirs={"vectorizer": folder / "vectorizer"})
     return {"folder": folder, "model": model, "texts": texts, "Y": block.Y,
             "X": vectorizer.transform(texts)}
@@ -116,7 +117,7 @@ def test_round_metrics_are_flat_mlflow_names() -> None:
 
 
 def test_tracking_params_name_the_bad_field(tmp_path: Path) -> None:
-    from jobs.train import main
+    from xmc.cli.train import main
 
     with pytest.raises(ParamError, match="experiment"):
         TrackingParams(experiment=" ")
@@ -132,7 +133,7 @@ def test_cli_logs_to_default_sqlite_and_registers_champion_once(
 ) -> None:
     import mlflow
 
-    from jobs.train import main
+    from xmc.cli.train import main
 
     block = generate(SynthSpec(n_labels=60, n_features=500), 800)
     sp.save_npz(tmp_path / "X.npz", block.X)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from xmc.core.sparse import normalize_rows
+from xmc.core.tree import LabelTree, NodeRows, build_tree, pifa, top_half, tree_depth
 from xmc.params import TreeParams
-from xmc.sparse import normalize_rows
-from xmc.tree import LabelTree, NodeRows, build_tree, pifa, top_half, tree_depth
 
 
 def test_pifa_by_hand() -> None:

@@ -206,13 +206,7 @@ class XMCParams:
 
     @classmethod
     def from_json(cls, path: str | Path) -> XMCParams:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ParamError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
-        if not isinstance(data, dict):
-            raise ParamError(f"{path}: a params file must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path))
 
     def replace(self, **flat: Any) -> XMCParams:
         """Return a copy with flat field overrides (``max_leaf_size=16``), validated."""
@@ -240,6 +234,19 @@ FIELD_GROUP: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in f
 FIELD_GROUP["normalize_rows"] = ""
 
 T = TypeVar("T")
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A params file's JSON object; every params class reads its files through this one helper."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ParamError(f"{path}: cannot read the params file ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise ParamError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"{path}: a params file must hold a JSON object")
+    return data
 
 
 def flatten(data: dict[str, Any]) -> dict[str, Any]:

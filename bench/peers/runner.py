@@ -9,7 +9,7 @@ system and its peak RSS is that system's alone. DIR holds ``X.trn.npz``, ``Y.trn
 Writes ``WORK/pred.npz`` (``indices``/``scores``, n_test x k, -1 = no label) and
 ``WORK/result.json`` (fit_s, predict_s, peak_rss_mib, model_bytes, the params used). Evaluation
 is not done here: the harness scores every system's predictions with the same code
-(``xmc.metrics``). Only numpy and scipy are imported at top level, so this file runs in either env.
+(``xmc.core.metrics``). Only numpy and scipy are imported at top level, so this file runs in either env.
 """
 
 from __future__ import annotations
@@ -59,10 +59,11 @@ def from_pairs(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray,
 def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
     import torch
 
-    from xmc import XMCModel, XMCParams
+    from xmc import XMCParams
+    from xmc.core.fit import fit
 
     torch.set_num_threads(threads)
-    model = XMCModel.fit(X, Y, XMCParams().replace(**p))
+    model = fit(X, Y, XMCParams().replace(**p))
     model.save(work / "model")
     return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK), TOPK)), work / "model"
 

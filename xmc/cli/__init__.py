@@ -1,0 +1,35 @@
+"""``xmc``: one command wrapping the jobs under ``jobs/`` for local use."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from xmc._version import __version__
+from xmc.cli import datasets, evaluate, explain, featurize, nightly, predict, synth, train
+from xmc.cli.common import run_main
+
+COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "explain": explain,
+            "synth": synth, "featurize": featurize, "nightly": nightly, "datasets": datasets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="xmc",
+        description="Extreme multi-label classification with disentangled label clusters.",
+        epilog="Run `xmc COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"xmc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, job in COMMANDS.items():
+        p = sub.add_parser(name, help=job.__doc__.splitlines()[0] if job.__doc__ else name,
+                           description=job.DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        job.add_arguments(p)
+        p.set_defaults(_run=job.run)
+    args = parser.parse_args(argv)
+    return run_main(args._run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

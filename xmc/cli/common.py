@@ -1,0 +1,104 @@
+"""Shared CLI plumbing: param flags generated from the params dataclasses, error handling.
+
+Flags are built from the dataclass fields (``max_leaf_size`` -> ``--max-leaf-size``) with the
+field docstring as help and the dataclass default shown, so the CLI can never drift from the
+code's defaults. Only flags the user typed override a ``--config`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from typing import Any, TypeVar
+
+from xmc.errors import XMCError
+from xmc.log import setup_cli_logging
+from xmc.params import GROUPS, XMCParams, field_docs
+
+T = TypeVar("T")
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": bool}
+
+
+def add_dataclass_flags(group: Any, cls: type, choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One flag per field of a params dataclass (``max_leaf_size`` -> ``--max-leaf-size``).
+
+    The field docstring is the help, the dataclass default is shown, and absent flags are
+    suppressed (so they never override a ``--config`` file). ``choices`` maps a declared type
+    name (e.g. ``"Negatives"``) to its allowed values.
+    """
+    docs = field_docs(cls)
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        # argparse %-formats help text; RST ``literals`` read better as plain quotes in a terminal
+        doc = " ".join(docs.get(f.name, "").split()).replace("``", "'").replace("%", "%%")
+        help_text = f"{doc} (default: {default})"
+        declared = str(f.type)
+        kind = next((k for k in choices or {} if declared.startswith(k)), None)
+        if choices and kind is not None:
+            group.add_argument(flag, dest=f.name, choices=choices[kind], default=argparse.SUPPRESS,
+                               help=help_text)
+        elif declared == "bool":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=_TYPES.get(declared, str),
+                               default=argparse.SUPPRESS, metavar=declared.upper(), help=help_text)
+
+
+def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = tuple(GROUPS)) -> None:
+    """Flags for the model parameters (``xmc.params``), one argument group per params class."""
+    from xmc import params as P
+
+    choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS, "Device": P.DEVICES,
+               "CopyMerge": P.COPY_MERGES, "Literal": ("float32", "float64")}
+    for name in groups:
+        cls = GROUPS[name]
+        group = parser.add_argument_group(f"{name} parameters (defaults from xmc.params.{cls.__name__})")
+        add_dataclass_flags(group, cls, choices)
+    if "tree" in groups:
+        parser.add_argument("--normalize-rows", dest="normalize_rows",
+                            action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help="L2-normalise feature rows at fit and predict (default: True)")
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """An instance of a flags dataclass from parsed args (absent flags keep the defaults)."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
+def params_from_args(args: argparse.Namespace) -> XMCParams:
+    """Defaults <- ``--config`` JSON <- explicit flags."""
+    params = XMCParams.from_json(args.config) if getattr(args, "config", None) else XMCParams()
+    known = {f.name for cls in GROUPS.values() for f in fields(cls)} | {"normalize_rows"}
+    overrides = {k: v for k, v in vars(args).items() if k in known}
+    return params.replace(**overrides)
+
+
+def run_main(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; expected errors print one clear line and exit 2 (no traceback)."""
+    setup_cli_logging()
+    try:
+        return fn(args)
+    except XMCError as e:
+        print(f"xmc: error: {e}", file=sys.stderr)
+        return 2
+
+
+def job_main(
+    prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int], argv: list[str] | None,
+) -> int:
+    """The ``main(argv)`` of a job run on its own (``python jobs/train.py ...``, spark-submit)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_main(run, parser.parse_args(argv))
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))

@@ -1,0 +1,131 @@
+"""Train an XMC model: ``xmc train --x X.trn.npz --y Y.trn.npz --model DIR [--PARAM VALUE ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xmc.cli.common import (
+    add_dataclass_flags,
+    add_param_flags,
+    dataclass_from_args,
+    job_main,
+    params_from_args,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from xmc.engines.tracking import TrackingParams
+
+DESCRIPTION = """Train the partition-based model (label tree + matcher + per-cluster rankers).
+
+Input: X and Y as npz files (scipy CSR, PECOS naming), or one XC text file (--x only), or a
+features bundle from `xmc featurize` (--data BUNDLE: its train split, label names, and its text
+vectorizer, which is saved in the model folder so `xmc predict --input` takes raw text).
+Parameters: defaults from xmc.params, overridden by --config params.json, overridden by flags.
+Example:
+  xmc train --x data/bibtex/X.trn.npz --y data/bibtex/Y.trn.npz --model runs/bibtex \\
+            --label-names data/bibtex/label_names.txt --max-leaf-size 100 --beam-size 10
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--x", help="features: X.npz, or an XC text file holding X and Y")
+    source.add_argument("--data", metavar="BUNDLE", help="features bundle folder written by `xmc featurize`")
+    p.add_argument("--y", help="labels: Y.npz (0/1); omit when --x is an XC text file")
+    p.add_argument("--model", required=True, help="output model folder (written atomically)")
+    p.add_argument("--config", help="JSON params file (as saved in a model's manifest, or flat)")
+    p.add_argument("--label-names", help="text file, one label name per line, in column order")
+    p.add_argument("--checkpoint-dir", help="save the state after the baseline and every round here")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last finished round saved in --checkpoint-dir")
+    add_param_flags(p)
+    from xmc.params import EXECUTORS, ExecutorParams
+
+    add_dataclass_flags(p.add_argument_group("execution (defaults from xmc.params.ExecutorParams)"),
+                        ExecutorParams, {"ExecutorKind": EXECUTORS})
+    from xmc.engines.tracking import TrackingParams
+
+    tracking = p.add_argument_group("MLflow tracking: logged after the fit when any of these is given "
+                                    "(defaults from xmc.engines.tracking.TrackingParams)")
+    add_dataclass_flags(tracking, TrackingParams)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmc.core.fit import fit
+    from xmc.engines.executors import make_executor
+    from xmc.io.readers import LabelVocab, load_xy
+    from xmc.params import ExecutorParams
+
+    params = params_from_args(args)
+    extra_dirs = None
+    if args.data:
+        X, Y, names, extra_dirs = _from_bundle(args)
+    else:
+        X, Y = load_xy(args.x, args.y)
+        names = LabelVocab.load(args.label_names).names if args.label_names else None
+    print(f"xmc train: {X.shape[0]} instances, {X.shape[1]} features, {Y.shape[1]} labels",
+          file=sys.stderr)
+    if args.resume and not args.checkpoint_dir:
+        from xmc.errors import ParamError
+
+        raise ParamError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
+    tracking = _tracking_from_args(args)
+    executor = make_executor(dataclass_from_args(ExecutorParams, args))
+    print(f"xmc train: executor: {executor.describe()}", file=sys.stderr)
+    t0 = time.perf_counter()
+    model = fit(X, Y, params, label_names=names, executor=executor,
+                         checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    fit_s = time.perf_counter() - t0
+    model.save(args.model, extra_dirs=extra_dirs)
+    logged: dict[str, Any] = {}
+    if tracking is not None:
+        from xmc.engines.tracking import log_training
+
+        run_params = {"input": str(args.data or args.x), "executor": executor.describe()}
+        result = log_training(model, args.model, tracking, X, Y, fit_seconds=fit_s, extra_params=run_params)
+        logged = {"mlflow": result.to_dict()}
+        print(f"xmc train: logged to MLflow at {result.tracking_uri} (experiment {tracking.experiment!r}, "
+              f"run {result.run_id})" + (f", registered {result.registered_name} v{result.version}"
+                                         f"{' as champion' if result.champion_set else ''}"
+                                         if result.version else ""), file=sys.stderr)
+    print_json({"model": args.model, "fit_seconds": round(fit_s, 3),
+                "layers": [list(W.shape) for W in model.weights],
+                "nnz": [int(W.nnz) for W in model.weights], **model.info, **logged})
+    return 0
+
+
+def _tracking_from_args(args: argparse.Namespace) -> TrackingParams | None:
+    """TrackingParams when any tracking flag was given (else None: mlflow is never imported)."""
+    from dataclasses import fields
+
+    from xmc.engines.tracking import TrackingParams
+
+    if not any(hasattr(args, f.name) for f in fields(TrackingParams)):
+        return None
+    return dataclass_from_args(TrackingParams, args)
+
+
+def _from_bundle(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None, dict[str, str | Path] | None]:
+    """X, Y, label names of a featurize bundle's train split, and its vectorizer folder (text input)."""
+    from xmc.errors import ParamError
+    from xmc.io.features import load_label_names, load_split
+
+    if args.y or args.label_names:
+        raise ParamError("--data BUNDLE holds the labels and their names: drop --y / --label-names")
+    split = load_split(args.data, "train")
+    vectorizer = Path(args.data) / "vectorizer"
+    extra: dict[str, str | Path] | None = {"vectorizer": vectorizer} if vectorizer.is_dir() else None
+    return split.X, split.Y, load_label_names(args.data), extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main("xmc train", DESCRIPTION, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""The algorithm: label tree, solver, training units, beam search, precision-gain rounds, metrics.
+
+Imports no engine (Spark, Ray, MLflow) and no operation."""

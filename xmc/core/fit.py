@@ -1,0 +1,174 @@
+"""The fit loop: build the tree, train every layer, then alternate reassignment and retraining.
+
+This is the driver's side of training (shared state, round records, early stopping and
+checkpoints); the model it returns (``xmc.core.model.XMCModel``) only predicts, saves and loads.
+The method is docs/design.md's: a baseline partition (XR-Linear), then R rounds of precision-gain
+reassignment with up to lambda copies per label, each round kept only if held-out P@1 improves.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.core.disentangle import (
+    RankerRetrain,
+    RoundRecord,
+    disentangle_round,
+    leaf_size_stats,
+    pending_rankers,
+    weight_bytes,
+)
+from xmc.core.executor import Executor, LocalExecutor
+from xmc.core.metrics import evaluate
+from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
+from xmc.core.predict import predict
+from xmc.core.sparse import csr
+from xmc.core.train import train_layers
+from xmc.core.tree import build_tree, pifa
+from xmc.errors import DataFormatError
+from xmc.io.checkpoint import Checkpoint, RoundState, fingerprint
+from xmc.log import peak_rss_mib
+from xmc.params import XMCParams
+
+
+def fit(
+    X: sp.spmatrix,
+    Y: sp.spmatrix,
+    params: XMCParams | None = None,
+    *,
+    executor: Executor | None = None,
+    label_names: list[str] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> XMCModel:
+    """Build the label tree from PIFA embeddings, train every layer, then run the rounds.
+
+    With ``validation_fraction > 0`` a seeded share of the rows is held out: the model is
+    trained on the rest, every round is scored on it, and the rounds stop (keeping the best)
+    once P@1 stops improving. Round records land in ``model.info["rounds"]``.
+    With ``checkpoint_dir`` the state is saved after the baseline and after every round;
+    ``resume=True`` continues from the last saved round instead of starting over.
+    """
+    params = params or XMCParams()
+    check_xy(X, Y)
+    if label_names is not None and len(label_names) != Y.shape[1]:
+        raise DataFormatError(f"{len(label_names)} label names for {Y.shape[1]} labels")
+    executor = executor or LocalExecutor()
+    Xp = prepare_features(X, params, X.shape[1])
+    Y = csr(Y)
+    counts = np.asarray(Y.sum(axis=0)).ravel().astype(np.int64)
+    Xt, Yt, Xv, Yv = split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed)
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = Checkpoint(checkpoint_dir, params, fingerprint(Xp, Y))
+        state = ckpt.load() if resume else None
+        if state is not None:
+            return run_rounds(state.current, Xt, Yt, Xv, Yv, executor, ckpt, state)
+    t0 = time.perf_counter()
+    tree = build_tree(pifa(Xt, Yt), params.tree)
+    t1 = time.perf_counter()
+    rounds = params.disentangle.rounds > 0 and tree.n_layers > 1
+    defer = rounds and Xv is None  # nothing reads the baseline's rankers: train only the matcher
+    weights = train_layers(Xt, Yt, tree, params.solver, params.predict, executor,
+                           layers=list(range(tree.n_layers - 1)) if defer else None)
+    t2 = time.perf_counter()
+    info: dict[str, Any] = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
+    if defer:
+        weights[-1] = pending_rankers(Xt.shape[1], len(tree.copy_label))
+        info[RANKERS_PENDING] = True
+    model = XMCModel(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
+    if rounds:
+        model = run_rounds(model, Xt, Yt, Xv, Yv, executor, ckpt)
+    return model
+
+
+def split_validation(
+    X: sp.csr_matrix, Y: sp.csr_matrix, fraction: float, seed: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, sp.csr_matrix | None]:
+    """Seeded row split (train, validation); no validation when fraction is 0."""
+    if fraction <= 0:
+        return X, Y, None, None
+    perm = np.random.default_rng(seed).permutation(X.shape[0])
+    n_val = max(1, int(round(fraction * X.shape[0])))
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return X[train], Y[train], X[val], Y[val]
+
+
+def run_rounds(
+    model: XMCModel, X: sp.csr_matrix, Y: sp.csr_matrix, X_val: sp.csr_matrix | None,
+    Y_val: sp.csr_matrix | None, executor: Executor, checkpoint: Checkpoint | None = None,
+    state: RoundState | None = None,
+) -> XMCModel:
+    """Alternate reassignment and retraining for up to R rounds; keep the best by validation P@1.
+
+    ``state`` (from a checkpoint) continues after its round; ``checkpoint`` saves every round.
+    """
+    p = model.params
+
+    def validate(m: XMCModel) -> dict[str, float] | None:
+        if X_val is None or Y_val is None:
+            return None
+        pred = predict(X_val, m.tree, m.weights, p.predict, bias=p.solver.bias, topk=5)
+        return evaluate(Y_val, pred, (1, 3, 5), label_counts=m.label_counts, n_train=m.n_train)
+
+    def footprint(record: RoundRecord, m: XMCModel) -> RoundRecord:
+        record.weight_bytes = weight_bytes(m.weights)
+        record.peak_rss_mib = peak_rss_mib()
+        return record
+
+    if state is None:
+        base = RoundRecord(0, copies=len(model.tree.copy_label), leaf_sizes=leaf_size_stats(model.tree),
+                           validation=validate(model))
+        footprint(base, model)
+        state = RoundState(0, model, model, 0, (base.validation or {}).get("P@1", 0.0), [base.to_dict()])
+        if checkpoint is not None:
+            checkpoint.save(state)
+    for r in range(state.round + 1, p.disentangle.rounds + 1):
+        if state.finished:
+            break
+        current = state.current
+        pending = bool(current.info.get(RANKERS_PENDING))
+        # without validation only the last round's rankers are ever read; a fixed point stopping
+        # the rounds earlier leaves them pending, and they are trained after the loop
+        rankers: RankerRetrain = "all" if pending else "changed"
+        if X_val is None and r < p.disentangle.rounds:
+            rankers = "none"
+        tree, weights, record = disentangle_round(
+            X, Y, current.tree, current.weights, p.solver, p.predict, p.disentangle,
+            p.tree.max_leaf_size, executor, r, rankers,
+        )
+        info = {k: v for k, v in model.info.items() if k not in ("rounds", RANKERS_PENDING)}
+        if rankers == "none":
+            info[RANKERS_PENDING] = True
+        current = XMCModel(p, tree, weights, model.n_features, model.label_counts, model.n_train,
+                           model.label_names, info)
+        t0 = time.perf_counter()
+        record.validation = validate(current)
+        record.seconds["validate"] = time.perf_counter() - t0
+        state.round, state.current = r, current
+        state.records.append(footprint(record, current).to_dict())
+        if record.validation is None:
+            state.best, state.best_round = current, r
+        elif record.validation["P@1"] > state.best_score:
+            state.best, state.best_round, state.best_score = current, r, record.validation["P@1"]
+        else:
+            state.finished = True  # held-out precision stopped improving: keep the best round
+        if record.clusters_changed == 0:
+            state.finished = True  # fixed point: further rounds would repeat this one
+        if checkpoint is not None:
+            checkpoint.save(state)
+    best = state.best
+    if best.info.get(RANKERS_PENDING):
+        t0 = time.perf_counter()
+        best.weights = train_layers(X, Y, best.tree, p.solver, p.predict, executor,
+                                    layers=[best.tree.n_layers - 1], weights=best.weights)
+        del best.info[RANKERS_PENDING]
+        state.records[state.best_round]["seconds"]["rankers"] = time.perf_counter() - t0
+    best.info["rounds"] = list(state.records)
+    best.info["best_round"] = state.best_round
+    return best

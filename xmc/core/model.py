@@ -1,0 +1,132 @@
+"""XMCModel: a trained label tree with its matcher and rankers, and the text vectorizer it reads.
+
+The model predicts, saves and loads; training (``xmc.core.fit``) builds it. Every raw-text path
+(CLI, batch prediction, nightly scoring, the MLflow pyfunc) goes through ``predict_texts``, so the
+model's own vectorizer is the only place text becomes features.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc._version import __version__
+from xmc.core.predict import predict
+from xmc.core.sparse import csr, normalize_rows
+from xmc.core.tree import LabelTree
+from xmc.errors import BundleError, DataFormatError
+from xmc.io.model_bundle import load_bundle, save_bundle
+from xmc.io.vectorizer import TextVectorizer
+from xmc.params import XMCParams
+
+VECTORIZER_DIR = "vectorizer"
+"""Folder of a model bundle holding the fitted text vectorizer (models trained from raw text)."""
+
+def check_xy(X: sp.spmatrix, Y: sp.spmatrix | None = None) -> None:
+    """Shapes agree and values are finite; Y is 0/1. Raised before any work starts."""
+    if X.shape[0] == 0:
+        raise DataFormatError("X has no rows", field="X")
+    if not np.all(np.isfinite(sp.csr_matrix(X).data)):
+        raise DataFormatError("X holds NaN or inf values", field="X")
+    if Y is None:
+        return
+    if Y.shape[0] != X.shape[0]:
+        raise DataFormatError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}", field="Y")
+    if Y.shape[1] == 0:
+        raise DataFormatError("Y has no label columns", field="Y")
+    data = sp.csr_matrix(Y).data
+    if not np.all((data == 0) | (data == 1)):
+        raise DataFormatError("Y must be a 0/1 indicator matrix", field="Y")
+
+
+RANKERS_PENDING = "rankers_pending"
+"""``info`` key of a model whose last layer is a placeholder: nothing has read its rankers yet."""
+
+
+@dataclass
+class XMCModel:
+    """A trained label tree with its matcher and ranker weights."""
+
+    params: XMCParams
+    tree: LabelTree
+    weights: list[sp.csc_matrix]
+    n_features: int
+    label_counts: np.ndarray
+    n_train: int
+    label_names: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    vectorizer: TextVectorizer | None = None
+    """The text -> features transform of a model trained from raw text (None: feature input only)."""
+
+    @property
+    def n_labels(self) -> int:
+        return self.tree.n_labels
+
+    def preprocess(self, X: sp.spmatrix) -> sp.csr_matrix:
+        """Features as the model was trained on them (float32 CSR, rows L2-normalised if set)."""
+        return prepare_features(X, self.params, self.n_features)
+
+    def predict(
+        self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None
+    ) -> sp.csr_matrix:
+        """(N x n_labels) CSR holding each row's top-k label scores."""
+        check_xy(X)
+        if self.info.get(RANKERS_PENDING):
+            raise BundleError("this model's rankers are not trained yet (a checkpoint taken between "
+                              "rounds): resume the training run to finish it")
+        return predict(self.preprocess(X), self.tree, self.weights, self.params.predict,
+                       bias=self.params.solver.bias, topk=topk, beam_size=beam_size)
+
+    def predict_texts(
+        self, texts: Iterable[str], *, topk: int | None = None, beam_size: int | None = None
+    ) -> sp.csr_matrix:
+        """Top-k label scores of raw texts, featurized by the model's own vectorizer."""
+        if self.vectorizer is None:
+            raise BundleError("this model has no text vectorizer (it was trained on feature matrices, "
+                              "not on raw text): pass feature rows instead")
+        return self.predict(self.vectorizer.transform(texts), topk=topk, beam_size=beam_size)
+
+    def save(self, path: str | Path, *, extra_dirs: dict[str, str | Path] | None = None) -> None:
+        """Write the model folder with its vectorizer (if any); ``extra_dirs`` are copied in, checksummed."""
+        extra = dict(extra_dirs or {})
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.vectorizer is not None and VECTORIZER_DIR not in extra:
+                self.vectorizer.save(Path(tmp) / VECTORIZER_DIR)
+                extra[VECTORIZER_DIR] = Path(tmp) / VECTORIZER_DIR
+            save_bundle(
+                path, tree=self.tree, weights=self.weights, n_features=self.n_features,
+                label_counts=self.label_counts, n_train=self.n_train, label_names=self.label_names,
+                meta={"xmc_version": __version__, "params": self.params.to_dict(), "info": self.info},
+                extra_dirs=extra or None,
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> XMCModel:
+        parts = load_bundle(path)
+        try:
+            params = XMCParams.from_dict(parts["manifest"]["params"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"{path}/manifest.json: bad params ({e})") from None
+        folder = Path(path) / VECTORIZER_DIR
+        vectorizer = TextVectorizer.load(folder) if folder.is_dir() else None
+        return cls(params, parts["tree"], parts["weights"], parts["n_features"],
+                   parts["label_counts"], parts["n_train"], parts["label_names"],
+                   parts["manifest"].get("info", {}), vectorizer)
+
+
+def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:
+    """Float32 CSR with the model's feature count; rows L2-normalised when the params say so."""
+    if X.shape[1] > n_features:
+        raise DataFormatError(
+            f"X has {X.shape[1]} feature columns but the model was trained on {n_features}", field="X"
+        )
+    X = csr(X)
+    if X.shape[1] < n_features:  # e.g. an XC file whose header counts fewer trailing features
+        X = sp.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], n_features))
+    return normalize_rows(X) if params.normalize_rows else X

@@ -1,0 +1,1 @@
+"""The real engines: Ray (executor), Spark (featurization), MLflow (tracking, pyfunc, plots)."""

@@ -1,0 +1,187 @@
+"""Ray executor: the same work units as the local executor, run as Ray tasks on a cluster.
+
+Why tasks and batches: a unit (one cluster's rankers, one shard's gains) can be tiny, and one
+Ray task costs about a millisecond of scheduling, so units are packed into batches of similar
+workload (longest-processing-time first: heaviest unit to the lightest batch), a few batches per
+worker so a slow worker does not hold the round. ``shared`` (the feature matrix, the targets) is
+put in the object store once per ``map``; numpy buffers reach workers without copies. Tasks are
+pure and idempotent, so a task whose worker dies is simply run again (``max_retries``), and
+results come back in unit order: the same inputs give the same model as the local executor.
+
+Inside a task torch gets as many threads as the task reserved CPUs (``cpus_per_worker``, or more
+when a map has fewer batches than workers, e.g. the root layer's single unit), so workers never
+oversubscribe cores and a lone heavy unit does not leave the others idle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from xmc.errors import ParamError
+from xmc.log import peak_rss_mib, progress_bar
+from xmc.params import ExecutorParams
+
+S = TypeVar("S")
+U = TypeVar("U")
+R = TypeVar("R")
+
+
+def unit_cost(unit: object) -> float:
+    """Workload estimate of a unit: rows x children for a cluster, rows for a gains shard."""
+    rows = getattr(unit, "rows", None)
+    if rows is not None:
+        return float(len(rows)) * max(1, getattr(unit, "n_children", 1))
+    start, stop = getattr(unit, "start", None), getattr(unit, "stop", None)
+    if start is not None and stop is not None:
+        return float(stop - start)
+    return 1.0
+
+
+def balanced_batches(costs: Sequence[float], n_batches: int) -> list[list[int]]:
+    """Unit indices split into <= n_batches batches of similar total cost (LPT greedy)."""
+    n_batches = max(1, min(n_batches, len(costs)))
+    loads = np.zeros(n_batches)
+    batches: list[list[int]] = [[] for _ in range(n_batches)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        b = int(np.argmin(loads))
+        batches[b].append(i)
+        loads[b] += costs[i]
+    return [sorted(b) for b in batches if b]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    indices: list[int]
+    results: list[Any]
+    seconds: float
+    peak_rss_mib: float
+    """Peak resident memory of the worker process so far (a bound on this batch's footprint)."""
+    pid: int
+
+
+def _run_batch(fn: Callable[[Any, Any], Any], shared: Any, units: list[Any], indices: list[int],
+               threads: int, kill_once: str | None) -> BatchResult:
+    """Body of one Ray task: run its units in order with a bounded torch thread pool."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if kill_once is not None and not Path(kill_once).exists():  # chaos hook for fault tests
+        Path(kill_once).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    t0 = time.perf_counter()
+    results = [fn(shared, u) for u in units]
+    rss = peak_rss_mib()
+    return BatchResult(indices, results, time.perf_counter() - t0, rss, os.getpid())
+
+
+class RayExecutor:
+    """Runs unit batches as Ray tasks; connects to ``address`` or starts a local Ray.
+
+    ``stats`` keeps, per ``map`` call, the batch count, the worker pids that ran them and the
+    largest worker peak memory seen, for benchmarks and for the round records.
+    """
+
+    def __init__(self, params: ExecutorParams | None = None, *, show_progress: bool = True,
+                 kill_once: str | None = None) -> None:
+        import ray
+
+        self.params = params or ExecutorParams(executor="ray")
+        self.show_progress = show_progress
+        self.kill_once = kill_once
+        self.stats: list[dict[str, Any]] = []
+        self._started_here = False
+        if not ray.is_initialized():
+            p = self.params
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "configure_logging": False}
+            if p.ray_address:
+                kwargs["address"] = p.ray_address
+            elif "RAY_ADDRESS" in os.environ:  # inside `ray job submit`: join the job's cluster
+                pass
+            else:  # "local" starts a fresh Ray even if a `ray start` cluster runs on this machine
+                kwargs["address"] = "local"
+                if p.num_workers:
+                    kwargs["num_cpus"] = p.num_workers * p.cpus_per_worker
+            try:
+                ray.init(**kwargs)
+            except ConnectionError as e:
+                raise ParamError(f"cannot reach the Ray cluster at {p.ray_address!r}: {e}") from None
+            self._started_here = True
+        self._remote = ray.remote(_run_batch)
+
+    def describe(self) -> str:
+        import ray
+
+        return f"ray cluster at {ray.get_runtime_context().gcs_address}, {self.workers()} workers"
+
+    def workers(self) -> int:
+        """Parallel tasks the executor aims for: num_workers, or the cluster's CPUs / cpus_per_worker."""
+        import ray
+
+        if self.params.num_workers:
+            return self.params.num_workers
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return max(1, cpus // self.params.cpus_per_worker)
+
+    @staticmethod
+    def _node_cpus() -> int:
+        """CPUs of the largest live node: a task cannot reserve more than one node has."""
+        import ray
+
+        return int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1))
+
+    def map(
+        self, fn: Callable[[S, U], R], shared: S, units: Sequence[U], *, desc: str = ""
+    ) -> list[R]:
+        import ray
+
+        if not units:
+            return []
+        p = self.params
+        n_workers = self.workers()
+        batches = balanced_batches([unit_cost(u) for u in units], n_workers * p.batches_per_worker)
+        shared_ref = ray.put(shared)
+        # fewer batches than workers (e.g. the root layer: one unit): give each the idle CPUs
+        spare = min(n_workers * p.cpus_per_worker // len(batches), self._node_cpus())
+        threads = max(p.cpus_per_worker, spare)
+        options: dict[str, Any] = {"num_cpus": threads, "max_retries": p.max_retries,
+                                   "retry_exceptions": False}
+        if p.memory_per_worker_mb:
+            options["memory"] = p.memory_per_worker_mb * 1024 * 1024
+        task = self._remote.options(**options)
+        pending = {
+            task.remote(fn, shared_ref, [units[i] for i in b], b, threads, self.kill_once): len(b)
+            for b in batches
+        }
+        out: list[Any] = [None] * len(units)
+        peak, t0 = 0.0, time.perf_counter()
+        pids: set[int] = set()
+        with progress_bar(total=len(units), desc=desc, enabled=self.show_progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    res: BatchResult = ray.get(ref)
+                    for i, r in zip(res.indices, res.results, strict=True):
+                        out[i] = r
+                    peak, pids = max(peak, res.peak_rss_mib), pids | {res.pid}
+                    bar.update(pending.pop(ref))
+        self.stats.append({"desc": desc, "units": len(units), "batches": len(batches),
+                           "workers_used": len(pids), "worker_peak_rss_mib": round(peak, 1),
+                           "seconds": round(time.perf_counter() - t0, 3)})
+        return out
+
+    def shutdown(self) -> None:
+        """Stop the local Ray this executor started (a cluster it joined keeps running)."""
+        import ray
+
+        if self._started_here and ray.is_initialized():
+            ray.shutdown()
+        self._started_here = False

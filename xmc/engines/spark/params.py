@@ -1,0 +1,104 @@
+"""Featurization parameters: the one source of their defaults, for the job's flags, configs and manifest.
+
+Like ``xmc.params``, a frozen dataclass validated on creation; ``xmc featurize --help`` lists
+every field as a flag with its docstring and default, and a bundle's manifest saves them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from xmc.errors import ParamError
+from xmc.params import _coerce, read_json_object
+
+InputFormat = Literal["auto", "jsonl", "parquet", "xc"]
+StopWords = Literal["none", "english"]
+
+INPUT_FORMATS: tuple[str, ...] = ("auto", "jsonl", "parquet", "xc")
+STOP_WORDS: tuple[str, ...] = ("none", "english")
+
+
+def _require(ok: bool, name: str, value: object, fix: str) -> None:
+    if not ok:
+        raise ParamError(f"{name}={value!r} is invalid: {fix}")
+
+
+@dataclass(frozen=True)
+class FeaturizeParams:
+    """How raw labelled text (or XC BoW) becomes the training bundle."""
+
+    input_format: InputFormat = "auto"
+    """'jsonl' or 'parquet' records {id, text, labels}, or 'xc' BoW; 'auto' decides by name and header."""
+    lowercase: bool = True
+    """Lowercase text before tokenizing."""
+    token_pattern: str = r"\w+"
+    """A token is a match of this regex; \\w means Unicode letters, marks, digits and '_' (Java's (?U)\\w)."""
+    min_token_length: int = 2
+    """Shorter tokens are dropped (one-letter tokens are mostly noise)."""
+    stop_words: StopWords = "none"
+    """'english' removes Spark's English stop-word list (saved with the vectorizer)."""
+    ngram_max: int = 1
+    """Longest word n-gram: 1 (words) or 2 (words and adjacent word pairs)."""
+    min_df: int = 2
+    """A term needs this many training documents to enter the vocabulary (rarer terms cannot generalise)."""
+    max_features: int = 1_000_000
+    """Largest vocabulary; the most frequent terms by document frequency (ties by term) are kept."""
+    sublinear_tf: bool = True
+    """Term frequency tf -> 1 + ln(tf): a word repeated 10 times is not 10 times the evidence."""
+    l2_normalize: bool = True
+    """L2-normalise each document's TF-IDF row (so long documents do not dominate)."""
+    docs_per_partition: int = 5000
+    """Documents per task in the per-document steps: fewer = less memory per task, more tasks."""
+    cooc_topk: int = 10
+    """Co-occurring labels kept per label in the label statistics."""
+    valid_fraction: float = 0.0
+    """Share of documents put in the 'valid' split, by a stable hash of the id (crc32)."""
+    test_fraction: float = 0.0
+    """Share of documents put in the 'test' split, by a stable hash of the id (crc32)."""
+    skip_bad: bool = False
+    """Skip bad records (counted and reported in the manifest) instead of failing the job."""
+    max_examples: int = 5
+    """Bad-record examples reported (with file, line and field)."""
+
+    def __post_init__(self) -> None:
+        _require(self.input_format in INPUT_FORMATS, "input_format", self.input_format,
+                 f"use one of {INPUT_FORMATS}")
+        try:
+            re.compile(self.token_pattern)
+        except re.error as e:
+            raise ParamError(f"token_pattern={self.token_pattern!r} is not a valid regex: {e}") from None
+        _require(self.token_pattern != "", "token_pattern", self.token_pattern, r"use a regex such as \w+")
+        _require(self.min_token_length >= 1, "min_token_length", self.min_token_length, "use >= 1")
+        _require(self.stop_words in STOP_WORDS, "stop_words", self.stop_words, f"use one of {STOP_WORDS}")
+        _require(self.ngram_max in (1, 2), "ngram_max", self.ngram_max, "use 1 or 2")
+        _require(self.min_df >= 1, "min_df", self.min_df, "use >= 1")
+        _require(self.max_features >= 1, "max_features", self.max_features, "use >= 1")
+        _require(self.docs_per_partition >= 1, "docs_per_partition", self.docs_per_partition, "use >= 1")
+        _require(self.cooc_topk >= 1, "cooc_topk", self.cooc_topk, "use >= 1")
+        for name in ("valid_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and 0 <= value < 1, name, value, "use a share in [0, 1)")
+        _require(self.valid_fraction + self.test_fraction < 1, "valid_fraction + test_fraction",
+                 self.valid_fraction + self.test_fraction, "leave some documents for training (sum < 1)")
+        _require(self.max_examples >= 1, "max_examples", self.max_examples, "use >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **values: Any) -> FeaturizeParams:
+        """A copy with overrides, type-checked as ``xmc.params`` checks JSON configs, and validated."""
+        known = {f.name for f in fields(FeaturizeParams)}
+        for key in values:
+            if key not in known:
+                raise ParamError(f"unknown featurize parameter {key!r}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **_coerce(FeaturizeParams, values))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> FeaturizeParams:
+        """A flat JSON object of fields (the ``params`` object of a bundle's manifest has this form)."""
+        return cls().replace(**read_json_object(path))

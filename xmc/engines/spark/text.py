@@ -1,0 +1,89 @@
+"""TF-IDF in Spark: Spark ML tokenizer, stop words and n-grams, then vocabulary and weights in Spark SQL.
+
+The vocabulary is chosen here rather than by ``CountVectorizer`` because ours must be
+deterministic and bounded by document frequency: terms with ``df >= min_df``, the
+``max_features`` most frequent by df, ordered by (df desc, term). Weights are computed on
+exploded (document, term) rows and gathered back into sorted index/value arrays, which is what
+the bundle stores; ``xmc.io.vectorizer.TextVectorizer`` repeats the same arithmetic for new text.
+"""
+
+from __future__ import annotations
+
+from pyspark.ml.feature import NGram, RegexTokenizer, StopWordsRemover
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from xmc.engines.spark.params import FeaturizeParams
+from xmc.io.vectorizer import TextVectorizer, java_pattern
+
+
+def stop_words(params: FeaturizeParams) -> list[str]:
+    """Spark's stop-word list for the setting (read through the running JVM; saved with the
+    vectorizer, so prediction needs no Spark)."""
+    if params.stop_words == "none":
+        return []
+    return list(StopWordsRemover.loadDefaultStopWords(params.stop_words))
+
+
+def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> DataFrame:
+    """``text`` -> ``terms`` (array<string>): tokens, minus stop words, plus bigrams when asked."""
+    tokenizer = RegexTokenizer(
+        inputCol="text", outputCol="_tokens", pattern=java_pattern(params.token_pattern), gaps=False,
+        toLowercase=params.lowercase, minTokenLength=params.min_token_length)
+    out = tokenizer.transform(docs)
+    col = "_tokens"
+    if stop:
+        # Locale pinned so the case-insensitive match does not depend on the cluster's JVM locale.
+        out = StopWordsRemover(inputCol=col, outputCol="_kept", stopWords=stop, locale="en").transform(out)
+        col = "_kept"
+    terms = F.col(col)
+    if params.ngram_max == 2:
+        out = NGram(n=2, inputCol=col, outputCol="_bigrams").transform(out)
+        terms = F.concat(F.col(col), F.col("_bigrams"))
+    return out.withColumn("terms", terms).drop("_tokens", "_kept", "_bigrams")
+
+
+def fit_vocabulary(train: DataFrame, n_docs: int, params: FeaturizeParams) -> DataFrame:
+    """``(term, feat_idx, df, idf)`` of the kept terms, ``feat_idx`` by (df desc, term asc).
+
+    Document frequencies come from distinct terms per document; only the kept terms (at most
+    ``max_features``) reach one partition for the numbering.
+    """
+    df = (train.select(F.explode(F.array_distinct("terms")).alias("term"))
+          .groupBy("term").agg(F.count(F.lit(1)).alias("df"))
+          .filter(F.col("df") >= params.min_df))
+    top = df.orderBy(F.desc("df"), F.asc("term")).limit(params.max_features)
+    order = Window.orderBy(F.desc("df"), F.asc("term"))
+    return top.select(
+        "term", (F.row_number().over(order) - 1).cast("int").alias("feat_idx"), "df",
+        (F.log((F.lit(1.0) + n_docs) / (F.col("df") + 1.0)) + 1.0).alias("idf"))
+
+
+def tfidf(docs: DataFrame, vocab: DataFrame, params: FeaturizeParams) -> DataFrame:
+    """``(key, feat_idx array<int>, feat_val array<float>)`` for documents with at least one known term.
+
+    tf = 1 + ln(count) (or count), value = tf * idf, then the row is L2-normalised if asked.
+    """
+    counts = (docs.select("key", F.explode("terms").alias("term"))
+              .join(F.broadcast(vocab.select("term", "feat_idx", "idf")), "term")
+              .groupBy("key", "feat_idx", "idf").agg(F.count(F.lit(1)).alias("tf")))
+    tf = F.lit(1.0) + F.log(F.col("tf")) if params.sublinear_tf else F.col("tf").cast("double")
+    v = tf * F.col("idf")
+    # The norm is an aggregate of its own: a norm written inside the per-element lambda would be
+    # recomputed for every element (quadratic in the row length).
+    rows = counts.groupBy("key").agg(
+        F.array_sort(F.collect_list(F.struct("feat_idx", v.alias("v")))).alias("fv"),
+        F.sqrt(F.sum(v * v)).alias("norm"))
+    norm = F.col("norm") if params.l2_normalize else F.lit(1.0)
+    return rows.select("key", F.transform("fv", lambda x: x["feat_idx"]).alias("feat_idx"),
+                       F.transform("fv", lambda x: (x["v"] / norm).cast("float")).alias("feat_val"))
+
+
+def vectorizer_of(vocab: DataFrame, n_docs: int, params: FeaturizeParams, stop: list[str]) -> TextVectorizer:
+    """Collect the fitted vocabulary (Arrow, in index order) into the predict-time vectorizer."""
+    table = vocab.orderBy("feat_idx").select("term", "idf").toArrow()
+    return TextVectorizer(
+        table.column("term").to_pylist(), table.column("idf").to_numpy(), lowercase=params.lowercase,
+        token_pattern=params.token_pattern, min_token_length=params.min_token_length,
+        stop_words=tuple(stop), ngram_max=params.ngram_max, sublinear_tf=params.sublinear_tf,
+        l2_normalize=params.l2_normalize, n_docs=n_docs)

@@ -1,0 +1,136 @@
+"""Model bundle: a self-describing folder of JSON and ``.npz`` arrays. Never pickle.
+
+    manifest.json     format, schema version, params, shapes, per-file sha256
+    tree.npz          parents of every layer, copy -> label map
+    layer_<t>.npz     layer t's weights (CSC arrays), bias row last
+    labels.npz        training label counts (propensities for PSP@k)
+    label_names.txt   optional label vocabulary, one name per line
+    <extra>/...       optional folders stored with the model, e.g. ``vectorizer/`` (JSON + npz)
+
+Loading checks format, version, checksums and every shape, so a corrupt or foreign folder
+fails with a clear message instead of predicting garbage. A bundle is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.core.tree import LabelTree
+from xmc.errors import BundleError
+from xmc.io.files import atomic_dir, read_manifest_file, sha256, verify_checksums
+
+FORMAT = "xmc-model"
+SCHEMA_VERSION = 1
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
+
+
+def _load_npz(folder: Path, name: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(folder / name, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{folder / name}: unreadable ({e})") from None
+
+
+def save_bundle(
+    path: str | Path,
+    *,
+    tree: LabelTree,
+    weights: list[sp.csc_matrix],
+    n_features: int,
+    label_counts: np.ndarray,
+    n_train: int,
+    label_names: list[str] | None,
+    meta: dict[str, Any],
+    extra_dirs: Mapping[str, str | Path] | None = None,
+) -> None:
+    """Write the bundle atomically (a reader never sees a half-written model).
+
+    ``extra_dirs`` maps a folder name in the bundle to a source folder copied there (the text
+    vectorizer a model predicts raw text with); its files are checksummed like the others.
+    """
+    with atomic_dir(path) as tmp:
+        for name, source in (extra_dirs or {}).items():
+            shutil.copytree(source, tmp / name)
+        _save_npz(tmp / "tree.npz", copy_label=tree.copy_label,
+                  **{f"parent_{t}": p for t, p in enumerate(tree.parents)})
+        for t, W in enumerate(weights):
+            _save_npz(tmp / f"layer_{t}.npz", data=W.data, indices=W.indices, indptr=W.indptr,
+                      shape=np.array(W.shape, dtype=np.int64))
+        _save_npz(tmp / "labels.npz", label_counts=label_counts.astype(np.int64))
+        if label_names is not None:
+            (tmp / "label_names.txt").write_text("".join(name + "\n" for name in label_names))
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            **meta,
+            "n_features": n_features,
+            "n_labels": tree.n_labels,
+            "n_train": n_train,
+            "layers": [
+                {"n_parents": tree.n_parents(t), "n_children": int(W.shape[1]), "nnz": int(W.nnz)}
+                for t, W in enumerate(weights)
+            ],
+            "files": {f.relative_to(tmp).as_posix(): sha256(f)
+                      for f in sorted(tmp.rglob("*")) if f.is_file()},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    return read_manifest_file(path, fmt=FORMAT, version=SCHEMA_VERSION, kind="an xmc model", noun="model",
+                              fix=f"train one with `xmc train ... --model {path}`")
+
+
+def load_bundle(path: str | Path) -> dict[str, Any]:
+    """Read and fully validate a bundle; returns its parts (tree, weights, counts, names, manifest)."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    verify_checksums(folder, manifest.get("files", {}))
+    try:
+        n_features = int(manifest["n_features"])
+        n_labels = int(manifest["n_labels"])
+        n_train = int(manifest["n_train"])
+        layer_meta = manifest["layers"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{folder}/manifest.json: missing or bad field {e}") from None
+    tz = _load_npz(folder, "tree.npz")
+    parents = tuple(tz[f"parent_{t}"].astype(np.int64) for t in range(len(layer_meta)))
+    try:
+        tree = LabelTree(parents, tz["copy_label"].astype(np.int64), n_labels)
+    except (ValueError, KeyError) as e:
+        raise BundleError(f"{folder}/tree.npz: invalid label tree ({e})") from None
+    weights = []
+    for t, meta in enumerate(layer_meta):
+        z = _load_npz(folder, f"layer_{t}.npz")
+        expected = (n_features + 1, len(parents[t]))
+        if tuple(z["shape"]) != expected or meta["n_children"] != expected[1]:
+            raise BundleError(f"{folder}/layer_{t}.npz: shape {tuple(z['shape'])}, expected {expected}")
+        try:
+            W = sp.csc_matrix((z["data"], z["indices"], z["indptr"]), shape=expected)
+            W.check_format(full_check=True)
+        except ValueError as e:
+            raise BundleError(f"{folder}/layer_{t}.npz: invalid sparse matrix ({e})") from None
+        weights.append(W)
+    counts = _load_npz(folder, "labels.npz")["label_counts"]
+    if counts.shape != (n_labels,):
+        raise BundleError(
+            f"{folder}/labels.npz: label_counts has shape {counts.shape}, expected ({n_labels},)"
+        )
+    names = None
+    if (folder / "label_names.txt").exists():
+        names = (folder / "label_names.txt").read_text().split("\n")[:-1]
+        if len(names) != n_labels:
+            raise BundleError(f"{folder}/label_names.txt: {len(names)} names for {n_labels} labels")
+    return {"manifest": manifest, "tree": tree, "weights": weights, "label_counts": counts,
+            "n_train": n_train, "n_features": n_features, "label_names": names}

@@ -1,0 +1,1 @@
+"""Operations built on the engines: batch prediction, the nightly retrain, standard datasets."""
