@@ -101,7 +101,13 @@ def featurized_bundle() -> Path:
         return bundle
     print(f"featurizing {train} with `xmc featurize` (Spark, its default settings)", flush=True)
     cmd = [sys.executable, "-m", "xmc.cli", "featurize", "--input", str(train), "--out", str(bundle)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    log = bundle.parent / "debian-deps.log"
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"xmc featurize failed (exit {done.returncode}), see {log}:\n" + "\n".join(tail))
     (bundle.parent / "debian-deps.stamp").write_text(stamp)
     return bundle
 
