@@ -1,7 +1,11 @@
 """Side-by-side table: our model (baseline and disentangled) against the peers users would pick.
 
-    python bench/compare.py [--seeds 3] [--datasets bibtex,bibtex-composite,synth-1k,synth-10k]
+    python bench/compare.py [--seeds 3] [--sets real|synthetic|all|NAME,NAME...]
                             [--systems ...] [--out bench/results]
+
+Sets: real (bibtex; debian-deps through our own featurizer; debian-deps-tfidf, a reference
+TF-IDF that no system chose), derived (bibtex-composite) and synthetic (synth-*). The default
+runs all but synth-100k.
 
 Every system trains and predicts in a process of its own on the same prepared files (rows
 L2-normalised, same splits) and is scored by the same code; see bench/harness.py. Peers run in
@@ -15,8 +19,12 @@ Fit time excludes loading and an untimed warm-up fit on 1000 rows that every sys
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import RESULTS, SYSTEMS, THREADS, WORK, Outcome, System, prepare, run
+from harness import RESULTS, ROOT, SYSTEMS, THREADS, WORK, Outcome, System, prepare, run
+from tfidf import ReferenceTfidf, label_matrix
 
 from xmc import XMCParams, __version__  # noqa: F401
 from xmc.core.sparse import normalize_rows
@@ -32,7 +41,8 @@ from xmc.io.readers import read_npz
 from xmc.research.composite import make_composite
 from xmc.research.synth import SynthSpec, generate
 
-BIBTEX = Path(__file__).resolve().parents[1] / "data" / "bibtex"
+BIBTEX = ROOT / "data" / "bibtex"
+DEBIAN = ROOT / "data" / "debian-deps"
 SMALL_LEAF = 16
 """Bibtex's leaf size for our model (issue 3's setting: 159 labels make leaf 100 a 2-leaf tree)."""
 SMALL_LEAF_PEERS = {
@@ -57,7 +67,8 @@ class Dataset:
     build: Callable[[], tuple[Any, ...]]
     """-> X, Y, X_test, Y_test, a note on where it comes from."""
     small_leaf: bool = False
-    synthetic: bool = False
+    kind: str = "real"
+    """real (as collected), derived (real data with a known change) or synthetic."""
 
 
 def bibtex() -> tuple[Any, ...]:
@@ -75,6 +86,63 @@ def composite() -> tuple[Any, ...]:
             "(xmc.research.composite, seed 0)")
 
 
+def read_corpus(split: str) -> list[dict[str, Any]]:
+    """debian-deps records {id, text, labels} of one split (data/debian-deps, the reference build)."""
+    with gzip.open(DEBIAN / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def featurized_bundle() -> Path:
+    """``xmc featurize`` (its defaults) on debian-deps' train split; redone when the input changes."""
+    bundle = WORK / "featurized" / "debian-deps"
+    train = DEBIAN / "train.jsonl.gz"
+    stamp = hashlib.sha256(train.read_bytes()).hexdigest()
+    if (bundle / "manifest.json").exists() and (bundle.parent / "debian-deps.stamp").exists() \
+            and (bundle.parent / "debian-deps.stamp").read_text() == stamp:
+        return bundle
+    print(f"featurizing {train} with `xmc featurize` (Spark, its default settings)", flush=True)
+    cmd = [sys.executable, "-m", "xmc.cli", "featurize", "--input", str(train), "--out", str(bundle)]
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    log = bundle.parent / "debian-deps.log"
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"xmc featurize failed (exit {done.returncode}), see {log}:\n" + "\n".join(tail))
+    (bundle.parent / "debian-deps.stamp").write_text(stamp)
+    return bundle
+
+
+def debian_featurized() -> tuple[Any, ...]:
+    """Our product's path: `xmc featurize` fits the text transform on train; the test split goes
+    through the vectorizer saved in the bundle (what `xmc predict --input` does). Every system
+    then trains on the bundle's CSR: the same features for all."""
+    from xmc.spark.bundle import load_label_names, load_split
+    from xmc.vectorizer import TextVectorizer
+
+    bundle = featurized_bundle()
+    split = load_split(bundle, "train")
+    names = load_label_names(bundle) or []
+    test = read_corpus("test")
+    Xt = TextVectorizer.load(bundle / "vectorizer").transform(r["text"] for r in test)
+    Yt = label_matrix([r["labels"] for r in test], {n: i for i, n in enumerate(names)})
+    return (split.X, split.Y, Xt, Yt,
+            "debian-deps (data/debian-deps), features by `xmc featurize` at its defaults (words, min_df 2, "
+            "sublinear tf, L2); test labels unseen in train dropped (they count as misses)")
+
+
+def debian_tfidf() -> tuple[Any, ...]:
+    """A reference TF-IDF (bench/tfidf.py: scikit-learn's 1-2-gram defaults) fitted on train."""
+    train, test = read_corpus("train"), read_corpus("test")
+    vec = ReferenceTfidf.fit([r["text"] for r in train])
+    names = sorted({label for r in train for label in r["labels"]})
+    index = {n: i for i, n in enumerate(names)}
+    return (vec.transform(r["text"] for r in train), label_matrix([r["labels"] for r in train], index),
+            vec.transform(r["text"] for r in test), label_matrix([r["labels"] for r in test], index),
+            "debian-deps (data/debian-deps), reference TF-IDF of word 1-2-grams (bench/tfidf.py), fitted on "
+            "train; test labels unseen in train dropped (they count as misses)")
+
+
 def synthetic(n_labels: int, n_features: int, n_train: int, n_test: int) -> Callable[[], tuple[Any, ...]]:
     def build() -> tuple[Any, ...]:
         spec = SynthSpec(n_labels=n_labels, n_features=n_features)
@@ -85,12 +153,32 @@ def synthetic(n_labels: int, n_features: int, n_train: int, n_test: int) -> Call
 
 DATASETS = {d.name: d for d in [
     Dataset("bibtex", bibtex, small_leaf=True),
-    Dataset("bibtex-composite", composite, small_leaf=True),
-    Dataset("synth-1k", synthetic(1_000, 20_000, 20_000, 5_000), synthetic=True),
-    Dataset("synth-10k", synthetic(10_000, 50_000, 100_000, 10_000), synthetic=True),
-    Dataset("synth-100k", synthetic(100_000, 100_000, 300_000, 10_000), synthetic=True),
+    Dataset("debian-deps", debian_featurized),
+    Dataset("debian-deps-tfidf", debian_tfidf),
+    Dataset("bibtex-composite", composite, small_leaf=True, kind="derived"),
+    Dataset("synth-1k", synthetic(1_000, 20_000, 20_000, 5_000), kind="synthetic"),
+    Dataset("synth-10k", synthetic(10_000, 50_000, 100_000, 10_000), kind="synthetic"),
+    Dataset("synth-100k", synthetic(100_000, 100_000, 300_000, 10_000), kind="synthetic"),
 ]}
-DEFAULT_DATASETS = "bibtex,bibtex-composite,synth-1k,synth-10k"
+GROUPS = {
+    "real": [d.name for d in DATASETS.values() if d.kind == "real"],
+    "synthetic": [d.name for d in DATASETS.values() if d.kind == "synthetic" and d.name != "synth-100k"],
+    "all": [d for d in DATASETS if d != "synth-100k"],
+}
+"""Names --sets accepts besides dataset names (synth-100k only by name: it takes an hour)."""
+DEFAULT_DATASETS = "all"
+
+
+def resolve_sets(spec: str) -> list[str]:
+    """A comma list of dataset names and group names -> dataset names, in order, no repeats."""
+    out: list[str] = []
+    for item in spec.split(","):
+        for name in GROUPS.get(item, [item]):
+            if name not in DATASETS:
+                raise ValueError(f"unknown set {name!r}; choose from {', '.join([*GROUPS, *DATASETS])}")
+            if name not in out:
+                out.append(name)
+    return out
 
 
 def systems_for(ds: Dataset, names: list[str]) -> list[System]:
@@ -118,11 +206,32 @@ def summarise(runs: list[Outcome]) -> dict[str, Any]:
     return out
 
 
+def summary(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One table of every system on every set: P@1 / P@5 (fit s, peak RSS MiB); sets by kind."""
+    names = list(dict.fromkeys(n for rows in table.values() for n in rows))
+    kinds = {ds: DATASETS[ds].kind if ds in DATASETS else "?" for ds in table}
+    head = " | ".join(f"{ds} ({kinds[ds]})" for ds in table)
+    lines = [f"| P@1 / P@5 (fit s, peak RSS MiB) | {head} |", "|---|" + "---|" * len(table)]
+    for name in names:
+        cells = []
+        for rows in table.values():
+            r = rows.get(name)
+            if r is None:
+                cells.append("")
+            elif r["status"] != "ok":
+                cells.append(r["status"].split(":")[0])
+            else:
+                cells.append(f"{r['P@1']:.2f} / {r['P@5']:.2f} ({r['fit_s']:.2f} s, {r['peak_rss_mib']:.0f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(table: dict[str, dict[str, dict[str, Any]]], about: dict[str, str], header: str) -> str:
     cols = "| system | P@1 | P@3 | P@5 | nDCG@5 | PSP@5 | fit s | predict s | peak RSS MiB | model MB |"
-    lines = [header, ""]
+    lines = [header, "", *summary(table), ""]
     for ds, rows in table.items():
-        lines += [f"**{ds}** ({about[ds]})", "", cols, "|" + "---|" * 10]
+        kind = DATASETS[ds].kind if ds in DATASETS else "?"
+        lines += [f"**{ds}**, {kind} ({about[ds]})", "", cols, "|" + "---|" * 10]
         for name, r in rows.items():
             if r["status"] != "ok":
                 lines.append(f"| {name} | {r['status']} |" + " |" * 8)
@@ -173,6 +282,32 @@ def verdicts(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return out
 
 
+MEASURES = (("P@1", "P@1", True), ("P@5", "P@5", True), ("fit_s", "fit s", False),
+            ("peak_rss_mib", "peak RSS MiB", False))
+"""(key, label, higher is better) of the measures ours is held against the best peer on."""
+
+
+def not_leading(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Per set, each measure on which our disentangled model is behind the best peer, said plainly."""
+    out = []
+    for ds, rows in table.items():
+        ours = rows.get("xmc-disentangled", {})
+        peers = {n: r for n, r in rows.items() if not n.startswith("xmc-") and r["status"] == "ok"}
+        if ours.get("status") != "ok" or not peers:
+            continue
+        behind = []
+        for key, label, higher in MEASURES:
+            ranked = sorted(peers, key=lambda n: float(peers[n][key]), reverse=higher)
+            best = ranked[0]
+            if (ours[key] <= peers[best][key]) if higher else (ours[key] >= peers[best][key]):
+                fmt = ".2f" if key != "peak_rss_mib" else ".0f"
+                behind.append(f"{label} {ours[key]:{fmt}} vs {best} {peers[best][key]:{fmt}}")
+        kind = DATASETS[ds].kind if ds in DATASETS else "?"
+        out.append(f"{ds} ({kind}): xmc-disentangled does NOT lead on " + "; ".join(behind) if behind
+                   else f"{ds} ({kind}): xmc-disentangled leads every peer on P@1, P@5, fit s and peak RSS")
+    return out
+
+
 def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -204,12 +339,16 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per system (omikuji takes none: repeats)")
-    ap.add_argument("--datasets", default=DEFAULT_DATASETS, help=f"comma list of {', '.join(DATASETS)}")
+    ap.add_argument("--sets", "--datasets", dest="sets", default=DEFAULT_DATASETS,
+                    help=f"comma list of groups ({', '.join(GROUPS)}) and sets ({', '.join(DATASETS)})")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of systems")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run before it is stopped")
     args = ap.parse_args()
-    datasets = [DATASETS[d] for d in args.datasets.split(",")]
+    try:
+        datasets = [DATASETS[d] for d in resolve_sets(args.sets)]
+    except ValueError as e:
+        ap.error(str(e))
     names = args.systems.split(",")
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
@@ -235,11 +374,11 @@ def main() -> None:
             print(f"{ds.name:>16} {system.name:>22}: " + (
                 f"P@1 {r['P@1']:.2f} P@5 {r['P@5']:.2f} fit {r['fit_s']:.2f}s predict {r['predict_s']:.2f}s "
                 f"RSS {r['peak_rss_mib']:.0f} MiB" if r["status"] == "ok" else r["status"]), flush=True)
-    header = (f"Measured {started} with `python bench/compare.py --seeds {args.seeds} --datasets "
-              f"{args.datasets}` on {platform.machine()} Linux, {THREADS} cores (every system uses them "
+    header = (f"Measured {started} with `python bench/compare.py --seeds {args.seeds} --sets "
+              f"{args.sets}` on {platform.machine()} Linux, {THREADS} cores (every system uses them "
               f"all); xmc {__version__}, peers as pinned in bench/peers/requirements-nodeps.txt. "
               f"Mean over {args.seeds} seeds; ± is the P@1 standard deviation.")
-    lines = verdicts(table)
+    lines = verdicts(table) + not_leading(table)
     md = markdown(table, about, header) + "\n" + "\n".join(f"- {v}" for v in lines) + "\n"
     (args.out / "peers.md").write_text(md)
     systems = {s.name: s.about for s in [*SYSTEMS.values(), *SMALL_LEAF_PEERS.values(), OURS_DEFAULT_LEAF]}
@@ -247,7 +386,7 @@ def main() -> None:
         {"header": header, "about": about, "systems": systems, "table": table, "verdicts": lines,
          "runs": [r.to_dict() for r in runs]}, indent=2))
     plot(table, args.out / "peers.png")
-    print("\n".join(lines))
+    print("\n".join(["", *summary(table), "", *lines]))
     print(f"wrote {args.out / 'peers.md'}, peers.json, peers.png")
 
 

@@ -87,14 +87,26 @@ def fit_pecos(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path,
 
 
 def write_xc(path: Path, X: sp.csr_matrix, Y: sp.csr_matrix) -> None:
-    """The Extreme Classification Repository text format omikuji reads (header N D L)."""
+    """The Extreme Classification Repository text format omikuji reads (header N D L).
+
+    omikuji's reader splits each line on single spaces and wants every feature strictly
+    increasing, so: a row with no features is written as its labels alone (``"3,7 "`` with a
+    trailing space is an empty feature token, "Failed to load data"), duplicate entries are
+    summed and indices sorted. Values are written with 9 significant digits, which round-trips
+    float32, so omikuji trains on the same numbers as the other systems.
+    """
+    X = sp.csr_matrix(X, copy=True)
+    Y = sp.csr_matrix(Y, copy=True)
+    X.sum_duplicates()  # also sorts the indices
+    Y.sum_duplicates()
     with open(path, "w") as f:
         f.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n")
         for i in range(X.shape[0]):
-            labels = ",".join(map(str, Y.indices[Y.indptr[i] : Y.indptr[i + 1]]))
+            labels = ",".join(map(str, Y.indices[Y.indptr[i] : Y.indptr[i + 1]].tolist()))
             lo, hi = X.indptr[i], X.indptr[i + 1]
-            feats = " ".join(f"{j}:{v:.6g}" for j, v in zip(X.indices[lo:hi], X.data[lo:hi], strict=True))
-            f.write(f"{labels} {feats}\n")
+            feats = " ".join(f"{j}:{v:.9g}" for j, v in zip(X.indices[lo:hi].tolist(), X.data[lo:hi].tolist(),
+                                                             strict=True))
+            f.write(f"{labels} {feats}\n" if feats else f"{labels}\n")
 
 
 def fit_omikuji(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
@@ -110,6 +122,8 @@ def fit_omikuji(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Pat
     beam = int(p.get("beam_size", 10))
 
     def predict(Xt: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        Xt = sp.csr_matrix(Xt, copy=True)
+        Xt.sum_duplicates()  # one (feature, value) pair per feature, as in training
         rows = []
         for i in range(Xt.shape[0]):
             lo, hi = Xt.indptr[i], Xt.indptr[i + 1]

@@ -1,0 +1,43 @@
+"""bench/compare.py: choosing sets by group, and saying where ours does not lead."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import compare  # noqa: E402
+
+
+def test_groups_resolve_in_order_without_repeats() -> None:
+    assert compare.resolve_sets("real") == ["bibtex", "debian-deps", "debian-deps-tfidf"]
+    assert compare.resolve_sets("bibtex,real,synth-1k") == ["bibtex", "debian-deps", "debian-deps-tfidf",
+                                                            "synth-1k"]
+    assert "synth-100k" not in compare.resolve_sets("all")
+    assert {compare.DATASETS[d].kind for d in compare.resolve_sets("all")} == {"real", "derived", "synthetic"}
+    with pytest.raises(ValueError, match="unknown set"):
+        compare.resolve_sets("real,nope")
+
+
+def row(p1: float, p5: float, fit: float, rss: float) -> dict[str, object]:
+    return {"status": "ok", "seeds": 1, "P@1": p1, "P@5": p5, "fit_s": fit, "peak_rss_mib": rss}
+
+
+def test_not_leading_names_every_measure_behind_the_best_peer() -> None:
+    table = {
+        "debian-deps": {"xmc-disentangled": row(50.0, 20.0, 9.0, 800.0),
+                        "pecos-xrlinear": row(49.0, 21.0, 3.0, 300.0),
+                        "omikuji-parabel": row(48.0, 19.0, 5.0, 200.0),
+                        "napkinxc-plt": {"status": "timeout (> 900 s)", "seeds": 1}},
+        "synth-1k": {"xmc-disentangled": row(80.0, 30.0, 1.0, 100.0),
+                     "pecos-xrlinear": row(79.0, 29.0, 2.0, 200.0)},
+    }
+    deb, synth = compare.not_leading(table)
+    assert deb.startswith("debian-deps (real): xmc-disentangled does NOT lead on ")
+    assert "P@1" not in deb and "P@5 20.00 vs pecos-xrlinear 21.00" in deb
+    assert "fit s 9.00 vs pecos-xrlinear 3.00" in deb and "peak RSS MiB 800 vs omikuji-parabel 200" in deb
+    assert synth == "synth-1k (synthetic): xmc-disentangled leads every peer on P@1, P@5, fit s and peak RSS"
+    text = "\n".join(compare.summary(table))
+    assert "debian-deps (real)" in text and "synth-1k (synthetic)" in text and "| timeout (> 900 s) |" in text
