@@ -117,8 +117,8 @@ def debian_featurized() -> tuple[Any, ...]:
     """Our product's path: `xmc featurize` fits the text transform on train; the test split goes
     through the vectorizer saved in the bundle (what `xmc predict --input` does). Every system
     then trains on the bundle's CSR: the same features for all."""
-    from xmc.spark.bundle import load_label_names, load_split
-    from xmc.vectorizer import TextVectorizer
+    from xmc.io.features import load_label_names, load_split
+    from xmc.io.vectorizer import TextVectorizer
 
     bundle = featurized_bundle()
     split = load_split(bundle, "train")

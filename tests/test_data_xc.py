@@ -80,3 +80,14 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
 def test_load_xy_rejects_text_plus_y(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="holds both X and Y"):
         load_xy(BIBTEX / "bibtex_test.txt.gz", BIBTEX / "Y.tst.npz")
+
+
+def test_rows_without_features_are_written_without_a_trailing_space(tmp_path: Path) -> None:
+    X = sp.csr_matrix(np.array([[0, 0, 0], [0.5, 0, 0.25], [0, 0, 0]], np.float32))
+    Y = sp.csr_matrix(np.array([[1, 0], [0, 1], [0, 0]], np.float32))
+    path = tmp_path / "edge.txt"
+    write_xc(path, X, Y)
+    lines = path.read_text().split("\n")
+    assert lines[1] == "0" and lines[2] == "1 0:0.5 2:0.25" and lines[3] == " "
+    X2, Y2 = read_xc(path)
+    assert (X2 != X).nnz == 0 and (Y2 != Y).nnz == 0

@@ -131,8 +131,8 @@ def write_xc(path: str | Path, X: sp.spmatrix, Y: sp.spmatrix) -> None:
     Y = sp.csr_matrix(Y)
     if X.shape[0] != Y.shape[0]:
         raise DataFormatError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}")
-    X.sort_indices()
-    Y.sort_indices()
+    X.sum_duplicates()
+    Y.sum_duplicates()
     with atomic_file(path) as tmp:
         raw = gzip.open(tmp, "wt", encoding="utf-8") if str(path).endswith(".gz") else open(
             tmp, "w", encoding="utf-8")
@@ -142,4 +142,6 @@ def write_xc(path: str | Path, X: sp.spmatrix, Y: sp.spmatrix) -> None:
                 labels = ",".join(map(str, Y.indices[Y.indptr[i] : Y.indptr[i + 1]]))
                 s, e = X.indptr[i], X.indptr[i + 1]
                 feats = " ".join(f"{j}:{v:.9g}" for j, v in zip(X.indices[s:e], X.data[s:e], strict=True))
-                f.write(f"{labels} {feats}\n")
+                # no trailing space on a row without features: readers that split on single spaces
+                # (omikuji) take it for an empty feature token
+                f.write(f"{labels} {feats}\n" if feats else f"{labels or ' '}\n")
