@@ -15,13 +15,15 @@ def _objective(w: np.ndarray, X: np.ndarray, y: np.ndarray, C: float) -> tuple[f
     return 0.5 * w @ w + C * slack @ slack, w - 2 * C * X.T @ (y * slack)
 
 
-@pytest.mark.parametrize("n", [ROWSPACE_MAX_ROWS // 2, 2 * ROWSPACE_MAX_ROWS])  # both paths
+@pytest.mark.parametrize("algorithm", ["newton-cg", "dual-cd"])
+@pytest.mark.parametrize("n", [ROWSPACE_MAX_ROWS // 2, 2 * ROWSPACE_MAX_ROWS])  # both Newton paths
 @pytest.mark.parametrize("cost", [0.5, 1.0, 4.0])
-def test_matches_an_independent_optimiser(cost: float, n: int) -> None:
+def test_matches_an_independent_optimiser(cost: float, n: int, algorithm: str) -> None:
     rng = np.random.default_rng(1)
     X = sp.random(n, 12, density=0.4, random_state=2, dtype=np.float64).tocsr()
     Y = (rng.random((n, 3)) < 0.3).astype(np.float32)
-    params = SolverParams(cost=cost, bias=1.0, solver_tol=1e-4, dtype="float64", device="cpu")
+    params = SolverParams(cost=cost, bias=1.0, solver_tol=1e-4, dtype="float64", device="cpu",
+                          algorithm=algorithm, dual_tol=1e-7, dual_max_iter=100_000)  # type: ignore[arg-type]
     W = solve_squared_hinge(X, Y, params)
     Xa = np.hstack([X.toarray(), np.ones((n, 1))])
     for j in range(3):
@@ -72,3 +74,24 @@ def test_row_space_and_feature_space_paths_agree_at_the_default_tolerance(
     np.testing.assert_allclose(objective(rows), objective(features), rtol=2e-2)
     assert np.all(objective(rows) <= objective(features) * (1 + 1e-4))  # exact steps: never worse
     assert np.array_equal(np.argmax(Xa @ rows, 0), np.argmax(Xa @ features, 0))
+
+
+def test_dual_cd_is_the_cpu_default_and_reaches_newtons_optimum_on_a_leaf_sized_problem() -> None:
+    """Thousands of rows, a few positives per label (a real leaf): both solvers, run tight, give the
+    same objective; the default (auto on the CPU) is coordinate descent, and it is deterministic."""
+    rng = np.random.default_rng(3)
+    X = sp.random(2000, 300, density=0.03, random_state=4, dtype=np.float32).tocsr()
+    Y = (rng.random((2000, 8)) < 0.01).astype(np.float32)
+    assert solver.use_dual_cd(SolverParams(), solver.resolve_device("cpu"))
+    tight = {"cost": 0.5, "solver_tol": 1e-5, "dual_tol": 1e-5, "dual_max_iter": 10_000,
+             "max_newton_iter": 100, "max_cg_iter": 500, "device": "cpu", "dtype": "float64"}
+    Xa = np.hstack([X.toarray(), np.ones((2000, 1))])
+    objectives = {}
+    for algorithm in ("newton-cg", "dual-cd"):
+        W = solve_squared_hinge(X, Y, SolverParams(algorithm=algorithm, **tight))  # type: ignore[arg-type]
+        objectives[algorithm] = [_objective(W[:, j].astype(np.float64), Xa, np.where(Y[:, j] > 0, 1.0, -1.0),
+                                            0.5)[0] for j in range(8)]
+    np.testing.assert_allclose(objectives["dual-cd"], objectives["newton-cg"], rtol=1e-4)
+    a = solve_squared_hinge(X, Y, SolverParams(cost=0.5))
+    b = solve_squared_hinge(X, Y, SolverParams(cost=0.5))
+    np.testing.assert_array_equal(a, b)

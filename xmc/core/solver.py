@@ -56,6 +56,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def use_dual_cd(params: SolverParams, device: torch.device) -> bool:
+    """Dual coordinate descent unless asked for Newton-CG, or 'auto' on a GPU (where batched
+    Newton-CG's sparse x dense products pay)."""
+    if params.algorithm == "auto":
+        return device.type == "cpu"
+    return params.algorithm == "dual-cd"
+
+
 def _to_torch_csr(X: sp.csr_matrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():  # "CSR support is in beta": it is what we rely on, knowingly
         warnings.simplefilter("ignore", UserWarning)
@@ -81,9 +89,13 @@ def solve_squared_hinge(
         raise ValueError(f"X has {n} rows but Y has {Y.shape[0]}")
     if n == 0 or m == 0:
         return np.zeros((d + 1, m), dtype=np.float32)
-    dtype = torch.float32 if params.dtype == "float32" else torch.float64
     device = resolve_device(params.device)
     X_aug = with_bias(X, params.bias)
+    if use_dual_cd(params, device):
+        from xmc.core.dual_cd import solve_dual_cd
+
+        return solve_dual_cd(X_aug, Y, params.cost, params.dual_tol, params.dual_max_iter)
+    dtype = torch.float32 if params.dtype == "float32" else torch.float64
     if n <= ROWSPACE_MAX_ROWS:
         return _newton_rowspace(X_aug, Y, params, dtype, device)
     Xt = _to_torch_csr(X_aug, dtype, device)
