@@ -5,7 +5,7 @@
 Leaf clusters at 1M labels hold a few dozen documents (median 24 rows, 62 labels on the scale
 curve's 1M x 400K set). Each problem here has that shape: sparse rows of 30 features from a
 vocabulary 20x the rows, each label positive on 1-3 rows. Prints ms per problem for Newton-CG over
-the features and for exact Newton in the span of the rows (``xmc.core.solver.ROWSPACE_MAX_ROWS`` picks
+the features and for exact Newton in the span of the rows (``xmc.core.newton_cg.ROWSPACE_MAX_ROWS`` picks
 between them), and the row-space objective relative to Newton-CG's (both stop at the same test).
 One torch thread, as in the local executor's units.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xmc.core import solver
+from xmc.core import newton_cg, solver
 from xmc.core.sparse import normalize_rows
 from xmc.params import SolverParams
 
@@ -50,20 +50,20 @@ def main() -> None:
     torch.set_num_threads(1)
     params = SolverParams(device="cpu")
     rng = np.random.default_rng(0)
-    default = solver.ROWSPACE_MAX_ROWS
+    default = newton_cg.ROWSPACE_MAX_ROWS
     print(f"rows  newton-cg ms  row-space ms  speed-up  objective row-space / newton-cg  (m = {args.labels})")
     for n in map(int, args.rows.split(",")):
         problems = [problem(n, args.labels, rng) for _ in range(args.repeats)]
         out = {}
         for name, limit in (("cg", 0), ("rows", 10**9)):
-            solver.ROWSPACE_MAX_ROWS = limit
+            newton_cg.ROWSPACE_MAX_ROWS = limit
             solver.solve_squared_hinge(*problems[0], params)  # warm-up
             t0 = time.perf_counter()
             Ws = [solver.solve_squared_hinge(X, Y, params) for X, Y in problems]
             out[name] = ((time.perf_counter() - t0) / len(problems) * 1e3,
                          sum(objective(X, Y, W, params.cost, params.bias) for (X, Y), W in zip(problems, Ws,
                                                                                             strict=True)))
-        solver.ROWSPACE_MAX_ROWS = default
+        newton_cg.ROWSPACE_MAX_ROWS = default
         print(f"{n:4d}  {out['cg'][0]:12.2f}  {out['rows'][0]:12.2f}  {out['cg'][0] / out['rows'][0]:7.2f}x"
               f"  {out['rows'][1] / out['cg'][1]:.5f}")
 

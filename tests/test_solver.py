@@ -5,8 +5,9 @@ import pytest
 import scipy.optimize as so
 import scipy.sparse as sp
 
-from xmc.core import solver
-from xmc.core.solver import ROWSPACE_MAX_ROWS, solve_squared_hinge
+from xmc.core import newton_cg, solver
+from xmc.core.newton_cg import ROWSPACE_MAX_ROWS
+from xmc.core.solver import solve_squared_hinge
 from xmc.params import SolverParams
 
 
@@ -66,10 +67,10 @@ def test_row_space_and_feature_space_paths_agree_at_the_default_tolerance(
         slack = np.maximum(0, 1 - sign * (Xa @ W))
         return 0.5 * (W * W).sum(0) + (slack * slack).sum(0)
 
-    params = SolverParams(device="cpu")
-    monkeypatch.setattr(solver, "ROWSPACE_MAX_ROWS", n)
+    params = SolverParams(device="cpu", algorithm="newton-cg", cost=1.0)
+    monkeypatch.setattr(newton_cg, "ROWSPACE_MAX_ROWS", n)
     rows = solve_squared_hinge(X, Y, params)
-    monkeypatch.setattr(solver, "ROWSPACE_MAX_ROWS", 0)
+    monkeypatch.setattr(newton_cg, "ROWSPACE_MAX_ROWS", 0)
     features = solve_squared_hinge(X, Y, params)
     np.testing.assert_allclose(objective(rows), objective(features), rtol=2e-2)
     assert np.all(objective(rows) <= objective(features) * (1 + 1e-4))  # exact steps: never worse

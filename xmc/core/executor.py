@@ -10,13 +10,12 @@ read-only arrays (Ray's object store hands out zero-copy views): copy before wri
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from typing import Protocol, TypeVar
-
-import torch
 
 from xmc.log import progress
 
@@ -39,7 +38,12 @@ class Executor(Protocol):
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block, then put back."""
+    """torch's intra-op threads set to ``n`` for the block, then put back; nothing when torch is not
+    loaded (the CPU solver does not use it, and loading it would cost ~250 MiB)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -27,6 +27,7 @@ from xmc.core.executor import Executor, LocalExecutor
 from xmc.core.metrics import evaluate
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
 from xmc.core.predict import predict
+from xmc.core.solver import resolve_device, use_dual_cd
 from xmc.core.sparse import csr
 from xmc.core.train import train_layers
 from xmc.core.tree import build_tree, pifa
@@ -59,6 +60,8 @@ def fit(
     if label_names is not None and len(label_names) != Y.shape[1]:
         raise DataFormatError(f"{len(label_names)} label names for {Y.shape[1]} labels")
     executor = executor or LocalExecutor()
+    if not use_dual_cd(params.solver, resolve_device(params.solver.device)):
+        import torch  # noqa: F401  loaded here, so executors can bound its threads per unit
     Xp = prepare_features(X, params, X.shape[1])
     Y = csr(Y)
     counts = np.asarray(Y.sum(axis=0)).ravel().astype(np.int64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,10 +70,11 @@ class BatchResult:
 
 def _run_batch(fn: Callable[[Any, Any], Any], shared: Any, units: list[Any], indices: list[int],
                threads: int, kill_once: str | None) -> BatchResult:
-    """Body of one Ray task: run its units in order with a bounded torch thread pool."""
-    import torch
-
-    torch.set_num_threads(threads)
+    """Body of one Ray task: run its units in order with a bounded torch thread pool (when torch is
+    used at all: the CPU solver does not load it)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch if a unit loads it later
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     if kill_once is not None and not Path(kill_once).exists():  # chaos hook for fault tests
         Path(kill_once).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
