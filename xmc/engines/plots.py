@@ -17,6 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+FEW_LEAVES = 40
+"""Up to this many leaves, the leaf-size plot draws one bar per leaf."""
+
 
 def precision_by_round(
     rounds: Sequence[dict[str, Any]], path: str | Path, best_round: int | None = None
@@ -68,14 +71,26 @@ def copies_by_round(
 
 
 def leaf_size_histogram(leaf_sizes: np.ndarray, path: str | Path) -> Path:
-    """Labels (copies) per leaf cluster: the cost of each ranker and the balance of the tree."""
+    """Labels (copies) per leaf cluster: the cost of each ranker and the balance of the tree.
+
+    A few leaves get one bar each (largest first); many get a histogram of their sizes.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 4))
     lo, hi = (int(np.min(leaf_sizes)), int(np.max(leaf_sizes))) if len(leaf_sizes) else (0, 0)
-    # one bar per size while sizes span few values (they do: the tree is balanced), else 50 bins
-    bins: Any = np.arange(lo, hi + 2) - 0.5 if hi - lo < 50 else 50
-    ax.hist(leaf_sizes, bins=bins, color="tab:blue", rwidth=0.9)
-    ax.set_xlabel("label copies in the leaf cluster")
-    ax.set_ylabel("leaf clusters")
+    if len(leaf_sizes) <= FEW_LEAVES:
+        ax.bar(np.arange(len(leaf_sizes)), np.sort(leaf_sizes)[::-1], color="tab:blue")
+        ax.set_xlabel("leaf cluster (largest first)")
+        ax.set_ylabel("label copies in the leaf")
+    else:
+        # one bar per size while sizes span few values (they do: the tree is balanced), else 50 bins
+        bins: Any = np.arange(lo, hi + 2) - 0.5 if hi - lo < 50 else 50
+        ax.hist(leaf_sizes, bins=bins, color="tab:blue", rwidth=0.9)
+        ax.set_xlabel("label copies in the leaf cluster")
+        ax.set_ylabel("leaf clusters")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Leaf cluster sizes: {len(leaf_sizes)} leaves, {lo} to {hi} label copies")
     return _save(fig, path)
 
@@ -86,14 +101,16 @@ def frequency_vs_precision(label_counts: np.ndarray, label_precision: np.ndarray
 
     Labels never predicted have no precision (NaN) and are left out; frequency is on a log axis.
     """
-    from matplotlib.ticker import LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4))
     keep = np.isfinite(label_precision)
     ax.scatter(np.maximum(label_counts[keep], 1), 100 * label_precision[keep], s=6, alpha=0.5)
     ax.set_xscale("log")
-    # labels on powers of ten only: minor-tick labels of a short log range overlap
-    ax.xaxis.set_major_locator(LogLocator(base=10))
+    # labelled ticks at 1, 2, 5 x 10^k as plain numbers; unlabelled minor ticks (their default
+    # labels overlap on a short log range)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training documents with the label (log scale)")
     ax.set_ylabel("precision of the label in top-5 (%)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from xmc.params import XMCParams
 
 log = logging.getLogger("xmc.tracking")
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 EXAMPLE_TERMS = 30
 """Features (or words) in the logged input example."""
 
@@ -174,11 +176,18 @@ class TrainingRun:
         """Final metrics, artifacts, plots, the pyfunc (registered when asked); the run stays open."""
         from mlflow.exceptions import MlflowException
 
+        quiet = os.environ.get(PROGRESS_BAR)
+        os.environ[PROGRESS_BAR] = "false"  # the input example's check downloads artifacts: no bars
         try:
             return self._finish(model, Path(model_dir), fit_seconds)
         except MlflowException as e:
             raise TrackingError(f"MLflow at {self.tracking.uri}: {e.message} (the model folder {model_dir} "
                                 "is saved; rerun with a reachable --tracking-uri to log it)") from None
+        finally:
+            if quiet is None:
+                del os.environ[PROGRESS_BAR]
+            else:
+                os.environ[PROGRESS_BAR] = quiet
 
     def _finish(self, model: XMCModel, model_dir: Path, fit_seconds: float) -> TrackingResult:
         import mlflow
