@@ -65,9 +65,10 @@ def main(run_dir: Path) -> int:
                     f"{(version.description or '')[:90]}..."))
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     X = sp.load_npz(REPO / "data" / "bibtex" / "X.tst.npz").tocsr()
-    rows = {"indices": [X[i].indices.tolist() for i in range(2)], "values": [X[i].data.tolist() for i in range(2)]}
     import pandas as pd
 
+    rows = {"indices": [X[i].indices.tolist() for i in range(2)],
+            "values": [X[i].data.tolist() for i in range(2)]}
     out = model.predict(pd.DataFrame(rows), params={"topk": 3})
     names = set((REPO / "data" / "bibtex" / "label_names.txt").read_text().split())
     labels = [lab for row in out["labels"] for lab in row]
@@ -90,8 +91,9 @@ def serve_and_ask(uri: str, run_dir: Path) -> tuple[int, str]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = (run_dir / "check-serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
-                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                             f"models:/{NAME}@champion", "--env-manager", "local", "--host", "127.0.0.1",
+                             "--port", str(port),
                              "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=log,
                             start_new_session=True)
     try:
