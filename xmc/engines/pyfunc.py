@@ -63,9 +63,11 @@ class XMCPyfunc(PythonModel):
         folder = Path(context.artifacts[MODEL_ARTIFACT])
         self.model = XMCModel.load(folder)
 
-    # model_input is left unannotated on purpose: MLflow reads a type hint there as the schema
-    # (and warns about Any); the logged signature is the schema.
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # pd.DataFrame is a hint MLflow infers no schema from (the logged signature is the schema), and
+    # one it does not warn about, unlike no hint or Any; MLflow hands predict a DataFrame (or a list)
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         topk = int((params or {}).get("topk") or DEFAULT_TOPK)
         if topk < 1:
             raise RequestError(f"topk={topk} is invalid: use an integer >= 1", field="params.topk")

@@ -307,15 +307,15 @@ def write_artifacts(
 def log_pyfunc(mlflow: Any, model_dir: Path, tmp: Path, registered_name: str | None, text_input: bool,
                example: Any) -> Any:
     """Log the model folder as a pyfunc (logged as code, no pickle) with an input example."""
-    from xmc.engines import pyfunc
-
-    entry = pyfunc.write_entry_script(tmp)
     requirements = []
     for pkg in REQUIREMENTS:
         try:
             requirements.append(f"{pkg}=={metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
             continue
+    from xmc.engines import pyfunc
+
+    entry = pyfunc.write_entry_script(tmp)
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN, python_model=str(entry),
         artifacts={pyfunc.MODEL_ARTIFACT: str(model_dir)},
