@@ -219,13 +219,14 @@ class TrainingRun:
             info = log_pyfunc(mlflow, model_dir, code, self.tracking.register_as or None,
                               vectorizer is not None, input_example(vectorizer, self.X))
         result = TrackingResult(self.tracking.uri, self.experiment_id, run_id, info.model_uri)
+        text = description(model, final, split_name, (model_dir / "vectorizer").is_dir())
+        client.set_tag(run_id, "mlflow.note.content", text)  # the run page's Description
         name = self.tracking.register_as
         if not name:
             return result
         version = str(info.registered_model_version)
         for key, value in (("run_id", run_id), ("data_fingerprint", self.tags["data_fingerprint"])):
             client.set_model_version_tag(name, version, key, value)
-        text = description(model, final, split_name, (model_dir / "vectorizer").is_dir())
         client.update_model_version(name, version, description=text)
         if not client.get_registered_model(name).description:
             client.update_registered_model(name, description=text)
