@@ -21,7 +21,8 @@ import pytest
 from tests.test_tracking import child_env, free_port, sqlite_uri, stop, wait_http
 from xmc import XMCParams
 from xmc.core.fit import fit
-from xmc.engines.tracking import TrackingParams, training_run
+from xmc.engines.tracking import TrackingParams
+from xmc.engines.training_run import training_run
 from xmc.research.synth import SynthSpec, generate
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

@@ -29,10 +29,10 @@ from xmc.engines.tracking import (
     TrackingParams,
     champion_uri,
     ensure_champion,
-    log_training,
     metric_key,
     round_metrics,
 )
+from xmc.engines.training_run import log_training
 from xmc.errors import DataFormatError, ParamError
 from xmc.io.vectorizer import TextVectorizer
 from xmc.research.synth import SynthSpec, generate

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"xmc train: executor: {executor.describe()}", file=sys.stderr)
     live: Any = nullcontext()
     if tracking is not None:  # the MLflow run opens before the fit: rounds are logged as they run
-        from xmc.engines.tracking import training_run
+        from xmc.engines.training_run import training_run
 
         run_params = {"input": str(args.data or args.x), "executor": executor.describe()}
         live = training_run(tracking, params, X, Y, run_params)

@@ -2,7 +2,7 @@
 
 Workers never talk to MLflow. The run opens before the fit and hears of each round through the
 fit loop's observer hook (:mod:`xmc.engines.training_run`), so the training code knows nothing
-about MLflow; a model fitted earlier is logged after the fact by :func:`log_training`. One
+about MLflow; a model fitted earlier is logged after the fact by ``training_run.log_training``. One
 training run gives:
 
 * a parent run: the model's params (flattened), data shape and fingerprint, git revision and
@@ -38,8 +38,6 @@ from xmc.errors import ParamError, XMCError
 
 if TYPE_CHECKING:
     from xmc.core.model import XMCModel
-    from xmc.engines.training_run import TrainingRun
-    from xmc.params import XMCParams
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """MLflow's own default store (3.x refuses the old ./mlruns file store)."""
@@ -234,32 +232,6 @@ def experiment(client: Any, tracking: TrackingParams) -> str:
         if found is None:
             raise
         return str(found.experiment_id)
-
-
-def log_training(
-    model: XMCModel, model_dir: str | Path, tracking: TrackingParams, X: sp.spmatrix, Y: sp.spmatrix,
-    *, fit_seconds: float, extra_params: dict[str, str] | None = None,
-) -> TrackingResult:
-    """Log a model fitted earlier (parent run, a child run per round, artifacts, pyfunc, registry).
-
-    For a model being trained, open the run before the fit instead (:func:`training_run`): its
-    rounds are then logged as they happen. Sets this process's MLflow tracking URI.
-    """
-    with training_run(tracking, model.params, X, Y, extra_params) as run:
-        return run.finish(model, model_dir, fit_seconds=fit_seconds)
-
-
-def training_run(
-    tracking: TrackingParams, params: XMCParams, X: sp.spmatrix, Y: sp.spmatrix,
-    extra_params: dict[str, str] | None = None,
-) -> TrainingRun:
-    """The MLflow run of a training about to start.
-
-    ``with training_run(...) as run: model = fit(..., observer=run); model.save(d); run.finish(model, d)``
-    """
-    from xmc.engines.training_run import TrainingRun
-
-    return TrainingRun(tracking, params, X, Y, extra_params)
 
 
 def ensure_champion(client: Any, name: str, version: str) -> bool:

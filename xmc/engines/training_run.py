@@ -61,6 +61,30 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def training_run(
+    tracking: TrackingParams, params: XMCParams, X: sp.spmatrix, Y: sp.spmatrix,
+    extra_params: dict[str, str] | None = None,
+) -> TrainingRun:
+    """The MLflow run of a training about to start.
+
+    ``with training_run(...) as run: model = fit(..., observer=run); model.save(d); run.finish(model, d)``
+    """
+    return TrainingRun(tracking, params, X, Y, extra_params)
+
+
+def log_training(
+    model: XMCModel, model_dir: str | Path, tracking: TrackingParams, X: sp.spmatrix, Y: sp.spmatrix,
+    *, fit_seconds: float, extra_params: dict[str, str] | None = None,
+) -> TrackingResult:
+    """Log a model fitted earlier (parent run, a child run per round, artifacts, pyfunc, registry).
+
+    For a model being trained, open the run before the fit instead (:func:`training_run`): its
+    rounds are then logged as they happen. Sets this process's MLflow tracking URI.
+    """
+    with training_run(tracking, model.params, X, Y, extra_params) as run:
+        return run.finish(model, model_dir, fit_seconds=fit_seconds)
+
+
 class TrainingRun:
     """``with TrainingRun(...) as run: model = fit(..., observer=run); ...; run.finish(...)``."""
 

@@ -97,7 +97,8 @@ def _run(params: NightlyParams, night: Path) -> dict[str, Any]:
 
     from xmc.core.fit import fit
     from xmc.core.model import XMCModel
-    from xmc.engines.tracking import CHAMPION, TrackingParams, log_training, training_run
+    from xmc.engines.tracking import CHAMPION, TrackingParams
+    from xmc.engines.training_run import log_training, training_run
     from xmc.ops.batch import resolve_model
 
     done = night / "result.json"
