@@ -8,8 +8,9 @@ TORCH ?= torch==2.13.0
 PIP_ARGS ?= -q --disable-pip-version-check
 RUN_DIR ?= runs/bibtex
 DATA := data/bibtex
+STORE = sqlite:///$(abspath $(RUN_DIR))/mlflow.db
 
-.PHONY: setup demo test lint bench bench-peers bench-scale clean
+.PHONY: setup demo ui serve test lint bench bench-peers bench-scale clean
 
 setup: $(VENV)/.installed
 
@@ -22,12 +23,22 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  # the main job on embedded engines: local Spark -> local Ray -> local MLflow
 	$(VENV)/bin/xmc featurize --input $(DATA)/bibtex_train.txt.gz --out $(RUN_DIR)/bundle
 	$(VENV)/bin/xmc train --data $(RUN_DIR)/bundle --model $(RUN_DIR)/model --executor ray \
-	    --tracking-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db --experiment bibtex-demo \
+	    --label-names $(DATA)/label_names.txt --validation-fraction 0.1 \
+	    --tracking-uri $(STORE) --experiment bibtex-demo --run-name bibtex-demo \
 	    --register-as bibtex-demo
 	$(VENV)/bin/xmc predict --model $(RUN_DIR)/model --x $(DATA)/X.tst.npz --topk 5 \
 	    --out $(RUN_DIR)/pred.npz
 	$(VENV)/bin/xmc evaluate --y $(DATA)/Y.tst.npz --pred $(RUN_DIR)/pred.npz --model $(RUN_DIR)/model
-	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db"
+	@echo "MLflow UI: make ui   (or $(VENV)/bin/mlflow ui --backend-store-uri $(STORE))"
+	@echo "Serve the champion: make serve   (REST on http://127.0.0.1:5001/invocations)"
+
+# mlflow starts uvicorn/gunicorn by name: the venv's bin/ must be on PATH even when it is not activated
+ui:
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/mlflow ui --backend-store-uri $(STORE)
+
+serve:
+	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI=$(STORE) $(VENV)/bin/mlflow models serve \
+	    -m models:/bibtex-demo@champion --env-manager local --host 127.0.0.1 --port 5001
 
 test: setup
 	$(PY) -m pytest

@@ -20,7 +20,7 @@ def xmc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_train_predict_evaluate(tmp_path: Path) -> None:
     r = xmc("train", "--x", str(BIBTEX / "bibtex_train.txt.gz"), "--model", "m",
             "--label-names", str(BIBTEX / "label_names.txt"), "--max-leaf-size", "16",
-            "--beam-size", "4", "--rounds", "1", "--max-copies", "2", cwd=tmp_path)
+            "--beam-size", "4", "--rounds", "1", "--max-copies", "2", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     layers = json.loads(r.stdout)["layers"]
     assert layers[0] == [1837, 16] and 159 < layers[1][1] <= 2 * 159  # label copies, lambda = 2

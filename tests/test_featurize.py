@@ -19,6 +19,7 @@ import pytest
 import scipy.sparse as sp
 
 from tests.conftest import BIBTEX
+from xmc.core.model import XMCModel
 from xmc.engines.spark.params import FeaturizeParams
 from xmc.errors import BundleError, DataFormatError, ParamError
 from xmc.io.features import (
@@ -295,6 +296,17 @@ def test_xc_bow_input_gives_the_in_memory_matrices(spark: Any, tmp_path: Path) -
     from xmc.core.tree import pifa
 
     assert abs(load_pifa(tmp_path / "b") - pifa(X, Y)).max() < 1e-5
+
+    # an XC bundle has no names: `xmc train --data B --label-names FILE` gives the model the file's
+    from xmc.cli.train import main as train
+
+    base = ["--data", str(tmp_path / "b"), "--rounds", "0", "--max-leaf-size", "100"]
+    named = [*base, "--model", str(tmp_path / "m"), "--label-names", str(BIBTEX / "label_names.txt")]
+    assert train(named) == 0
+    names = (BIBTEX / "label_names.txt").read_text().split()
+    assert XMCModel.load(tmp_path / "m").label_names == names
+    (tmp_path / "few.txt").write_text("a\nb\n")
+    assert train([*base, "--model", str(tmp_path / "m2"), "--label-names", str(tmp_path / "few.txt")]) == 2
 
     (tmp_path / "bad.txt").write_text("3 3 2\n0 1:1\n1 9:1\n1,x 0:1\n")
     with pytest.raises(DataFormatError) as err:

@@ -193,3 +193,10 @@ def test_raw_nightly_pyfunc_by_alias_and_parquet_batch_predict(raw_corpus: Path,
     assert table.column("labels").to_pylist() == out["labels"].tolist()
     assert table.schema.field("scores").type == pa.list_(pa.float32())
     assert sorted(p.name for p in pred.parent.iterdir()) == ["pred.parquet"]  # no temp file left
+
+
+def test_nightly_holds_out_rows_by_default() -> None:
+    """Held-out curves per round unless the config says otherwise (0 trains on every row)."""
+    assert NightlyParams().train.disentangle.validation_fraction == 0.1
+    assert params_from_dict({"train": {"rounds": 2}}).train.disentangle.validation_fraction == 0.1
+    assert params_from_dict({"train": {"validation_fraction": 0}}).train.disentangle.validation_fraction == 0

@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,10 @@ from xmc.engines.tracking import (
     TrackingParams,
     champion_uri,
     ensure_champion,
-    log_training,
     metric_key,
     round_metrics,
 )
+from xmc.engines.training_run import log_training
 from xmc.errors import DataFormatError, ParamError
 from xmc.io.vectorizer import TextVectorizer
 from xmc.research.synth import SynthSpec, generate
@@ -160,12 +162,23 @@ def test_cli_logs_to_default_sqlite_and_registers_champion_once(
         assert parent.data.metrics[key] > 0
     curve = client.get_metric_history(parent.info.run_id, "val_P_at_1")
     assert sorted(m.step for m in curve) == [0, 1]
+    # logged as the training ran: real timestamps, child runs inside the parent, the parent spans the fit
+    for run in [parent, *children]:
+        for key in run.data.metrics:
+            assert all(m.timestamp > 1e12 for m in client.get_metric_history(run.info.run_id, key)), key
+        assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
+    assert parent.info.start_time <= children[0].info.start_time <= children[1].info.start_time
+    assert children[1].info.end_time <= parent.info.end_time
+    assert (parent.info.end_time - parent.info.start_time) / 1000 >= parent.data.metrics["fit_seconds"]
+    assert children[0].data.metrics["seconds_tree"] > 0 and children[0].data.metrics["seconds_train"] > 0
     files = {a.path for d in ("plots", "assignment", "rounds", "config")
              for a in client.list_artifacts(parent.info.run_id, d)}
     assert {"plots/precision_by_round.png", "plots/leaf_sizes.png", "plots/label_frequency_vs_precision.png",
             "assignment/summary.json", "assignment/copied_labels.csv", "rounds/rounds.json",
-            "config/params.json"} <= files
-    assert str(client.get_model_version_by_alias("xmc-bow", CHAMPION).version) == "1"
+            "config/params.json", "plots/copies_by_round.png"} <= files
+    champ = client.get_model_version_by_alias("xmc-bow", CHAMPION)
+    assert str(champ.version) == "1" and "'indices'" in champ.description
+    assert "60 labels" in (client.get_registered_model("xmc-bow").description or "")
 
     # a second version leaves the champion where it is (moving it is the promotion gate's job)
     first = client.get_model_version("xmc-bow", "1")
@@ -184,6 +197,7 @@ def test_cli_logs_to_default_sqlite_and_registers_champion_once(
     assert all(len(s) == 3 and s == sorted(s, reverse=True) for s in out["scores"])
     with pytest.raises(DataFormatError, match="no text vectorizer"):
         pyfunc.predict(["some raw text"])
+    assert pyfunc.metadata.saved_input_example_info is not None  # what `mlflow models serve` shows
 
 
 def test_champion_loads_in_a_fresh_process_on_raw_text(registered_text: dict[str, Any]) -> None:
@@ -208,22 +222,99 @@ def test_champion_loads_in_a_fresh_process_on_raw_text(registered_text: dict[str
     assert all(len(labels) == 2 for labels in out["labels"])
 
 
-@pytest.fixture
-def served(registered_text: dict[str, Any]) -> Iterator[str]:
-    """`mlflow models serve --env-manager local` on the champion, on a free port; stopped after."""
+@contextmanager
+def models_serve(uri: str, name: str, folder: Path) -> Iterator[str]:
+    """`mlflow models serve --env-manager local` on NAME's champion, on a free port; stopped after."""
     port = free_port()
-    log = registered_text["folder"] / "serve.log"
-    env = child_env(MLFLOW_TRACKING_URI=registered_text["uri"])
+    log = folder / f"serve-{name}.log"
+    env = child_env(MLFLOW_TRACKING_URI=uri)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion_uri("xmc-text"),
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion_uri(name),
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, cwd=registered_text["folder"], stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-        start_new_session=True)
+        env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+def post(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a POST, errors included."""
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture
+def served(registered_text: dict[str, Any]) -> Iterator[str]:
+    with models_serve(registered_text["uri"], "xmc-text", registered_text["folder"]) as url:
+        yield url
+
+
+def test_served_feature_model_answers_bad_requests_with_400_and_the_reason(tmp_path: Path) -> None:
+    """A model trained on feature matrices, served: sparse rows answered with names; raw text and an
+    out-of-range feature id answered HTTP 400 whose top-level message says what is wrong."""
+    block = generate(SynthSpec(n_labels=30, n_features=200), 300)
+    model = fit(block.X, block.Y, XMCParams().replace(max_leaf_size=8, rounds=0),
+                label_names=[f"tag-{j}" for j in range(30)])
+    model.save(tmp_path / "m")
+    uri = sqlite_uri(tmp_path)
+    log_training(model, tmp_path / "m", TrackingParams(tracking_uri=uri, register_as="xmc-feat"),
+                 block.X, block.Y, fit_seconds=1.0)
+    with models_serve(uri, "xmc-feat", tmp_path) as url:
+        row = block.X[0]
+        status, answer = post(f"{url}/invocations", {"dataframe_split": {
+            "columns": ["indices", "values"], "data": [[row.indices.tolist(), row.data.tolist()]]}})
+        assert status == 200 and answer["predictions"][0]["labels"][0].startswith("tag-"), answer
+        status, answer = post(f"{url}/invocations", {"inputs": ["a raw document"]})
+        assert status == 400 and "no text vectorizer" in answer["message"], answer
+        assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
+        status, answer = post(f"{url}/invocations", {"dataframe_split": {
+            "columns": ["indices", "values"], "data": [[[5, 999], [1.0, 1.0]]]}})
+        assert status == 400 and "feature id out of range [0, 200)" in answer["message"], answer
+
+
+def test_rounds_are_logged_while_they_run(tmp_path: Path) -> None:
+    """Each round's child run is RUNNING while the round works and FINISHED after; the parent is
+    open before the fit starts."""
+    import mlflow
+
+    from xmc.engines.training_run import TrainingRun
+
+    seen: list[tuple[str, int, str]] = []
+
+    class Watching(TrainingRun):
+        def round_started(self, r: int) -> None:
+            seen.append(("parent", r, self.client.get_run(self.run_id).info.status))
+            super().round_started(r)
+
+        def round_finished(self, record: dict[str, Any]) -> None:
+            r = int(record["round"])
+            seen.append(("child", r, self.client.get_run(self.children[r]).info.status))
+            super().round_finished(record)
+            seen.append(("after", r, self.client.get_run(self.children[r]).info.status))
+
+    block = generate(SynthSpec(n_labels=40, n_features=300), 400)
+    params = XMCParams().replace(max_leaf_size=8, rounds=2, validation_fraction=0.2)
+    uri = sqlite_uri(tmp_path)
+    with Watching(TrackingParams(tracking_uri=uri, experiment="live"), params, block.X, block.Y) as run:
+        model = fit(block.X, block.Y, params, observer=run)
+        model.save(tmp_path / "m")
+        result = run.finish(model, tmp_path / "m", fit_seconds=1.0)
+    rounds = len(model.info["rounds"])
+    assert rounds >= 2
+    assert seen[:4] == [("parent", 0, "RUNNING"), ("child", 0, "RUNNING"), ("after", 0, "FINISHED"),
+                        ("parent", 1, "RUNNING")]
+    assert [s for s in seen if s[0] == "child"] == [("child", r, "RUNNING") for r in range(rounds)]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    curve = client.get_metric_history(result.run_id, "val_P_at_1")
+    assert sorted(m.step for m in curve) == list(range(rounds)) and min(m.timestamp for m in curve) > 1e12
 
 
 def test_models_serve_answers_raw_text(served: str, registered_text: dict[str, Any]) -> None:

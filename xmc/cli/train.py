@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", help="save the state after the baseline and every round here")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last finished round saved in --checkpoint-dir")
+    p.add_argument("--json", action="store_true",
+                   help="print the full training record as JSON instead of the short summary")
     add_param_flags(p)
     from xmc.params import EXECUTORS, ExecutorParams
 
@@ -50,12 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         ExecutorParams, {"ExecutorKind": EXECUTORS})
     from xmc.engines.tracking import TrackingParams
 
-    tracking = p.add_argument_group("MLflow tracking: logged after the fit when any of these is given "
-                                    "(defaults from xmc.engines.tracking.TrackingParams)")
+    tracking = p.add_argument_group("MLflow tracking: logged while the model trains when any of these is "
+                                    "given (defaults from xmc.engines.tracking.TrackingParams)")
     add_dataclass_flags(tracking, TrackingParams)
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from xmc.core.fit import fit
     from xmc.engines.executors import make_executor
     from xmc.io.readers import LabelVocab, load_xy
@@ -77,26 +81,62 @@ def run(args: argparse.Namespace) -> int:
     tracking = _tracking_from_args(args)
     executor = make_executor(dataclass_from_args(ExecutorParams, args))
     print(f"xmc train: executor: {executor.describe()}", file=sys.stderr)
-    t0 = time.perf_counter()
-    model = fit(X, Y, params, label_names=names, executor=executor,
-                         checkpoint_dir=args.checkpoint_dir, resume=args.resume)
-    fit_s = time.perf_counter() - t0
-    model.save(args.model, extra_dirs=extra_dirs)
-    logged: dict[str, Any] = {}
-    if tracking is not None:
-        from xmc.engines.tracking import log_training
+    live: Any = nullcontext()
+    if tracking is not None:  # the MLflow run opens before the fit: rounds are logged as they run
+        from xmc.engines.training_run import training_run
 
         run_params = {"input": str(args.data or args.x), "executor": executor.describe()}
-        result = log_training(model, args.model, tracking, X, Y, fit_seconds=fit_s, extra_params=run_params)
-        logged = {"mlflow": result.to_dict()}
-        print(f"xmc train: logged to MLflow at {result.tracking_uri} (experiment {tracking.experiment!r}, "
-              f"run {result.run_id})" + (f", registered {result.registered_name} v{result.version}"
-                                         f"{' as champion' if result.champion_set else ''}"
-                                         if result.version else ""), file=sys.stderr)
-    print_json({"model": args.model, "fit_seconds": round(fit_s, 3),
-                "layers": [list(W.shape) for W in model.weights],
-                "nnz": [int(W.nnz) for W in model.weights], **model.info, **logged})
+        live = training_run(tracking, params, X, Y, run_params)
+    logged: dict[str, Any] = {}
+    with live as observer:
+        t0 = time.perf_counter()
+        model = fit(X, Y, params, label_names=names, executor=executor,
+                    checkpoint_dir=args.checkpoint_dir, resume=args.resume, observer=observer)
+        fit_s = time.perf_counter() - t0
+        model.info["seconds_fit"] = fit_s
+        model.save(args.model, extra_dirs=extra_dirs)
+        if observer is not None:
+            result = observer.finish(model, args.model, fit_seconds=fit_s)
+            logged = {"mlflow": {**result.to_dict(), "experiment": tracking.experiment if tracking else ""}}
+    record = {"model": args.model, "fit_seconds": round(fit_s, 3),
+              "layers": [list(W.shape) for W in model.weights],
+              "nnz": [int(W.nnz) for W in model.weights], **model.info, **logged}
+    if args.json:
+        print_json(record)
+    else:
+        print(summary(record, model.n_labels, model.label_names is not None))
     return 0
+
+
+def summary(record: dict[str, Any], n_labels: int, named: bool) -> str:
+    """A few lines for a person: held-out quality, rounds, time, where the model and run are."""
+    rounds = record.get("rounds") or []
+    best = int(record.get("best_round", 0))
+    lines = [f"trained in {record['fit_seconds']:.1f} s -> {record['model']}  "
+             f"({n_labels} labels{'' if named else ', no label names'})"]
+    if rounds:
+        kept = rounds[best] if best < len(rounds) else rounds[-1]
+        lines.append(f"rounds: baseline + {len(rounds) - 1}, kept round {best} "
+                     f"({kept.get('labels_copied', 0)} labels copied into a 2nd cluster or more)")
+        val = kept.get("validation")
+        if val:
+            base = (rounds[0].get("validation") or {}).get("P@1")
+            vs = f"  (baseline P@1 {base:.2f})" if base is not None and best else ""
+            lines.append("held-out: " + "  ".join(f"P@{k} {val[f'P@{k}']:.2f}" for k in (1, 3, 5)) + vs)
+        else:
+            lines.append("held-out: none (add --validation-fraction 0.1 to score rounds on held-out rows)")
+    ml = record.get("mlflow")
+    if ml:
+        reg = (f", registered {ml['registered_name']} v{ml['version']}"
+               f"{' (champion)' if ml.get('champion_set') else ''}") if ml.get("version") else ""
+        lines.append(f"MLflow: run {ml['run_id']} in experiment {ml.get('experiment')!r}{reg}")
+        uri, page = ml["tracking_uri"], f"#/experiments/{ml['experiment_id']}/runs/{ml['run_id']}"
+        if uri.startswith("http"):
+            lines.append(f"  open {uri.rstrip('/')}/{page}")
+        else:
+            lines.append(f"  mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}")
+    lines.append(f"full record: {record['model']}/manifest.json, or xmc train --json")
+    return "\n".join(lines)
 
 
 def _tracking_from_args(args: argparse.Namespace) -> TrackingParams | None:
@@ -115,12 +155,19 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None, 
     from xmc.errors import ParamError
     from xmc.io.features import load_label_names, load_split
 
-    if args.y or args.label_names:
-        raise ParamError("--data BUNDLE holds the labels and their names: drop --y / --label-names")
+    if args.y:
+        raise ParamError("--data BUNDLE holds the labels: drop --y")
+    names = load_label_names(args.data)
+    if names is not None and args.label_names:
+        raise ParamError("--data BUNDLE holds its label names (labels.txt): drop --label-names")
+    if args.label_names:  # a bundle of an XC file has none: its label ids are the XC file's columns
+        from xmc.io.readers import LabelVocab
+
+        names = LabelVocab.load(args.label_names).names
     split = load_split(args.data, "train")
     vectorizer = Path(args.data) / "vectorizer"
     extra: dict[str, str | Path] | None = {"vectorizer": vectorizer} if vectorizer.is_dir() else None
-    return split.X, split.Y, load_label_names(args.data), extra
+    return split.X, split.Y, names, extra
 
 
 def main(argv: list[str] | None = None) -> int:

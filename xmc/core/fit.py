@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,19 @@ from xmc.log import peak_rss_mib
 from xmc.params import XMCParams
 
 
+class RoundObserver(Protocol):
+    """Told about each round as it happens (e.g. the MLflow run of ``xmc.engines.tracking``).
+
+    ``round_started(r)`` comes before the round's work (round 0: before the tree is built),
+    ``round_finished(record)`` once its record (``RoundRecord.to_dict()``) is complete. Called on
+    the driver, in order; the fit loop knows nothing else about who listens.
+    """
+
+    def round_started(self, r: int) -> None: ...
+
+    def round_finished(self, record: dict[str, Any]) -> None: ...
+
+
 def fit(
     X: sp.spmatrix,
     Y: sp.spmatrix,
@@ -46,6 +59,7 @@ def fit(
     label_names: list[str] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    observer: RoundObserver | None = None,
 ) -> XMCModel:
     """Build the label tree from PIFA embeddings, train every layer, then run the rounds.
 
@@ -54,6 +68,7 @@ def fit(
     once P@1 stops improving. Round records land in ``model.info["rounds"]``.
     With ``checkpoint_dir`` the state is saved after the baseline and after every round;
     ``resume=True`` continues from the last saved round instead of starting over.
+    ``observer`` hears of each round as it starts and finishes (live tracking).
     """
     params = params or XMCParams()
     check_xy(X, Y)
@@ -71,7 +86,9 @@ def fit(
         ckpt = Checkpoint(checkpoint_dir, params, fingerprint(Xp, Y))
         state = ckpt.load() if resume else None
         if state is not None:
-            return run_rounds(state.current, Xt, Yt, Xv, Yv, executor, ckpt, state)
+            return run_rounds(state.current, Xt, Yt, Xv, Yv, executor, ckpt, state, observer)
+    if observer is not None:
+        observer.round_started(0)
     t0 = time.perf_counter()
     tree = build_tree(pifa(Xt, Yt), params.tree)
     t1 = time.perf_counter()
@@ -86,7 +103,7 @@ def fit(
         info[RANKERS_PENDING] = True
     model = XMCModel(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
     if rounds:
-        model = run_rounds(model, Xt, Yt, Xv, Yv, executor, ckpt)
+        model = run_rounds(model, Xt, Yt, Xv, Yv, executor, ckpt, observer=observer)
     return model
 
 
@@ -105,11 +122,12 @@ def split_validation(
 def run_rounds(
     model: XMCModel, X: sp.csr_matrix, Y: sp.csr_matrix, X_val: sp.csr_matrix | None,
     Y_val: sp.csr_matrix | None, executor: Executor, checkpoint: Checkpoint | None = None,
-    state: RoundState | None = None,
+    state: RoundState | None = None, observer: RoundObserver | None = None,
 ) -> XMCModel:
     """Alternate reassignment and retraining for up to R rounds; keep the best by validation P@1.
 
-    ``state`` (from a checkpoint) continues after its round; ``checkpoint`` saves every round.
+    ``state`` (from a checkpoint) continues after its round; ``checkpoint`` saves every round;
+    ``observer`` hears of each round (the baseline's start is announced by ``fit``).
     """
     p = model.params
 
@@ -125,9 +143,14 @@ def run_rounds(
         return record
 
     if state is None:
+        t0 = time.perf_counter()
         base = RoundRecord(0, copies=len(model.tree.copy_label), leaf_sizes=leaf_size_stats(model.tree),
                            validation=validate(model))
+        base.seconds = {"tree": model.info.get("seconds_tree", 0.0),
+                        "train": model.info.get("seconds_train", 0.0), "validate": time.perf_counter() - t0}
         footprint(base, model)
+        if observer is not None:
+            observer.round_finished(base.to_dict())
         state = RoundState(0, model, model, 0, (base.validation or {}).get("P@1", 0.0), [base.to_dict()])
         if checkpoint is not None:
             checkpoint.save(state)
@@ -135,6 +158,8 @@ def run_rounds(
         if state.finished:
             break
         current = state.current
+        if observer is not None:
+            observer.round_started(r)
         pending = bool(current.info.get(RANKERS_PENDING))
         # without validation only the last round's rankers are ever read; a fixed point stopping
         # the rounds earlier leaves them pending, and they are trained after the loop
@@ -163,6 +188,8 @@ def run_rounds(
             state.finished = True  # held-out precision stopped improving: keep the best round
         if record.clusters_changed == 0:
             state.finished = True  # fixed point: further rounds would repeat this one
+        if observer is not None:
+            observer.round_finished(state.records[-1])
         if checkpoint is not None:
             checkpoint.save(state)
     best = state.best

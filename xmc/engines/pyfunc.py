@@ -13,7 +13,7 @@ Accepted inputs of ``predict``:
   the raw documents (its signature is one unnamed string column, so MLflow passes only that);
 * a model without one (trained on feature matrices): a DataFrame with ``indices`` (feature ids)
   and ``values`` columns, one sparse row per document, in the model's feature space; raw text
-  is answered with a :class:`~xmc.errors.DataFormatError` saying why.
+  is answered with a :class:`RequestError` saying why (a ``DataFormatError``; HTTP 400 when served).
 
 The output is a DataFrame with ``labels`` (names, or column indices as strings when the model
 has no names) and ``scores`` (floats), best first. ``params={"topk": k}`` picks k (default 5).
@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from xmc.errors import DataFormatError
@@ -39,6 +41,19 @@ ENTRY_SCRIPT = ("from xmc.engines.pyfunc import XMCPyfunc\nimport mlflow.models\
 """The model-from-code script MLflow stores instead of a pickle of the Python model."""
 
 
+class RequestError(DataFormatError, MlflowException):
+    """A request the model cannot answer: a DataFormatError in Python, HTTP 400 when served.
+
+    MLflow's scoring server answers an MlflowException with its error code's status and its
+    message (prefixed "Failed to predict data"); any other exception becomes a generic
+    "unexpected error" with the reason buried in the stack trace.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        DataFormatError.__init__(self, message, field=field)
+        MlflowException.__init__(self, str(self), error_code=INVALID_PARAMETER_VALUE)
+
+
 class XMCPyfunc(PythonModel):
     """Loads the xmc model folder (and its vectorizer, if any) and answers top-k requests."""
 
@@ -48,12 +63,14 @@ class XMCPyfunc(PythonModel):
         folder = Path(context.artifacts[MODEL_ARTIFACT])
         self.model = XMCModel.load(folder)
 
-    # model_input is left unannotated on purpose: MLflow reads a type hint there as the schema
-    # (and warns about Any); the logged signature is the schema.
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # pd.DataFrame is a hint MLflow infers no schema from (the logged signature is the schema), and
+    # one it does not warn about, unlike no hint or Any; MLflow hands predict a DataFrame (or a list)
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         topk = int((params or {}).get("topk") or DEFAULT_TOPK)
         if topk < 1:
-            raise DataFormatError(f"topk={topk} is invalid: use an integer >= 1", field="params.topk")
+            raise RequestError(f"topk={topk} is invalid: use an integer >= 1", field="params.topk")
         X = self.features(model_input)
         return predict_frame(self.model, X, topk)
 
@@ -62,7 +79,7 @@ class XMCPyfunc(PythonModel):
         if isinstance(model_input, pd.DataFrame) and {"indices", "values"} <= set(model_input.columns):
             return sparse_rows(model_input["indices"], model_input["values"], self.model.n_features)
         if self.model.vectorizer is None:
-            raise DataFormatError(
+            raise RequestError(
                 "this model has no text vectorizer (it was trained on feature matrices, not on a "
                 "`xmc featurize` bundle): send a DataFrame with 'indices' and 'values' columns, "
                 "one sparse feature row per document", field="model_input")
@@ -73,18 +90,18 @@ def texts_of(model_input: Any) -> list[str]:
     """Raw documents from a list/Series of strings or a DataFrame (``text`` column, else the first)."""
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] == 0:
-            raise DataFormatError("no input columns: send a 'text' column of raw documents",
+            raise RequestError("no input columns: send a 'text' column of raw documents",
                                   field="model_input")
         col = model_input["text"] if "text" in model_input.columns else model_input.iloc[:, 0]
         values = col.tolist()
     elif isinstance(model_input, pd.Series | list | tuple | np.ndarray):
         values = list(model_input)
     else:
-        raise DataFormatError(f"unsupported input {type(model_input).__name__}: send a list of strings "
+        raise RequestError(f"unsupported input {type(model_input).__name__}: send a list of strings "
                               "or a DataFrame with a 'text' column", field="model_input")
     bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
     if bad is not None:
-        raise DataFormatError(f"row {bad}: expected a string, got {type(values[bad]).__name__}",
+        raise RequestError(f"row {bad}: expected a string, got {type(values[bad]).__name__}",
                               field="text")
     return values
 
@@ -95,9 +112,9 @@ def sparse_rows(indices: pd.Series, values: pd.Series, n_features: int) -> sp.cs
     vals = [np.asarray(v, dtype=np.float32).ravel() for v in values]
     for i, (c, v) in enumerate(zip(cols, vals, strict=True)):
         if len(c) != len(v):
-            raise DataFormatError(f"row {i}: {len(c)} indices but {len(v)} values", field="indices")
+            raise RequestError(f"row {i}: {len(c)} indices but {len(v)} values", field="indices")
         if len(c) and (c.min() < 0 or c.max() >= n_features):
-            raise DataFormatError(f"row {i}: feature id out of range [0, {n_features})", field="indices")
+            raise RequestError(f"row {i}: feature id out of range [0, {n_features})", field="indices")
     indptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])]).astype(np.int64)
     col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     val = np.concatenate(vals) if vals else np.zeros(0, np.float32)

@@ -1,14 +1,16 @@
-"""MLflow tracking and registry for a finished training run, from the driver only.
+"""MLflow tracking and registry of a training run, from the driver only.
 
-Workers never talk to MLflow: everything logged here already exists as plain data once the fit
-returns (``model.info["rounds"]`` holds one record per alternation round), so logging happens
-after the fit and the training code knows nothing about MLflow. One training run gives:
+Workers never talk to MLflow. The run opens before the fit and hears of each round through the
+fit loop's observer hook (:mod:`xmc.engines.training_run`), so the training code knows nothing
+about MLflow; a model fitted earlier is logged after the fact by ``training_run.log_training``. One
+training run gives:
 
 * a parent run: the model's params (flattened), data shape and fingerprint, git revision and
   library versions, final metrics (fit seconds, model bytes, peak RSS, held-out P@k/nDCG@k/PSP@k);
-  every round metric again with ``step=round`` so the UI draws curves across rounds;
-* one child run per round (``round-0`` is the single-partition baseline) with that round's params
-  and metrics (params are write-once per run, hence a run per round);
+  every round metric again with ``step=round`` so the UI draws curves across rounds (``val_*``:
+  the held-out split, per round);
+* one child run per round (``round-0`` is the single-partition baseline), open while the round
+  runs, with that round's params and metrics (params are write-once per run, hence a run per round);
 * artifacts: ``config/params.json``, ``rounds/rounds.json``, ``assignment/`` (label -> clusters
   summary), ``plots/*.png``;
 * the model as an MLflow pyfunc (:mod:`xmc.engines.pyfunc`: the model folder as an artifact, no pickle),
@@ -22,11 +24,9 @@ The default store is MLflow's own default, a SQLite file ``mlflow.db`` in the cu
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.errors import ParamError, XMCError
-from xmc.log import peak_rss_mib
 
 if TYPE_CHECKING:
     from xmc.core.model import XMCModel
@@ -47,7 +46,7 @@ CHAMPION = "champion"
 MODEL_NAME_IN_RUN = "model"
 PLOT_SAMPLE_ROWS = 10_000
 """Rows scored for the final metrics and plots when there is no validation split (bounded cost)."""
-_REQUIREMENTS = ("mlflow", "numpy", "scipy", "pandas", "torch")
+REQUIREMENTS = ("mlflow", "numpy", "scipy", "pandas", "torch")
 
 
 class TrackingError(XMCError):
@@ -130,7 +129,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def environment() -> dict[str, str]:
     """Versions that decide whether a run can be reproduced."""
     env = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("xmc", *_REQUIREMENTS):
+    for pkg in ("xmc", *REQUIREMENTS):
         try:
             env[f"version.{pkg}"] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -233,124 +232,6 @@ def experiment(client: Any, tracking: TrackingParams) -> str:
         if found is None:
             raise
         return str(found.experiment_id)
-
-
-def log_training(
-    model: XMCModel, model_dir: str | Path, tracking: TrackingParams, X: sp.spmatrix, Y: sp.spmatrix,
-    *, fit_seconds: float, extra_params: dict[str, str] | None = None,
-) -> TrackingResult:
-    """Log a fitted and saved model: parent run, child runs per round, artifacts, pyfunc, registry.
-
-    Sets this process's MLflow tracking URI to ``tracking.uri`` (the driver logs nothing else).
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return _log_training(mlflow, model, Path(model_dir), tracking, X, Y, fit_seconds, extra_params or {})
-    except MlflowException as e:
-        raise TrackingError(f"MLflow at {tracking.uri}: {e.message} (the model folder {model_dir} "
-                            "is saved; rerun with a reachable --tracking-uri to log it)") from None
-
-
-def _log_training(
-    mlflow: Any, model: XMCModel, model_dir: Path, tracking: TrackingParams, X: sp.spmatrix,
-    Y: sp.spmatrix, fit_seconds: float, extra_params: dict[str, str],
-) -> TrackingResult:
-    from mlflow.entities import Metric, Param
-
-    from xmc.core.metrics import evaluate
-    from xmc.core.sparse import csr
-    from xmc.io.checkpoint import fingerprint
-
-    mlflow.set_tracking_uri(tracking.uri)
-    client = mlflow.MlflowClient()
-    experiment_id = experiment(client, tracking)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    rounds: list[dict[str, Any]] = list(model.info.get("rounds", []))
-    params = {**flatten(model.params.to_dict()), "n_train": str(X.shape[0]), "n_features": str(X.shape[1]),
-              "n_labels": str(Y.shape[1]), **extra_params}
-    tags = {"data_fingerprint": fingerprint(csr(X), csr(Y)), **git_revision(), **environment()}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name or None) as run:
-        run_id = run.info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        mlflow.set_tags(tags)
-        step_metrics: list[Metric] = []
-        for rec in rounds:
-            r = int(rec["round"])
-            metrics = round_metrics(rec)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"round-{r}", nested=True) as child:
-                child_params = {"round": str(r), **flatten(asdict(model.params.disentangle), "disentangle.")}
-                client.log_batch(child.info.run_id, params=[Param(k, v) for k, v in child_params.items()],
-                                 metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
-            step_metrics += [Metric(k, v, 0, r) for k, v in metrics.items()]
-        Xe, Ye, split_name = evaluation_split(model, X, Y)
-        pred = model.predict(Xe, topk=5)
-        final = evaluate(Ye, pred, (1, 3, 5), label_counts=model.label_counts, n_train=model.n_train)
-        summary = {"fit_seconds": fit_seconds, "model_bytes": float(folder_bytes(model_dir)),
-                   "rounds_run": float(max(len(rounds) - 1, 0)),
-                   "best_round": float(model.info.get("best_round", 0)),
-                   **{f"{split_name}_{metric_key(k)}": v for k, v in final.items()}}
-        summary["peak_rss_bytes"] = peak_rss_mib() * 2**20
-        client.log_batch(run_id, metrics=step_metrics + [Metric(k, v, 0, 0) for k, v in summary.items()])
-        with tempfile.TemporaryDirectory(prefix="xmc-mlflow-") as tmp:
-            artifacts, code = Path(tmp) / "artifacts", Path(tmp) / "code"
-            code.mkdir()
-            _write_artifacts(artifacts, model, rounds, params, tags, Ye, pred, split_name)
-            mlflow.log_artifacts(str(artifacts))
-            info = _log_pyfunc(mlflow, model_dir, code, tracking.register_as or None)
-    result = TrackingResult(tracking.uri, experiment_id, run_id, info.model_uri)
-    if tracking.register_as:
-        version = str(info.registered_model_version)
-        for key, value in (("run_id", run_id), ("data_fingerprint", tags["data_fingerprint"])):
-            client.set_model_version_tag(tracking.register_as, version, key, value)
-        champion = ensure_champion(client, tracking.register_as, version)
-        result = TrackingResult(tracking.uri, experiment_id, run_id, info.model_uri, tracking.register_as,
-                                version, champion)
-    return result
-
-
-def _write_artifacts(
-    folder: Path, model: XMCModel, rounds: list[dict[str, Any]], params: dict[str, str],
-    tags: dict[str, str], Ye: sp.csr_matrix, pred: sp.csr_matrix, split_name: str,
-) -> None:
-    from xmc.engines import plots
-
-    for sub in ("config", "rounds", "assignment", "plots"):
-        (folder / sub).mkdir(parents=True)
-    config = {"params": model.params.to_dict(), "run_params": params, "tags": tags}
-    (folder / "config" / "params.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "rounds" / "rounds.json").write_text(json.dumps(rounds, indent=2) + "\n")
-    summary, csv_lines = assignment_summary(model)
-    (folder / "assignment" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (folder / "assignment" / "copied_labels.csv").write_text("\n".join(csv_lines) + "\n")
-    if rounds:
-        plots.precision_by_round(rounds, folder / "plots" / "precision_by_round.png",
-                                 best_round=model.info.get("best_round"))
-    leaf_sizes = np.bincount(model.tree.parents[-1], minlength=model.tree.n_clusters)
-    plots.leaf_size_histogram(leaf_sizes, folder / "plots" / "leaf_sizes.png")
-    plots.frequency_vs_precision(model.label_counts, label_precision(Ye, pred),
-                                 folder / "plots" / "label_frequency_vs_precision.png", data_name=split_name)
-
-
-def _log_pyfunc(mlflow: Any, model_dir: Path, tmp: Path, registered_name: str | None) -> Any:
-    """Log the model folder as a pyfunc (logged as code, no pickle); register it when named."""
-    from xmc.core.model import VECTORIZER_DIR
-    from xmc.engines import pyfunc
-
-    entry = pyfunc.write_entry_script(tmp)
-    requirements = []
-    for pkg in _REQUIREMENTS:
-        try:
-            requirements.append(f"{pkg}=={metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return mlflow.pyfunc.log_model(
-        name=MODEL_NAME_IN_RUN, python_model=str(entry),
-        artifacts={pyfunc.MODEL_ARTIFACT: str(model_dir)},
-        signature=pyfunc.signature((model_dir / VECTORIZER_DIR).is_dir()),
-        pip_requirements=requirements, registered_model_name=registered_name,
-    )
 
 
 def ensure_champion(client: Any, name: str, version: str) -> bool:

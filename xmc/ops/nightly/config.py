@@ -18,6 +18,9 @@ from xmc.engines.spark.params import FeaturizeParams
 from xmc.errors import ParamError, XMCError
 from xmc.params import ExecutorParams, XMCParams
 
+NIGHTLY_VALIDATION_FRACTION = 0.1
+"""Share of the night's training rows held out by default: rounds scored and stopped on it."""
+
 EXIT_PROMOTED = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -64,8 +67,10 @@ class NightlyParams:
     """MLflow tracking URI ('' = sqlite:///mlflow.db in the current folder)."""
     experiment: str = "xmc-nightly"
     """MLflow experiment of the nightly runs."""
-    train: XMCParams = field(default_factory=XMCParams)
-    """Model parameters: a nested dict as saved in a manifest, or flat ({"rounds": 2})."""
+    train: XMCParams = field(default_factory=lambda: XMCParams().replace(
+        validation_fraction=NIGHTLY_VALIDATION_FRACTION))
+    """Model parameters: a nested dict as saved in a manifest, or flat ({"rounds": 2}); unless it sets
+    validation_fraction, 0.1 of the rows are held out to score and stop the rounds (held-out curves)."""
     featurize: FeaturizeParams = field(default_factory=FeaturizeParams)
     """Featurize parameters (flat) for a raw corpus."""
     executor: ExecutorParams = field(default_factory=ExecutorParams)
@@ -169,7 +174,9 @@ def _coerce(key: str, declared: str, value: Any, base: Path | None) -> Any:
     if declared == "XMCParams":
         if not isinstance(value, dict):
             raise ParamError("expected an object of model parameters")
-        return XMCParams.from_dict(value)
+        train = XMCParams.from_dict(value)
+        given = "validation_fraction" in value or "validation_fraction" in (value.get("disentangle") or {})
+        return train if given else train.replace(validation_fraction=NIGHTLY_VALIDATION_FRACTION)
     if declared == "FeaturizeParams":
         if not isinstance(value, dict):
             raise ParamError("expected an object of featurize parameters")

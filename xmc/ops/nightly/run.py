@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ def _run(params: NightlyParams, night: Path) -> dict[str, Any]:
 
     from xmc.core.fit import fit
     from xmc.core.model import XMCModel
-    from xmc.engines.tracking import CHAMPION, TrackingParams, log_training
+    from xmc.engines.tracking import CHAMPION, TrackingParams
+    from xmc.engines.training_run import log_training, training_run
     from xmc.ops.batch import resolve_model
 
     done = night / "result.json"
@@ -106,47 +108,54 @@ def _run(params: NightlyParams, night: Path) -> dict[str, Any]:
     night.mkdir(parents=True, exist_ok=True)
     data = _prepare(params, night)
     model_dir, fit_file = night / "model", night / "fit.json"
-    if fit_file.is_file() and (model_dir / "manifest.json").is_file():
-        log.info(f"reusing the trained model {model_dir}")
-        model = XMCModel.load(model_dir)
-        fit_seconds = float(json.loads(fit_file.read_text())["fit_seconds"])
-    else:
-        log.info(f"training on {data.X.shape[0]} documents, {data.Y.shape[1]} labels")
-        t0 = time.perf_counter()
-        from xmc.engines.executors import make_executor
-
-        model = fit(data.X, data.Y, params.train, label_names=data.names,
-                             executor=make_executor(params.executor))
-        fit_seconds = time.perf_counter() - t0
-        model.save(model_dir, extra_dirs=data.extra_dirs)
-        _write_json(fit_file, {"fit_seconds": fit_seconds})
-    candidate = score(model_dir, data.evalset, params.latency_repeats)
-
     tracking = TrackingParams(params.tracking_uri, params.experiment, params.model_name,
                               run_name=f"nightly-{night.name}")
-    mlflow.set_tracking_uri(tracking.uri)
-    client = mlflow.MlflowClient()
-    champion_version = _alias(client, params.model_name, CHAMPION)
-    champion: Scores | None = None
-    reason_prefix = ""
-    if champion_version is not None:
-        try:
-            folder = resolve_model(f"models:/{params.model_name}/{champion_version}", night / "champion",
-                                   tracking.uri)
-            champion = score(folder, data.evalset, params.latency_repeats)
-        except BundleError as e:  # a champion the frozen set cannot score: a human must decide
-            reason_prefix = f"champion v{champion_version} cannot be scored ({e}); "
-
+    run_params = {"nightly.run_id": night.name, "input": params.input or params.x}
     registered_file = night / "registered.json"
-    if registered_file.is_file():
-        registered = json.loads(registered_file.read_text())
-        log.info(f"reusing registered version {registered['version']}")
-    else:
-        result = log_training(model, model_dir, tracking, data.X, data.Y, fit_seconds=fit_seconds,
-                              extra_params={"nightly.run_id": night.name,
-                                            "input": params.input or params.x})
-        registered = {"version": result.version, "run_id": result.run_id}
-        _write_json(registered_file, registered)
+    with ExitStack() as stack:
+        live = None
+        if fit_file.is_file() and (model_dir / "manifest.json").is_file():
+            log.info(f"reusing the trained model {model_dir}")
+            model = XMCModel.load(model_dir)
+            fit_seconds = float(json.loads(fit_file.read_text())["fit_seconds"])
+        else:
+            from xmc.engines.executors import make_executor
+
+            log.info(f"training on {data.X.shape[0]} documents, {data.Y.shape[1]} labels")
+            if not registered_file.is_file():  # the MLflow run opens before the fit: rounds logged live
+                live = stack.enter_context(training_run(tracking, params.train, data.X, data.Y, run_params))
+            t0 = time.perf_counter()
+            model = fit(data.X, data.Y, params.train, label_names=data.names,
+                        executor=make_executor(params.executor), observer=live)
+            fit_seconds = time.perf_counter() - t0
+            model.save(model_dir, extra_dirs=data.extra_dirs)
+            _write_json(fit_file, {"fit_seconds": fit_seconds})
+        candidate = score(model_dir, data.evalset, params.latency_repeats)
+
+        mlflow.set_tracking_uri(tracking.uri)
+        client = mlflow.MlflowClient()
+        champion_version = _alias(client, params.model_name, CHAMPION)
+        champion: Scores | None = None
+        reason_prefix = ""
+        if champion_version is not None:
+            try:
+                folder = resolve_model(f"models:/{params.model_name}/{champion_version}", night / "champion",
+                                       tracking.uri)
+                champion = score(folder, data.evalset, params.latency_repeats)
+            except BundleError as e:  # a champion the frozen set cannot score: a human must decide
+                reason_prefix = f"champion v{champion_version} cannot be scored ({e}); "
+
+        if registered_file.is_file():
+            registered = json.loads(registered_file.read_text())
+            log.info(f"reusing registered version {registered['version']}")
+        else:
+            if live is not None:
+                result = live.finish(model, model_dir, fit_seconds=fit_seconds)
+            else:
+                result = log_training(model, model_dir, tracking, data.X, data.Y, fit_seconds=fit_seconds,
+                                      extra_params=run_params)
+            registered = {"version": result.version, "run_id": result.run_id}
+            _write_json(registered_file, registered)
     version = str(registered["version"])
 
     if champion_version == version:  # a re-run after the first night's registration set it
