@@ -315,7 +315,7 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = sorted({n for rows in table.values() for n in rows}, key=lambda n: (not n.startswith("xmc-"), n))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         xs = np.arange(len(table)) + i * width
@@ -330,8 +330,9 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     p1 = [r["P@1"] for rows in table.values() for r in rows.values() if r.get("status") == "ok"]
     if p1:
         axes[0].set_ylim(max(0.0, min(p1) - 10), min(100.0, max(p1) + 5))
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # below the axes: never over a bar
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1 + 0.03 * (len(names) // 5), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
