@@ -60,7 +60,7 @@ UNICODE_DOCS = [  # words Python's \w would cut differently from Java's (?U)\w; 
     {"id": "u6", "text": "more हिन्दी and ΟΔΟΣ with cafe\u0301 naïve x_y", "labels": ["lang"]},
     {"id": "u2", "text": "हिन्दी x_y cafe\u0301 ΟΔΟΣ in the test split", "labels": ["lang"]},
     {"id": "u3", "text": "?! ... -- !!", "labels": ["misc"]},  # no token: an empty row, kept
-    {"id": "u4", "text": "The and of a an to in is it THE", "labels": []},  # stop words only, no label
+    {"id": "u4", "text": "The and of a an to in is it THE", "labels": ["misc"]},  # stop words only
 ]
 
 
