@@ -157,13 +157,15 @@ class LabelVocab:
 
     @classmethod
     def load(cls, path: str | Path) -> LabelVocab:
-        path = Path(path)
-        if not path.is_file():
-            raise DataFormatError("no such file", path=path)
-        names = path.read_text(encoding="utf-8").split("\n")
-        if names and names[-1] == "":
-            names.pop()
-        for i, name in enumerate(names, start=1):
+        from xmc.io.xc import read_lines
+
+        names: list[str] = []
+        for i, line in read_lines(path):
+            name = line[:-1] if line.endswith("\n") else line
             if not name.strip():
                 raise DataFormatError("empty label name", path=path, line=i)
-        return cls(names)
+            names.append(name)
+        try:
+            return cls(names)
+        except DataFormatError as e:
+            raise DataFormatError(e.message, path=path) from None
