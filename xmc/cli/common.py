@@ -77,8 +77,8 @@ def positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: use an integer >= 1")
+    if not 1 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: use an integer >= 1 (and < 2^31)")
     return value
 
 

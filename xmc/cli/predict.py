@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         pred = model.predict(load_features(args.x), topk=args.topk, beam_size=args.beam_size)
     seconds = time.perf_counter() - t0
     if args.out.endswith(".jsonl"):
-        k = args.topk or model.params.predict.topk
+        k = min(args.topk or model.params.predict.topk, model.n_labels)
         idx, vals = topk_rows(pred, k)
         names = model.label_names
 
