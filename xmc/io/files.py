@@ -94,9 +94,14 @@ def check_target(path: str | Path, *, folder: bool, owned: Callable[[Path], bool
     from xmc.errors import ParamError
 
     path = Path(path)
+    fix = "remove it or choose another path"
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ParamError(f"{path}: {parent} is not a folder, so nothing can be written there")
     if not os.path.lexists(path):
         return
-    fix = "remove it or choose another path"
     if folder:
         if path.is_symlink() or not path.is_dir():
             raise ParamError(f"{path} exists and is not a folder: refusing to replace it with {what} ({fix})")

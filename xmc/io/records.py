@@ -109,7 +109,10 @@ def _read_parquet(path: Path, require_labels: bool) -> list[Record]:
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise DataFormatError(f"missing column(s) {missing}; have {table.column_names}", path=path)
-    rows = table.to_pylist()
+    try:
+        rows = table.to_pylist()
+    except (UnicodeDecodeError, ValueError) as e:  # a string column that is not valid UTF-8
+        raise DataFormatError(f"unreadable Parquet values ({e})", path=path) from None
     if not rows:
         raise DataFormatError("empty file: no records", path=path)
     records = [_validate(row, path, i + 1, require_labels) for i, row in enumerate(rows)]
