@@ -117,6 +117,9 @@ class NightlyParams:
             raise ParamError("input needs eval_input: the frozen evaluation records {id, text, labels}")
         if not self.raw and not self.eval_x:
             raise ParamError("x needs eval_x: the frozen evaluation features (and eval_y unless XC)")
+
+    def check_paths(self) -> None:
+        """The data files exist (checked on the machine that runs the night, before the lock)."""
         from xmc.errors import DataFormatError
 
         for name in ("input", "eval_input", "x", "y", "label_names", "eval_x", "eval_y"):

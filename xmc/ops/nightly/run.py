@@ -87,6 +87,7 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 def run_nightly(params: NightlyParams) -> dict[str, Any]:
     """One night under the lock; returns the recorded result (``decision`` is promoted or rejected)."""
     params.require_data()
+    params.check_paths()
     night = Path(params.work_dir) / params.night
     with nightly_lock(params.lock):
         try:
