@@ -51,3 +51,21 @@ def topic_data(
 @pytest.fixture
 def toy() -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return topic_data()
+
+
+# Hypothesis profiles of the fuzz suite (tests/test_fuzz.py): "ci" (default) is derandomised with a
+# fixed example count, so every run tries the same inputs within the CI budget; "long" explores,
+# e.g. XMC_FUZZ_PROFILE=long XMC_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz.py
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci", max_examples=int(os.environ.get("XMC_FUZZ_EXAMPLES", "40")), derandomize=True, deadline=None,
+        print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile(
+        "long", max_examples=int(os.environ.get("XMC_FUZZ_EXAMPLES", "1000")), derandomize=False,
+        deadline=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile(os.environ.get("XMC_FUZZ_PROFILE", "ci"))
+except ImportError:  # hypothesis is a dev extra; without it only the fuzz suite is skipped
+    pass

@@ -61,7 +61,7 @@ UNICODE_DOCS = [  # words Python's \w would cut differently from Java's (?U)\w; 
     {"id": "u6", "text": "more हिन्दी and ΟΔΟΣ with cafe\u0301 naïve x_y", "labels": ["lang"]},
     {"id": "u2", "text": "हिन्दी x_y cafe\u0301 ΟΔΟΣ in the test split", "labels": ["lang"]},
     {"id": "u3", "text": "?! ... -- !!", "labels": ["misc"]},  # no token: an empty row, kept
-    {"id": "u4", "text": "The and of a an to in is it THE", "labels": []},  # stop words only, no label
+    {"id": "u4", "text": "The and of a an to in is it THE", "labels": ["misc"]},  # stop words only
 ]
 
 
@@ -283,8 +283,28 @@ def test_bad_records_fail_clearly_or_are_skipped_and_reported(
         _featurize(spark, [str(tmp_path / "none*.jsonl")], tmp_path / "p")
 
 
+def test_invalid_utf8_and_empty_labels_are_bad_records(spark: Any, tmp_path: Path) -> None:
+    """Spark keeps a line's raw bytes: invalid UTF-8 is flagged per line, as is ``"labels": []``
+    (README: refused); a folder that is not a bundle is never replaced."""
+    good = b'{"id": 1, "text": "apples and pears", "labels": ["a"]}\n'
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(good + b'{"id": 2, "text": "caf\xe9 au lait", "labels": ["a"]}\n'
+                     + b'{"id": 3, "text": "no labels", "labels": []}\n')
+    with pytest.raises(DataFormatError) as err:
+        _featurize(spark, [path], tmp_path / "out", min_df=1)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:2: not valid UTF-8 text") and ":3: [labels] labels is empty" in msg
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(ParamError, match="not a features bundle"):
+        _featurize(spark, [path], tmp_path / "mine", min_df=1, skip_bad=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
 def test_xc_bow_input_gives_the_in_memory_matrices(spark: Any, tmp_path: Path) -> None:
-    (tmp_path / "b").mkdir()
+    (tmp_path / "b").mkdir()  # an earlier bundle (ours: its manifest says so) with a stray file
+    (tmp_path / "b" / "manifest.json").write_text('{"format": "xmc-features"}')
     (tmp_path / "b" / "stale.txt").write_text("from an earlier run")
     manifest = _featurize(spark, [BIBTEX / "bibtex_train.txt.gz"], tmp_path / "b")
     assert not (tmp_path / "b" / "stale.txt").exists()  # a re-run replaces the whole bundle

@@ -13,6 +13,7 @@ import resource
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -75,3 +76,41 @@ def progress_bar(*, total: int, desc: str, unit: str = "unit", enabled: bool = T
 
     with tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True) as bar:
         yield bar
+
+
+def crash_log_dir() -> Path:
+    """Where full tracebacks of unexpected errors go: ``$XMC_LOG_DIR``, else ``<tmp>/xmc-logs``."""
+    import tempfile
+
+    return Path(os.environ.get("XMC_LOG_DIR") or Path(tempfile.gettempdir()) / "xmc-logs")
+
+
+def write_crash_log(exc: BaseException, argv: list[str] | None = None) -> Path | None:
+    """Write the full traceback of ``exc`` (with the command line and versions) to a new file in
+    ``crash_log_dir()``; returns its path, or None when it cannot be written."""
+    import datetime as dt
+    import traceback
+
+    from xmc._version import __version__
+
+    try:
+        folder = crash_log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = folder / f"xmc-{stamp}-{os.getpid()}.log"
+        text = (f"xmc {__version__}, python {sys.version.split()[0]}\n"
+                f"argv: {argv if argv is not None else sys.argv}\n\n"
+                + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        path.write_text(text, encoding="utf-8")
+        return path
+    except OSError:
+        return None
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (a Java stack or a long repr cut), for a one-line summary."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if len(first) > limit:
+        first = first[:limit] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

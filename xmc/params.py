@@ -214,6 +214,8 @@ class XMCParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> XMCParams:
         """Build from a nested dict (as ``to_dict`` writes) or a flat one; unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise ParamError(f"params must be a JSON object, got {type(data).__name__}")
         return cls().replace(**flatten(data))
 
     @classmethod
@@ -251,7 +253,11 @@ T = TypeVar("T")
 def read_json_object(path: str | Path) -> dict[str, Any]:
     """A params file's JSON object; every params class reads its files through this one helper."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ParamError(f"{path}: not valid UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ParamError(f"{path}: not valid JSON (nested too deeply)") from None
     except OSError as e:
         raise ParamError(f"{path}: cannot read the params file ({e.strerror or e})") from None
     except json.JSONDecodeError as e:

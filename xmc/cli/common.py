@@ -15,7 +15,7 @@ from dataclasses import MISSING, fields
 from typing import Any, TypeVar
 
 from xmc.errors import XMCError
-from xmc.log import setup_cli_logging
+from xmc.log import crash_log_dir, one_line, setup_cli_logging, write_crash_log
 from xmc.params import GROUPS, XMCParams, field_docs
 
 T = TypeVar("T")
@@ -71,6 +71,26 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count flag (``--topk``, ``--beam-size``): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: use an integer >= 1 (and < 2^31)")
+    return value
+
+
+def check_out_suffix(flag: str, path: str, allowed: tuple[str, ...]) -> None:
+    """Refuse an output name whose extension we would not honour (a csv never gets an npz inside)."""
+    from xmc.errors import ParamError
+
+    if not path.endswith(allowed):
+        raise ParamError(f"{flag} {path!r}: unknown output format; the name must end in "
+                         + " or ".join(allowed))
+
+
 def params_from_args(args: argparse.Namespace) -> XMCParams:
     """Defaults <- ``--config`` JSON <- explicit flags."""
     params = XMCParams.from_json(args.config) if getattr(args, "config", None) else XMCParams()
@@ -79,14 +99,32 @@ def params_from_args(args: argparse.Namespace) -> XMCParams:
     return params.replace(**overrides)
 
 
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
 def run_main(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; expected errors print one clear line and exit 2 (no traceback)."""
+    """Run a command under the CLI's failure contract (docs/operations.md, "Failure behaviour").
+
+    Input we do not accept (an ``XMCError``: file, line, field or flag named) prints one message
+    and exits 2. Anything else is our bug or the machine's: one line with the error and the path
+    of a log file holding the full traceback, exit 1; never a bare traceback on the user's screen.
+    """
     setup_cli_logging()
     try:
         return fn(args)
     except XMCError as e:
         print(f"xmc: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("xmc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # the one place an unexpected error is caught: logged in full, summarised
+        log = write_crash_log(e)
+        where = f"full traceback in {log}" if log else f"no log written to {crash_log_dir()}"
+        print(f"xmc: internal error: {one_line(e)} ({where})", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def job_main(

@@ -26,17 +26,19 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from xmc.core.metrics import evaluate
-    from xmc.errors import DataFormatError
+    from xmc.errors import DataFormatError, ParamError
     from xmc.io.readers import load_labels, read_npz
 
     try:
         ks = [int(k) for k in args.k.split(",")]
     except ValueError:
-        raise DataFormatError(f"--k {args.k!r} must be comma-separated integers") from None
+        raise ParamError(f"--k {args.k!r} must be comma-separated integers >= 1") from None
+    if not ks or min(ks) < 1:
+        raise ParamError(f"--k {args.k!r} must be comma-separated integers >= 1")
     Y = load_labels(args.y)
     pred = read_npz(args.pred)
     if pred.shape != Y.shape:
-        raise DataFormatError(f"predictions are {pred.shape} but labels are {Y.shape}", path=args.pred)
+        raise DataFormatError(f"predictions are {_shape(pred)} but labels are {_shape(Y)}", path=args.pred)
     counts, n_train = None, None
     if args.model:
         from xmc.core.model import XMCModel
@@ -49,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     print_json({k: round(v, 4) for k, v in evaluate(Y, pred, ks, label_counts=counts,
                                                       n_train=n_train).items()})
     return 0
+
+
+def _shape(M: object) -> str:
+    rows, cols = M.shape  # type: ignore[attr-defined]
+    return f"{int(rows)} x {int(cols)}"
 
 
 def main(argv: list[str] | None = None) -> int:

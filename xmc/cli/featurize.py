@@ -49,15 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmc.engines.spark.featurize import featurize
+    from xmc.engines.spark.featurize import check_inputs, featurize
     from xmc.engines.spark.session import parse_conf_pairs, read_conf_file, spark_session
 
     params = params_from_args(args)
     conf = read_conf_file(args.spark_conf_file) if args.spark_conf_file else {}
     conf.update(parse_conf_pairs(args.spark_conf))
+    fmt = check_inputs(args.input, args.out, params)  # before Spark starts: a bad input costs no JVM
     spark, created = spark_session(args.master, conf, app_name="xmc-featurize")
     try:
-        manifest = featurize(spark, args.input, args.out, params)
+        manifest = featurize(spark, args.input, args.out, params, checked_format=fmt)
     finally:
         if created:
             spark.stop()

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from xmc.cli.common import job_main
+from xmc.cli.common import check_out_suffix, job_main, positive_int
 
 DESCRIPTION = """Score instances with a trained model by beam search and keep the top-k labels.
 
@@ -31,11 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--x", help="features: X.npz or an XC text file")
     source.add_argument("--input", help="raw text records {id, text[, labels]}: JSONL or Parquet")
     p.add_argument("--out", required=True, help="pred.npz or pred.jsonl (written atomically)")
-    p.add_argument("--topk", type=int, default=None, help="labels per instance (default: model's topk)")
-    p.add_argument("--beam-size", type=int, default=None, help="beam width (default: model's beam_size)")
+    p.add_argument("--topk", type=positive_int, default=None,
+                   help="labels per instance, >= 1 (default: model's topk)")
+    p.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam width, >= 1 (default: model's beam_size)")
     from xmc.ops.batch import DEFAULT_BATCH_ROWS
 
-    p.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+    p.add_argument("--batch-rows", type=positive_int, default=DEFAULT_BATCH_ROWS,
                    help=f"rows per batch for parquet -> parquet (default: {DEFAULT_BATCH_ROWS})")
     p.add_argument("--tracking-uri", default="",
                    help="MLflow store of a models:/ --model ('' = MLFLOW_TRACKING_URI, else ./mlflow.db)")
@@ -44,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from xmc.ops.batch import is_registry_uri
 
+    _check_args(args)
     if not is_registry_uri(args.model):
         return _run(args)
     import tempfile
@@ -53,6 +56,23 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="xmc-model-") as tmp:
         args.model = str(resolve_model(args.model, tmp, args.tracking_uri))
         return _run(args)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse what we would not honour before any work: the output's format, an output that is
+    a folder or one of the inputs."""
+    from pathlib import Path
+
+    from xmc.errors import ParamError
+
+    parquet_in = bool(args.input) and args.input.endswith(".parquet")
+    check_out_suffix("--out", args.out, (".npz", ".jsonl", ".parquet") if parquet_in else (".npz", ".jsonl"))
+    out = Path(args.out)
+    if out.is_dir():
+        raise ParamError(f"--out {args.out!r} is a folder; give a file name")
+    for flag, src in (("--x", args.x), ("--input", args.input)):
+        if src and out.exists() and Path(src).exists() and out.samefile(src):
+            raise ParamError(f"--out {args.out!r} is the {flag} input: it would be overwritten")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -82,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         pred = model.predict(load_features(args.x), topk=args.topk, beam_size=args.beam_size)
     seconds = time.perf_counter() - t0
     if args.out.endswith(".jsonl"):
-        k = args.topk or model.params.predict.topk
+        k = min(args.topk or model.params.predict.topk, model.n_labels)
         idx, vals = topk_rows(pred, k)
         names = model.label_names
 

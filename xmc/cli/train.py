@@ -62,16 +62,25 @@ def run(args: argparse.Namespace) -> int:
 
     from xmc.core.fit import fit
     from xmc.engines.executors import make_executor
+    from xmc.io.files import check_target, manifest_format_is
+    from xmc.io.model_bundle import FORMAT
     from xmc.io.readers import LabelVocab, load_xy
     from xmc.params import ExecutorParams
 
     params = params_from_args(args)
+    # before any work: a file, or a folder that is not an xmc model, is never replaced by one
+    check_target(args.model, folder=True, owned=manifest_format_is(FORMAT), what="an xmc model folder")
     extra_dirs = None
     if args.data:
         X, Y, names, extra_dirs = _from_bundle(args)
     else:
         X, Y = load_xy(args.x, args.y)
         names = LabelVocab.load(args.label_names).names if args.label_names else None
+        if names is not None and len(names) != Y.shape[1]:
+            from xmc.errors import DataFormatError
+
+            raise DataFormatError(f"{len(names)} label names for {Y.shape[1]} label columns",
+                                  path=args.label_names)
     print(f"xmc train: {X.shape[0]} instances, {X.shape[1]} features, {Y.shape[1]} labels",
           file=sys.stderr)
     if args.resume and not args.checkpoint_dir:

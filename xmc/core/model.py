@@ -20,7 +20,7 @@ from xmc._version import __version__
 from xmc.core.predict import predict
 from xmc.core.sparse import csr, normalize_rows
 from xmc.core.tree import LabelTree
-from xmc.errors import BundleError, DataFormatError
+from xmc.errors import BundleError, DataFormatError, ParamError
 from xmc.io.model_bundle import load_bundle, save_bundle
 from xmc.io.vectorizer import TextVectorizer
 from xmc.params import XMCParams
@@ -43,6 +43,8 @@ def check_xy(X: sp.spmatrix, Y: sp.spmatrix | None = None) -> None:
     data = sp.csr_matrix(Y).data
     if not np.all((data == 0) | (data == 1)):
         raise DataFormatError("Y must be a 0/1 indicator matrix", field="Y")
+    if not np.any(data == 1):
+        raise DataFormatError("Y has no positive label at all: nothing to learn", field="Y")
 
 
 RANKERS_PENDING = "rankers_pending"
@@ -77,6 +79,10 @@ class XMCModel:
     ) -> sp.csr_matrix:
         """(N x n_labels) CSR holding each row's top-k label scores."""
         check_xy(X)
+        for name, value in (("topk", topk), ("beam_size", beam_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)
+                                      or value < 1):
+                raise ParamError(f"{name}={value!r} is invalid: use an integer >= 1")
         if self.info.get(RANKERS_PENDING):
             raise BundleError("this model's rankers are not trained yet (a checkpoint taken between "
                               "rounds): resume the training run to finish it")
@@ -113,11 +119,17 @@ class XMCModel:
             params = XMCParams.from_dict(parts["manifest"]["params"])
         except (ValueError, KeyError, TypeError) as e:
             raise BundleError(f"{path}/manifest.json: bad params ({e})") from None
+        info = parts["manifest"].get("info", {})
+        if not isinstance(info, dict):
+            raise BundleError(f"{path}/manifest.json: bad field 'info' (expected an object)")
         folder = Path(path) / VECTORIZER_DIR
         vectorizer = TextVectorizer.load(folder) if folder.is_dir() else None
+        if vectorizer is not None and len(vectorizer.vocab) > parts["n_features"]:
+            raise BundleError(f"{folder}: {len(vectorizer.vocab)} terms for a model of {parts['n_features']} "
+                              "features")
         return cls(params, parts["tree"], parts["weights"], parts["n_features"],
                    parts["label_counts"], parts["n_train"], parts["label_names"],
-                   parts["manifest"].get("info", {}), vectorizer)
+                   info, vectorizer)
 
 
 def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:

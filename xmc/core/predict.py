@@ -181,8 +181,10 @@ def predict(
     beam_size: int | None = None,
 ) -> sp.csr_matrix:
     """Top-k label scores (N x n_labels CSR) by beam search; X must be preprocessed like training."""
-    topk = params.topk if topk is None else topk
-    beam_size = params.beam_size if beam_size is None else beam_size
+    # more than every label (or every node of the widest layer) changes nothing: clip, so an
+    # absurd --topk does not allocate rows x topk
+    topk = min(params.topk if topk is None else topk, tree.n_labels)
+    beam_size = min(params.beam_size if beam_size is None else beam_size, _widest(tree))
     unique = len(np.unique(tree.copy_label)) == len(tree.copy_label)
     parts = []
     for cand_idx, cand_score in _scored_chunks(X, scoring_layers(tree, weights), params, bias, beam_size):
@@ -222,10 +224,14 @@ def match_layers(
     keep: int | None = None,
 ) -> sp.csr_matrix:
     """``match`` through layers already built by ``scoring_layers`` (shared by many calls)."""
-    beam_size = params.beam_size if beam_size is None else beam_size
+    beam_size = min(params.beam_size if beam_size is None else beam_size, _widest(tree))
     n_nodes = len(tree.parents[len(layers) - 1])
     parts = []
     for cand_idx, cand_score in _scored_chunks(X, layers, params, bias, beam_size):
         idx, _ = topk_dense(cand_score, cand_idx, beam_size if keep is None else min(keep, beam_size))
         parts.append(from_topk(idx, np.ones(idx.shape, np.float32), n_nodes))
     return _stack(parts, n_nodes)
+
+
+def _widest(tree: LabelTree) -> int:
+    return max(1, max(len(p) for p in tree.parents))

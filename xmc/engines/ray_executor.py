@@ -19,7 +19,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,6 +85,35 @@ def _run_batch(fn: Callable[[Any, Any], Any], shared: Any, units: list[Any], ind
     return BatchResult(indices, results, time.perf_counter() - t0, rss, os.getpid())
 
 
+LOOPBACK = "127.0.0.1"
+_SINGLE_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local Ray starts: its node address is 127.0.0.1, so the GCS, raylet, agents and
+    workers listen on loopback only (nothing on ``*`` or ``0.0.0.0``).
+
+    Ray turns a node address of 127.0.0.1 into the machine's routable one unless it runs in
+    single-machine mode, which its ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` switch selects (read at
+    import, so the constant is set too). The processes started here inherit it; the switch is put
+    back afterwards, so a later ``ray.init(address=...)`` of this process joins clusters as usual.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_const = os.environ.get(_SINGLE_NODE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_NODE] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(_SINGLE_NODE, None)
+        else:
+            os.environ[_SINGLE_NODE] = saved_env
+
+
 class RayExecutor:
     """Runs unit batches as Ray tasks; connects to ``address`` or starts a local Ray.
 
@@ -113,7 +143,11 @@ class RayExecutor:
                 if p.num_workers:
                     kwargs["num_cpus"] = p.num_workers * p.cpus_per_worker
             try:
-                ray.init(**kwargs)
+                if kwargs.get("address") == "local":
+                    with _loopback_only():
+                        ray.init(**kwargs, _node_ip_address=LOOPBACK)
+                else:
+                    ray.init(**kwargs)
             except ConnectionError as e:
                 raise ParamError(f"cannot reach the Ray cluster at {p.ray_address!r}: {e}") from None
             self._started_here = True

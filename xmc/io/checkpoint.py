@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.errors import BundleError
-from xmc.io.files import atomic_file
+from xmc.io.files import atomic_file, check_target
 from xmc.params import XMCParams
 
 if TYPE_CHECKING:
@@ -52,11 +52,17 @@ class RoundState:
     finished: bool = False
 
 
+def _is_checkpoint(folder: Path) -> bool:
+    """A folder holding only what ``Checkpoint.save`` writes (state.json, round_<r>/, temp siblings)."""
+    return all(p.name == "state.json" or p.name.startswith((".", "round_")) for p in folder.iterdir())
+
+
 class Checkpoint:
     def __init__(self, folder: str | Path, params: XMCParams, data_fingerprint: str) -> None:
         self.folder = Path(folder)
         self.params = params
         self.data_fingerprint = data_fingerprint
+        check_target(self.folder, folder=True, owned=_is_checkpoint, what="a checkpoint folder")
 
     def save(self, state: RoundState) -> None:
         """Bundles first, then the state file that points at them (atomic): a crash mid-save

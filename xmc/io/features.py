@@ -59,8 +59,13 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
     manifest = read_manifest_file(bundle, fmt=FORMAT, version=SCHEMA_VERSION, kind="a features bundle",
                                   noun="features bundle",
                                   fix=f"make one with `xmc featurize --input CORPUS --out {bundle}`")
+    for key, kind in (("n_features", int), ("n_labels", int), ("splits", dict)):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise BundleError(f"{Path(bundle) / 'manifest.json'}: missing or bad field {key!r}")
     if verify:
-        verify_checksums(bundle, manifest.get("files", {}))
+        # the shards are checked by row counts and index ranges as they load; every other file by digest
+        verify_checksums(bundle, manifest.get("files"), required=("label_stats.npz",),
+                         covered=lambda name: "/" not in name or name.startswith("vectorizer/"))
     return manifest
 
 
@@ -102,6 +107,8 @@ def load_split(bundle: str | Path, split: str = "train") -> FeatureSplit:
     info = manifest["splits"].get(split)
     if info is None:
         raise BundleError(f"{folder}: no {split!r} split; it has {sorted(manifest['splits'])}")
+    if not isinstance(info, dict) or not isinstance(info.get("rows"), int) or info["rows"] < 0:
+        raise BundleError(f"{folder / 'manifest.json'}: bad 'splits.{split}' entry")
     if info["rows"] == 0:  # Spark writes no folder for an empty split
         empty = sp.csr_matrix((0, manifest["n_features"]), dtype=np.float32)
         return FeatureSplit(empty, sp.csr_matrix((0, manifest["n_labels"]), dtype=np.float32), [])
@@ -119,7 +126,10 @@ def load_label_names(bundle: str | Path) -> list[str] | None:
     path = Path(bundle) / "labels.txt"
     if not path.is_file():
         return None
-    names = path.read_text(encoding="utf-8").split("\n")
+    try:
+        names = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise BundleError(f"{path}: not valid UTF-8") from None
     return names[:-1] if names and names[-1] == "" else names
 
 
@@ -153,8 +163,12 @@ def load_cooccurrence(bundle: str | Path) -> sp.csr_matrix:
 
 
 def label_frequencies(bundle: str | Path) -> np.ndarray:
-    with np.load(Path(bundle) / "label_stats.npz", allow_pickle=False) as z:
-        return np.asarray(z["freq"])
+    path = Path(bundle) / "label_stats.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z["freq"])
+    except Exception as e:  # zipfile, zlib and numpy raise their own types on a bad file
+        raise BundleError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
 
 
 def input_fingerprint(inputs: list[str]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from xmc.core.tree import LabelTree
 from xmc.errors import BundleError
-from xmc.io.files import atomic_dir, read_manifest_file, sha256, verify_checksums
+from xmc.io.files import atomic_dir, manifest_format_is, read_manifest_file, sha256, verify_checksums
 
 FORMAT = "xmc-model"
 SCHEMA_VERSION = 1
@@ -34,12 +34,22 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
 
 
-def _load_npz(folder: Path, name: str) -> dict[str, np.ndarray]:
+def _load_npz(folder: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of ``folder/name``, every one read in full; any failure is a BundleError."""
     try:
         with np.load(folder / name, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{folder / name}: unreadable ({e})") from None
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile, zlib and numpy raise their own types on a truncated file
+        raise BundleError(f"{folder / name}: unreadable ({type(e).__name__}: {e})") from None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise BundleError(f"{folder / name}: missing array(s) {missing}")
+    return arrays
+
+
+def _finite(folder: Path, name: str, values: np.ndarray) -> None:
+    if not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)):
+        raise BundleError(f"{folder / name}: weights hold NaN, inf or non-numbers: the model is corrupt")
 
 
 def save_bundle(
@@ -59,7 +69,7 @@ def save_bundle(
     ``extra_dirs`` maps a folder name in the bundle to a source folder copied there (the text
     vectorizer a model predicts raw text with); its files are checksummed like the others.
     """
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, owned=manifest_format_is(FORMAT), what="an xmc model folder") as tmp:
         for name, source in (extra_dirs or {}).items():
             shutil.copytree(source, tmp / name)
         _save_npz(tmp / "tree.npz", copy_label=tree.copy_label,
@@ -96,40 +106,50 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
     """Read and fully validate a bundle; returns its parts (tree, weights, counts, names, manifest)."""
     folder = Path(path)
     manifest = read_manifest(folder)
-    verify_checksums(folder, manifest.get("files", {}))
+    where = folder / "manifest.json"
     try:
         n_features = int(manifest["n_features"])
         n_labels = int(manifest["n_labels"])
         n_train = int(manifest["n_train"])
-        layer_meta = manifest["layers"]
+        layer_meta = list(manifest["layers"])
+        n_children = [int(meta["n_children"]) for meta in layer_meta]
     except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{folder}/manifest.json: missing or bad field {e}") from None
-    tz = _load_npz(folder, "tree.npz")
-    parents = tuple(tz[f"parent_{t}"].astype(np.int64) for t in range(len(layer_meta)))
+        raise BundleError(f"{where}: missing or bad field ({type(e).__name__}: {e})") from None
+    if not layer_meta or min(n_features, n_labels, n_train) < 0:
+        raise BundleError(f"{where}: bad sizes (layers, n_features, n_labels, n_train)")
+    required = ("tree.npz", "labels.npz", *(f"layer_{t}.npz" for t in range(len(layer_meta))))
+    verify_checksums(folder, manifest.get("files"), required=required)
+    tz = _load_npz(folder, "tree.npz", ("copy_label", *(f"parent_{t}" for t in range(len(layer_meta)))))
     try:
+        parents = tuple(tz[f"parent_{t}"].astype(np.int64) for t in range(len(layer_meta)))
         tree = LabelTree(parents, tz["copy_label"].astype(np.int64), n_labels)
-    except (ValueError, KeyError) as e:
+    except (ValueError, TypeError, IndexError) as e:
         raise BundleError(f"{folder}/tree.npz: invalid label tree ({e})") from None
     weights = []
-    for t, meta in enumerate(layer_meta):
-        z = _load_npz(folder, f"layer_{t}.npz")
+    for t in range(len(layer_meta)):
+        name = f"layer_{t}.npz"
+        z = _load_npz(folder, name, ("data", "indices", "indptr", "shape"))
         expected = (n_features + 1, len(parents[t]))
-        if tuple(z["shape"]) != expected or meta["n_children"] != expected[1]:
-            raise BundleError(f"{folder}/layer_{t}.npz: shape {tuple(z['shape'])}, expected {expected}")
+        shape = tuple(int(v) for v in np.asarray(z["shape"]).ravel())
+        if shape != expected or n_children[t] != expected[1]:
+            raise BundleError(f"{folder / name}: shape {shape}, expected {expected}")
         try:
             W = sp.csc_matrix((z["data"], z["indices"], z["indptr"]), shape=expected)
             W.check_format(full_check=True)
-        except ValueError as e:
-            raise BundleError(f"{folder}/layer_{t}.npz: invalid sparse matrix ({e})") from None
+        except (ValueError, TypeError, IndexError, OverflowError) as e:
+            raise BundleError(f"{folder / name}: invalid sparse matrix ({e})") from None
+        _finite(folder, name, W.data)
         weights.append(W)
-    counts = _load_npz(folder, "labels.npz")["label_counts"]
-    if counts.shape != (n_labels,):
-        raise BundleError(
-            f"{folder}/labels.npz: label_counts has shape {counts.shape}, expected ({n_labels},)"
-        )
+    counts = _load_npz(folder, "labels.npz", ("label_counts",))["label_counts"]
+    if counts.shape != (n_labels,) or not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
+        raise BundleError(f"{folder}/labels.npz: label_counts must be {n_labels} counts >= 0, "
+                          f"got shape {tuple(int(v) for v in counts.shape)} of {counts.dtype}")
     names = None
     if (folder / "label_names.txt").exists():
-        names = (folder / "label_names.txt").read_text().split("\n")[:-1]
+        try:
+            names = (folder / "label_names.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        except UnicodeDecodeError:
+            raise BundleError(f"{folder}/label_names.txt: not valid UTF-8") from None
         if len(names) != n_labels:
             raise BundleError(f"{folder}/label_names.txt: {len(names)} names for {n_labels} labels")
     return {"manifest": manifest, "tree": tree, "weights": weights, "label_counts": counts,

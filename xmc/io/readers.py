@@ -24,10 +24,20 @@ def load_xy(x: str | Path, y: str | Path | None = None) -> tuple[sp.csr_matrix, 
         Y = read_npz(y, binary=True) if str(y).endswith(".npz") else read_xc(y)[1]
         if X.shape[0] != Y.shape[0]:
             raise DataFormatError(f"{x} has {X.shape[0]} rows but {y} has {Y.shape[0]}", path=y)
+        _some_positive(Y, y)
         return X, Y
     if y is not None:
         raise DataFormatError("an XC text file holds both X and Y: give it alone", path=y)
-    return read_xc(x)
+    X, Y = read_xc(x)
+    _some_positive(Y, x)
+    return X, Y
+
+
+def _some_positive(Y: sp.csr_matrix, path: str | Path) -> None:
+    """Training labels with no positive at all: nothing to learn (and every later step degenerates)."""
+    if Y.nnz == 0:
+        raise DataFormatError(f"no positive label in the whole matrix ({Y.shape[0]} rows x {Y.shape[1]} "
+                              "labels): nothing to learn", path=path)
 
 
 def load_features(x: str | Path) -> sp.csr_matrix:

@@ -44,9 +44,13 @@ def _validate(obj: object, path: Path, line: int, require_labels: bool) -> Recor
                               line=line, field="text")
     if not text.strip():
         raise DataFormatError("text is empty", path=path, line=line, field="text")
-    labels = obj.get("labels") or []
+    labels = obj.get("labels")
+    labels = [] if labels is None else labels
     if not isinstance(labels, list | tuple):
         raise DataFormatError(f"labels must be a list of strings, got {type(labels).__name__}",
+                              path=path, line=line, field="labels")
+    if require_labels and not labels:
+        raise DataFormatError("labels is empty (a training record needs at least one label)",
                               path=path, line=line, field="labels")
     for label in labels:
         if not isinstance(label, str) or not label.strip() or "\n" in label:
@@ -71,22 +75,23 @@ def read_records(path: str | Path, *, require_labels: bool = True) -> list[Recor
         raise DataFormatError("no such file", path=path)
     if path.suffix == ".parquet":
         return _read_parquet(path, require_labels)
-    from xmc.io.xc import open_text
+    from xmc.io.xc import read_lines
 
     records: list[Record] = []
     lines: list[int] = []
-    with open_text(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                raise DataFormatError("empty line (JSONL holds one object per line)", path=path,
-                                      line=lineno)
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"malformed JSON: {e.msg} at column {e.colno}", path=path,
-                                      line=lineno) from None
-            records.append(_validate(obj, path, lineno, require_labels))
-            lines.append(lineno)
+    for lineno, raw in read_lines(path):
+        if not raw.strip():
+            raise DataFormatError("empty line (JSONL holds one object per line)", path=path,
+                                  line=lineno)
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"malformed JSON: {e.msg} at column {e.colno}", path=path,
+                                  line=lineno) from None
+        except RecursionError:
+            raise DataFormatError("malformed JSON: nested too deeply", path=path, line=lineno) from None
+        records.append(_validate(obj, path, lineno, require_labels))
+        lines.append(lineno)
     if not records:
         raise DataFormatError("empty file: no records", path=path)
     _check_unique(records, lines, path)
@@ -104,7 +109,10 @@ def _read_parquet(path: Path, require_labels: bool) -> list[Record]:
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise DataFormatError(f"missing column(s) {missing}; have {table.column_names}", path=path)
-    rows = table.to_pylist()
+    try:
+        rows = table.to_pylist()
+    except (UnicodeDecodeError, ValueError) as e:  # a string column that is not valid UTF-8
+        raise DataFormatError(f"unreadable Parquet values ({e})", path=path) from None
     if not rows:
         raise DataFormatError("empty file: no records", path=path)
     records = [_validate(row, path, i + 1, require_labels) for i, row in enumerate(rows)]
@@ -152,13 +160,15 @@ class LabelVocab:
 
     @classmethod
     def load(cls, path: str | Path) -> LabelVocab:
-        path = Path(path)
-        if not path.is_file():
-            raise DataFormatError("no such file", path=path)
-        names = path.read_text(encoding="utf-8").split("\n")
-        if names and names[-1] == "":
-            names.pop()
-        for i, name in enumerate(names, start=1):
+        from xmc.io.xc import read_lines
+
+        names: list[str] = []
+        for i, line in read_lines(path):
+            name = line[:-1] if line.endswith("\n") else line
             if not name.strip():
                 raise DataFormatError("empty label name", path=path, line=i)
-        return cls(names)
+            names.append(name)
+        try:
+            return cls(names)
+        except DataFormatError as e:
+            raise DataFormatError(e.message, path=path) from None

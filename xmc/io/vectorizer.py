@@ -188,13 +188,21 @@ class TextVectorizer:
         except FileNotFoundError as e:
             raise BundleError(f"{folder}: no fitted vectorizer here ({Path(e.filename).name} missing); "
                               "train from a text bundle made by `xmc featurize`") from None
-        except (OSError, ValueError, KeyError) as e:
-            raise BundleError(f"{folder}: unreadable vectorizer ({e})") from None
-        if meta.get("format") != FORMAT or meta.get("schema_version") != SCHEMA_VERSION:
+        except Exception as e:  # json, zipfile, zlib and numpy raise their own types on a bad file
+            raise BundleError(f"{folder}: unreadable vectorizer ({type(e).__name__}: {e})") from None
+        if (not isinstance(meta, dict) or meta.get("format") != FORMAT
+                or meta.get("schema_version") != SCHEMA_VERSION):
             raise BundleError(f"{folder}/vectorizer.json: not an {FORMAT} v{SCHEMA_VERSION} file")
         if not isinstance(vocab, list) or len(vocab) != meta.get("n_features"):
             raise BundleError(f"{folder}/vocab.json: expected a list of {meta.get('n_features')} terms")
+        if idf.ndim != 1 or not np.issubdtype(idf.dtype, np.floating) or not np.all(np.isfinite(idf)):
+            raise BundleError(f"{folder}/idf.npz: idf must be a vector of finite numbers")
         keys = ("lowercase", "token_pattern", "min_token_length", "ngram_max", "sublinear_tf",
                 "l2_normalize", "n_docs")
-        return cls(vocab, idf, stop_words=tuple(meta["stop_words"]), **{k: meta[k] for k in keys})
+        try:
+            return cls(vocab, idf, stop_words=tuple(meta["stop_words"]), **{k: meta[k] for k in keys})
+        except BundleError:
+            raise
+        except Exception as e:  # a field missing or of the wrong type, a token pattern that does not compile
+            raise BundleError(f"{folder}/vectorizer.json: bad field ({type(e).__name__}: {e})") from None
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +37,44 @@ def open_text(path: str | Path) -> IO[str]:
     return open(path, encoding="utf-8")
 
 
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(1-based line number, text)`` of a text file (gzip transparent), each line strictly UTF-8.
+
+    Bytes are decoded line by line so that invalid UTF-8 is reported at its line, and a truncated
+    or corrupt gzip stream after the last good line; both as ``DataFormatError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError("no such file" if not path.exists() else "not a file", path=path)
+    gz = is_gzip(path)
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            for raw in f:
+                lineno += 1
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(f"not valid UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                          f"{e.start + 1})", path=path, line=lineno) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(f"truncated or corrupt gzip data after line {lineno} ({e})",
+                              path=path, line=lineno + 1) from None
+    except OSError as e:
+        raise DataFormatError(f"unreadable ({e.strerror or e})", path=path) from None
+
+
+def verify_gzip(path: str | Path) -> None:
+    """Decompress a whole gzip file once (no decoding): a truncated or corrupt stream is a
+    ``DataFormatError`` here rather than an engine's stack trace later."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise DataFormatError(f"truncated or corrupt gzip data ({e})", path=path) from None
+
+
 def _parse_int(text: str, path: Path, line: int, field: str) -> int:
     try:
         return int(text)
@@ -50,73 +90,69 @@ def read_xc(path: str | Path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     x_ptr = [0]
     lab_idx: list[int] = []
     y_ptr = [0]
-    try:
-        with open_text(path) as f:
-            header = f.readline()
-            if not header:
-                raise DataFormatError("empty file: expected a header line 'N D L'", path=path, line=1)
-            parts = header.split()
-            if len(parts) != 3:
-                raise DataFormatError(f"header {header.strip()!r} must be 'N D L'", path=path, line=1,
-                                      field="header")
-            n, d, n_labels = (_parse_int(p, path, 1, name) for p, name in zip(parts, "NDL", strict=True))
-            if min(n, d, n_labels) < 0:
-                raise DataFormatError("N, D and L must be >= 0", path=path, line=1, field="header")
-            row = 0
-            for lineno, raw in enumerate(f, start=2):
-                line = raw.rstrip("\r\n")
-                row += 1
-                if row > n:
-                    raise DataFormatError(f"more points than the header's N={n}", path=path, line=lineno)
-                if not line:
-                    raise DataFormatError("empty line (a point with no labels starts with a space)",
-                                          path=path, line=lineno)
-                tokens = line.split(" ")
-                first = tokens[0]
-                if ":" not in first and first:
-                    labels = [_parse_int(t, path, lineno, "labels") for t in first.split(",")]
-                    for label in labels:
-                        if not 0 <= label < n_labels:
-                            raise DataFormatError(f"label {label} out of range [0, {n_labels})",
-                                                  path=path, line=lineno, field="labels")
-                    if len(set(labels)) != len(labels):
-                        raise DataFormatError("a label is repeated", path=path, line=lineno, field="labels")
-                    lab_idx.extend(sorted(labels))
-                    tokens = tokens[1:]
-                seen = len(feat_idx)
-                for tok in tokens:
-                    if not tok:
-                        continue
-                    fi, sep, fv = tok.partition(":")
-                    if not sep:
-                        raise DataFormatError(f"{tok!r} is not 'index:value'", path=path, line=lineno,
-                                              field="features")
-                    j = _parse_int(fi, path, lineno, "features")
-                    if not 0 <= j < d:
-                        raise DataFormatError(f"feature {j} out of range [0, {d})", path=path,
-                                              line=lineno, field="features")
-                    try:
-                        v = float(fv)
-                    except ValueError:
-                        raise DataFormatError(f"value {fv!r} of feature {j} is not a number", path=path,
-                                              line=lineno, field="features") from None
-                    if not math.isfinite(v):
-                        raise DataFormatError(f"value of feature {j} is {fv}", path=path, line=lineno,
-                                              field="features")
-                    feat_idx.append(j)
-                    feat_val.append(v)
-                if len(set(feat_idx[seen:])) != len(feat_idx) - seen:
-                    raise DataFormatError("a feature index is repeated", path=path, line=lineno,
-                                          field="features")
-                x_ptr.append(len(feat_idx))
-                y_ptr.append(len(lab_idx))
-            if row != n:
-                raise DataFormatError(f"header says N={n} points but the file has {row}", path=path,
-                                      line=row + 2)
-    except UnicodeDecodeError as e:
-        raise DataFormatError(f"not UTF-8 text ({e.reason})", path=path) from None
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        raise DataFormatError(f"unreadable ({e})", path=path) from None
+    lines = read_lines(path)
+    header = next(lines, (1, ""))[1]
+    if not header:
+        raise DataFormatError("empty file: expected a header line 'N D L'", path=path, line=1)
+    parts = header.split()
+    if len(parts) != 3:
+        raise DataFormatError(f"header {header.strip()!r} must be 'N D L'", path=path, line=1,
+                              field="header")
+    n, d, n_labels = (_parse_int(p, path, 1, name) for p, name in zip(parts, "NDL", strict=True))
+    if min(n, d, n_labels) < 0 or max(d, n_labels) >= 2**31:
+        raise DataFormatError("N, D and L must be >= 0 (D and L < 2^31)", path=path, line=1,
+                              field="header")
+    row = 0
+    for lineno, raw in lines:
+        line = raw.rstrip("\r\n")
+        row += 1
+        if row > n:
+            raise DataFormatError(f"more points than the header's N={n}", path=path, line=lineno)
+        if not line:
+            raise DataFormatError("empty line (a point with no labels starts with a space)",
+                                  path=path, line=lineno)
+        tokens = line.split(" ")
+        first = tokens[0]
+        if ":" not in first and first:
+            labels = [_parse_int(t, path, lineno, "labels") for t in first.split(",")]
+            for label in labels:
+                if not 0 <= label < n_labels:
+                    raise DataFormatError(f"label {label} out of range [0, {n_labels})",
+                                          path=path, line=lineno, field="labels")
+            if len(set(labels)) != len(labels):
+                raise DataFormatError("a label is repeated", path=path, line=lineno, field="labels")
+            lab_idx.extend(sorted(labels))
+            tokens = tokens[1:]
+        seen = len(feat_idx)
+        for tok in tokens:
+            if not tok:
+                continue
+            fi, sep, fv = tok.partition(":")
+            if not sep:
+                raise DataFormatError(f"{tok!r} is not 'index:value'", path=path, line=lineno,
+                                      field="features")
+            j = _parse_int(fi, path, lineno, "features")
+            if not 0 <= j < d:
+                raise DataFormatError(f"feature {j} out of range [0, {d})", path=path,
+                                      line=lineno, field="features")
+            try:
+                v = float(fv)
+            except ValueError:
+                raise DataFormatError(f"value {fv!r} of feature {j} is not a number", path=path,
+                                      line=lineno, field="features") from None
+            if not math.isfinite(v):
+                raise DataFormatError(f"value of feature {j} is {fv}", path=path, line=lineno,
+                                      field="features")
+            feat_idx.append(j)
+            feat_val.append(v)
+        if len(set(feat_idx[seen:])) != len(feat_idx) - seen:
+            raise DataFormatError("a feature index is repeated", path=path, line=lineno,
+                                  field="features")
+        x_ptr.append(len(feat_idx))
+        y_ptr.append(len(lab_idx))
+    if row != n:
+        raise DataFormatError(f"header says N={n} points but the file has {row}", path=path,
+                              line=row + 2)
     X = sp.csr_matrix((np.asarray(feat_val, np.float32), np.asarray(feat_idx, np.int32),
                        np.asarray(x_ptr, np.int64)), shape=(n, d))
     X.sort_indices()

@@ -104,7 +104,7 @@ def predict_parquet(
     rows = batches = 0
     t0 = time.perf_counter()
     with atomic_file(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for batch in source.iter_batches(batch_size=batch_rows, columns=["id", "text"]):
+        for batch in _batches(source, batch_rows, input_path):
             texts = batch.column("text").to_pylist()
             bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
             if bad is not None:
@@ -122,3 +122,17 @@ def predict_parquet(
             rows += len(texts)
             batches += 1
     return BatchReport(rows, batches, time.perf_counter() - t0, str(out))
+
+
+def _batches(source: Any, batch_rows: int, path: str | Path) -> Any:
+    """Row batches of ``{id, text}``; a corrupt row group or invalid UTF-8 is a DataFormatError."""
+    batches = source.iter_batches(batch_size=batch_rows, columns=["id", "text"])
+    while True:
+        try:
+            batch = next(batches)
+            batch.validate(full=True)  # invalid UTF-8 fails here, not mid-scoring
+        except StopIteration:
+            return
+        except Exception as e:  # pyarrow raises several unrelated types for a bad file
+            raise DataFormatError(f"unreadable Parquet rows ({e})", path=path) from None
+        yield batch

@@ -205,6 +205,13 @@ def _jsonl_lines(b: SynthBlock, names: list[str], first_id: int, split: str) -> 
                           "labels": [names[j] for j in b.Y[i].indices]}) + "\n"
 
 
+def _is_synth(folder: Path) -> bool:
+    """A folder ``write`` made (its spec.json and README say so): the only kind it replaces."""
+    readme = folder / "README.md"
+    return (folder / "spec.json").is_file() and readme.is_file() and "xmc.research.synth" in readme.read_text(
+        errors="replace")
+
+
 def write(spec: SynthSpec, out: str | Path, n_train: int, n_test: int, fmt: SynthFormat = "npz") -> Path:
     """Write a dataset folder atomically: train/test in ``fmt`` plus the ground truth.
 
@@ -217,7 +224,7 @@ def write(spec: SynthSpec, out: str | Path, n_train: int, n_test: int, fmt: Synt
     if fmt not in FORMATS:
         raise ParamError(f"format {fmt!r} is unknown: use one of {FORMATS}")
     names = label_names(spec)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owned=_is_synth, what="a synthetic dataset folder") as tmp:
         for split, n, tag in (("train", n_train, "trn"), ("test", n_test, "tst")):
             if fmt == "npz":
                 b = generate(spec, n, split)

@@ -38,6 +38,7 @@ from xmc.engines.spark.read import (
     bad_records,
     detect_format,
     mark_duplicate_ids,
+    preflight,
     read_jsonl,
     read_parquet,
     scan_lines,
@@ -46,7 +47,7 @@ from xmc.engines.spark.text import add_terms, fit_vocabulary, stop_words, tfidf,
 from xmc.engines.spark.xc import check_row_count, read_xc_rows
 from xmc.errors import DataFormatError
 from xmc.io.features import FORMAT, SCHEMA_VERSION, SHARD_COLUMNS, input_fingerprint
-from xmc.io.files import atomic_dir, sha256
+from xmc.io.files import atomic_dir, check_target, manifest_format_is, sha256
 
 BUCKETS = 10_000
 SPLIT_RULE = ("bucket = crc32(utf8(id)) % 10000; test if bucket < 10000 * test_fraction, "
@@ -113,20 +114,36 @@ class _Run:
         return report
 
 
-def featurize(
-    spark: SparkSession, inputs: Sequence[str | Path], out: str | Path, params: FeaturizeParams | None = None
-) -> dict[str, Any]:
-    """Featurize ``inputs`` into the bundle folder ``out`` (replaced atomically); returns the manifest."""
-    params = params or FeaturizeParams()
-    paths = [str(p) for p in inputs]
+def check_inputs(paths: Sequence[str], out: str | Path, params: FeaturizeParams) -> str:
+    """What can be checked before Spark starts: the inputs exist, their format, each gzip stream
+    whole and each Parquet footer readable, and ``out`` is a folder we may replace. Returns the format."""
     if not paths:
         raise DataFormatError("no input given")
     for p in paths:  # local paths checked here (clear message); URIs and globs are Spark's to resolve
         if "://" not in p and not any(c in p for c in "*?[") and not Path(p).exists():
             raise DataFormatError("no such file or folder", path=p)
+    check_target(out, folder=True, owned=manifest_format_is(FORMAT), what="a features bundle")
+    for p in paths:
+        if "://" not in p and Path(p).exists() and Path(p).resolve() == Path(out).resolve():
+            raise DataFormatError("the input is also --out: it would be replaced", path=p)
     fmt = detect_format(paths, params.input_format)
+    preflight(paths, fmt)
+    return fmt
+
+
+def featurize(
+    spark: SparkSession, inputs: Sequence[str | Path], out: str | Path, params: FeaturizeParams | None = None,
+    *, checked_format: str | None = None,
+) -> dict[str, Any]:
+    """Featurize ``inputs`` into the bundle folder ``out`` (replaced atomically); returns the manifest.
+
+    ``checked_format``: the format ``check_inputs`` returned for these inputs (the checks are not
+    repeated)."""
+    params = params or FeaturizeParams()
+    paths = [str(p) for p in inputs]
+    fmt = checked_format or check_inputs(paths, out, params)
     start = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owned=manifest_format_is(FORMAT), what="a features bundle") as tmp:
         run = _Run(spark, params, tmp)
         try:
             body = _xc(run, paths) if fmt == "xc" else _text(run, paths, fmt)

@@ -101,8 +101,9 @@ def read_jsonl(lines: DataFrame) -> DataFrame:
         return F.schema_of_variant(F.try_variant_get("v", f"$.{name}", "variant"))
 
     df = lines.select(
-        "path", "block", "key", F.substring("value", 1, 200).alias("snippet"),
-        F.col("value").rlike(_BLANK).alias("blank"), F.col("v").isNull().alias("malformed"),
+        "path", "block", "key", F.substring(F.make_valid_utf8("value"), 1, 200).alias("snippet"),
+        F.is_valid_utf8("value").alias("utf8"), F.col("value").rlike(_BLANK).alias("blank"),
+        F.col("v").isNull().alias("malformed"),
         F.schema_of_variant("v").alias("t_record"),
         kind_of("id").alias("t_id"), kind_of("text").alias("t_text"), kind_of("labels").alias("t_labels"),
         F.try_variant_get("v", "$.id", "string").alias("id"),
@@ -117,6 +118,7 @@ def read_jsonl(lines: DataFrame) -> DataFrame:
         return F.concat(F.lit(what + ", got "), F.lower(F.col(t)))
 
     checks = [
+        (~F.col("utf8"), bad("invalid_utf8", None, "not valid UTF-8 text")),
         (F.col("blank"), bad("empty_line", None, "empty line (JSONL holds one object per line)")),
         (F.col("malformed"), bad("malformed_json", None, "malformed JSON")),
         (~F.col("t_record").startswith("OBJECT"), bad("not_object", None, "a record must be a JSON object")),
@@ -157,7 +159,13 @@ def read_parquet(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
         "text", "labels",
         F.substring(F.to_json(F.struct(F.col("id"), F.substring("text", 1, 100).alias("text"), "labels")),
                     1, 200).alias("snippet"))
+    def utf8(c: Column) -> Column:
+        return F.coalesce(F.is_valid_utf8(c), F.lit(True))
+
+    invalid = (~utf8(F.col("id")) | ~utf8(F.col("text"))
+               | F.coalesce(F.exists("labels", lambda x: ~F.is_valid_utf8(x)), F.lit(False)))
     checks = [
+        (invalid, bad("invalid_utf8", None, "not valid UTF-8 text")),
         (F.col("id").isNull(), bad("missing_field", "id", "missing field 'id'")),
         (F.col("text").isNull(), bad("missing_field", "text", "missing field 'text'")),
         (F.col("labels").isNull(), bad("missing_field", "labels", "missing field 'labels'")),
@@ -171,6 +179,8 @@ def _common_checks(df: DataFrame, checks: list[tuple[Column, Column]]) -> DataFr
     first_label_bad = F.coalesce(F.try_element_at(label_bad, F.lit(1)), F.lit("null"))
     checks = checks + [
         (F.col("text").rlike(_BLANK), bad("empty_text", "text", "text is empty")),
+        (F.size("labels") == 0, bad("empty_labels", "labels",
+                                    "labels is empty (a training record needs at least one label)")),
         (F.size(label_bad) > 0, bad("bad_label", "labels", F.format_string(
             "label '%s' must be a non-empty one-line string", first_label_bad))),
     ]
@@ -244,6 +254,37 @@ def bad_records(records: DataFrame, max_examples: int, line_of: Callable[[str, i
     return BadRecords(n_records, sum(counts.values()), counts, examples)
 
 
+def local_files(paths: Sequence[str]) -> list[Path]:
+    """The local files behind ``paths`` (folders expanded as Spark reads them; URIs and globs skipped)."""
+    out: list[Path] = []
+    for p in paths:
+        if "://" in p or any(c in p for c in "*?["):
+            continue
+        path = Path(p)
+        if path.is_dir():
+            out += sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
+        elif path.is_file():
+            out.append(path)
+    return out
+
+
+def preflight(paths: Sequence[str], fmt: str) -> None:
+    """Checks on the driver that Spark would only fail on with a Java stack: each local gzip member
+    decompresses to its end (a truncated .gz), each Parquet file has a readable footer."""
+    from xmc.io.xc import is_gzip, verify_gzip
+
+    for f in local_files(paths):
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                pq.ParquetFile(f)
+            except Exception as e:  # pyarrow raises several unrelated types for a bad file
+                raise DataFormatError(f"unreadable Parquet ({e})", path=f) from None
+        elif is_gzip(f):
+            verify_gzip(f)
+
+
 def detect_format(inputs: Sequence[str], declared: str) -> str:
     """'jsonl', 'parquet' or 'xc' from the declared format, else from the name and the first line."""
     if declared != "auto":
@@ -257,11 +298,10 @@ def detect_format(inputs: Sequence[str], declared: str) -> str:
     if name.endswith(jsonl) or (folder and any(f.name.endswith(jsonl) for f in Path(first).iterdir())):
         return "jsonl"
     if Path(first).is_file():
-        from xmc.io.xc import open_text
+        from xmc.io.xc import read_lines
 
-        with open_text(first) as f:
-            head = f.readline().split()
-        if len(head) == 3 and all(t.isdigit() for t in head):
+        head = next(read_lines(first), (1, ""))[1].split()
+        if len(head) == 3 and all(t.isascii() and t.isdigit() for t in head):
             return "xc"
         if head and head[0].startswith("{"):
             return "jsonl"

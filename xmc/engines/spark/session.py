@@ -30,6 +30,14 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
+LOCAL_LOOPBACK: dict[str, str] = {
+    # An embedded Spark serves nobody else: its driver RPC, block manager and UI listen on loopback
+    # only (SPARK_LOCAL_IP=127.0.0.1 also binds the UI there). --spark-conf overrides them.
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+}
+
+
 def read_conf_file(path: str | Path) -> dict[str, str]:
     """Parse a spark-defaults.conf file: ``key value`` (or ``key=value``) per line, ``#`` comments."""
     path = Path(path)
@@ -88,7 +96,12 @@ def spark_session(
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             settings.update(LOCAL_DEFAULTS)
+            settings.update(LOCAL_LOOPBACK)
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate(), True
+    session = builder.getOrCreate()
+    # Our errors are reported as one message (bad input) or one line and a log file (anything
+    # else, the Java stack inside); Spark's own task-failure stacks would bury them.
+    session.sparkContext.setLogLevel(os.environ.get("XMC_SPARK_LOG_LEVEL", "OFF"))
+    return session, True

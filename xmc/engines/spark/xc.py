@@ -14,17 +14,18 @@ from pyspark.sql import functions as F
 
 from xmc.engines.spark.read import bad, first_bad, local_path, scan_lines, with_line_numbers
 from xmc.errors import DataFormatError
-from xmc.io.xc import open_text
+from xmc.io.xc import read_lines
 
 
 def read_header(path: str) -> tuple[int, int, int]:
     """``N D L`` from the first line (read on the driver; gzip is detected by its magic bytes)."""
-    with open_text(path) as f:
-        header = f.readline()
+    header = next(read_lines(path), (1, ""))[1]
     parts = header.split()
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
         raise DataFormatError(f"header {header.strip()!r} must be 'N D L'", path=path, line=1, field="header")
     n, d, n_labels = (int(p) for p in parts)
+    if max(d, n_labels) >= 2**31:
+        raise DataFormatError("D and L must be < 2^31", path=path, line=1, field="header")
     return n, d, n_labels
 
 
@@ -44,7 +45,8 @@ def read_xc_rows(spark: SparkSession, path: str) -> tuple[DataFrame, DataFrame, 
     has_labels = (head != "") & ~head.contains(":")
     df = lines.select(
         "path", "block", "key", (F.col("line") - 2).cast("string").alias("id"),
-        F.substring("value", 1, 200).alias("snippet"), (F.col("value") == "").alias("empty"),
+        F.substring(F.make_valid_utf8("value"), 1, 200).alias("snippet"),
+        (F.col("value") == "").alias("empty"), F.is_valid_utf8("value").alias("utf8"),
         F.when(has_labels, F.split(head, ",")).otherwise(F.array().cast("array<string>")).alias("lt"),
         F.filter(F.when(has_labels, F.slice(tok, 2, 1 << 30)).otherwise(tok), lambda t: t != "").alias("ft"))
     df = df.select(
@@ -60,6 +62,7 @@ def read_xc_rows(spark: SparkSession, path: str) -> tuple[DataFrame, DataFrame, 
     bad_value = _first(fs, lambda x: x["v"].isNull() | F.isnan(x["v"]) | (F.abs(x["v"]) == float("inf")))
     out_index = _first(fs, lambda x: (x["i"] < 0) | (x["i"] >= d))
     checks = [
+        (~F.col("utf8"), bad("invalid_utf8", None, "not valid UTF-8 text")),
         (F.col("empty"), bad("empty_line", None, "empty line (a point with no labels starts with a space)")),
         (bad_label.isNotNull(), bad("bad_label", "labels", F.format_string("'%s' is not an integer",
                                                                            bad_label["lt"]))),

@@ -15,7 +15,7 @@ import numpy as np
 
 from xmc.errors import DataFormatError
 from xmc.io.features import SHARD_COLUMNS, write_pifa, write_split
-from xmc.io.files import atomic_dir, sha256
+from xmc.io.files import atomic_dir, manifest_format_is, sha256
 from xmc.ops.datasets.archive import _check_shapes, _read, unpack
 from xmc.ops.datasets.registry import DEFAULT_FEATURES, DatasetInfo
 
@@ -75,7 +75,7 @@ def build_bundle(
         against = f" (checked against the registry: {', '.join(checked)})" if checked else ""
         log.info(f"{info.name}: {m['X.trn'].shape[0]} train / {m['X.tst'].shape[0]} test documents, "
              f"{d} features, {n_labels} labels{against}")
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, owned=manifest_format_is(FORMAT), what="a features bundle") as tmp:
             t1 = time.perf_counter()
             splits = {"train": write_split(tmp / "train", "trn-", m["X.trn"], m["Y.trn"], max_rows, max_nnz),
                       "test": write_split(tmp / "test", "tst-", m["X.tst"], m["Y.tst"], max_rows, max_nnz)}

@@ -123,6 +123,15 @@ class NightlyParams:
         if not self.raw and not self.eval_x:
             raise ParamError("x needs eval_x: the frozen evaluation features (and eval_y unless XC)")
 
+    def check_paths(self) -> None:
+        """The data files exist (checked on the machine that runs the night, before the lock)."""
+        from xmc.errors import DataFormatError
+
+        for name in ("input", "eval_input", "x", "y", "label_names", "eval_x", "eval_y"):
+            value = getattr(self, name)
+            if value and "://" not in value and not Path(value).exists():
+                raise DataFormatError(f"no such file or folder: {value}", field=name)
+
     @property
     def night(self) -> str:
         return self.run_id or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
@@ -138,11 +147,15 @@ def load_config(path: str | Path) -> NightlyParams:
 
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise DataFormatError(f"cannot read the config ({e.strerror})", path=path) from None
+        raise DataFormatError(f"cannot read the config ({e.strerror or e})", path=path) from None
     except json.JSONDecodeError as e:
         raise DataFormatError(f"not valid JSON: {e.msg}", path=path, line=e.lineno) from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"not valid UTF-8 text (byte {e.start})", path=path) from None
+    except RecursionError:
+        raise DataFormatError("not valid JSON: nested too deeply", path=path) from None
     if not isinstance(data, dict):
         raise DataFormatError("a nightly config must hold a JSON object", path=path)
     return params_from_dict(data, base=path.resolve().parent, source=path)
@@ -162,7 +175,7 @@ def params_from_dict(
             raise DataFormatError(f"unknown field; known: {', '.join(types)}", path=source, field=key)
         try:
             values[key] = _coerce(key, declared, value, base)
-        except ParamError as e:
+        except (ParamError, TypeError, ValueError, KeyError) as e:
             raise DataFormatError(str(e), path=source, field=key) from None
     try:
         return NightlyParams(**values)

@@ -88,8 +88,22 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 def run_nightly(params: NightlyParams) -> dict[str, Any]:
     """One night under the lock; returns the recorded result (``decision`` is promoted or rejected)."""
     params.require_data()
+    params.check_paths()
+    night = Path(params.work_dir) / params.night
     with nightly_lock(params.lock):
-        return _run(params, Path(params.work_dir) / params.night)
+        try:
+            return _run(params, night)
+        except BaseException:
+            _remove_if_empty(night)  # a night that failed before any step finished leaves nothing
+            raise
+
+
+def _remove_if_empty(night: Path) -> None:
+    """Writers remove their temp siblings on failure, so a night with no finished step is empty."""
+    try:
+        night.rmdir()
+    except OSError:  # absent, or it holds a finished step that a re-run reuses
+        pass
 
 
 def _run(params: NightlyParams, night: Path) -> dict[str, Any]:
