@@ -125,17 +125,28 @@ def manifest_format_is(fmt: str) -> Callable[[Path], bool]:
     return owned
 
 
+def _begin(path: Path, *, folder: bool, owned: Callable[[Path], bool] | None = None,
+           what: str = "an output of xmc") -> tuple[list[Path], Path]:
+    """The common start of an atomic write: refuse a target that is not ours, create missing
+    parents (returned, to undo on failure), clean dead runs' siblings, make the temp sibling."""
+    check_target(path, folder=folder, owned=owned, what=what)
+    made = _make_parents(path)
+    clean_stale(path)
+    tmp = _sibling(path, "tmp")
+    if folder:
+        tmp.mkdir()
+    else:
+        tmp.touch()
+    return made, tmp
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed.
 
     A folder at ``path`` is refused; temp siblings of dead runs are cleaned first."""
     path = Path(path)
-    check_target(path, folder=False)
-    made = _make_parents(path)
-    clean_stale(path)
-    tmp = _sibling(path, "tmp")
-    tmp.touch()
+    made, tmp = _begin(path, folder=False)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -154,11 +165,7 @@ def atomic_dir(path: str | Path, *, owned: Callable[[Path], bool] | None = None,
     An existing ``path`` is replaced only if it is a folder and, given ``owned``, empty or ours
     (``check_target``); temp siblings of dead runs are cleaned first."""
     path = Path(path)
-    check_target(path, folder=True, owned=owned, what=what)
-    made = _make_parents(path)
-    clean_stale(path)
-    tmp = _sibling(path, "tmp")
-    tmp.mkdir()
+    made, tmp = _begin(path, folder=True, owned=owned, what=what)
     try:
         yield tmp
         if path.exists():
