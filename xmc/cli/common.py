@@ -54,7 +54,7 @@ def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = t
     from xmc import params as P
 
     choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS, "Device": P.DEVICES,
-               "CopyMerge": P.COPY_MERGES, "Literal": ("float32", "float64")}
+               "CopyMerge": P.COPY_MERGES, "Algorithm": P.ALGORITHMS, "Literal": ("float32", "float64")}
     for name in groups:
         cls = GROUPS[name]
         group = parser.add_argument_group(f"{name} parameters (defaults from xmc.params.{cls.__name__})")
