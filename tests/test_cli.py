@@ -67,3 +67,16 @@ def test_help_lists_commands_and_param_defaults(tmp_path: Path) -> None:
     assert all(c in r.stdout for c in ("train", "predict", "evaluate"))
     r = xmc("train", "--help", cwd=tmp_path)
     assert "--max-leaf-size" in r.stdout and "(default: 100)" in r.stdout
+
+
+def test_help_loads_no_engine_and_no_numpy() -> None:
+    """`xmc --help` and `xmc train --help` import no torch, numpy, Spark, Ray or MLflow (they start fast)."""
+    for args in (["--help"], ["train", "--help"]):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "xmc.cli", *args],
+                           capture_output=True, text=True, check=True)
+        loaded = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines()
+                  if line.startswith("import time:")}
+        assert "xmc" in loaded and "argparse" in loaded
+        heavy = loaded & {"torch", "numpy", "scipy", "pyspark", "ray", "mlflow"}
+        assert args == ["train", "--help"] or not heavy, (args, heavy)
+        assert not loaded & {"torch", "pyspark", "ray", "mlflow"}, (args, loaded)

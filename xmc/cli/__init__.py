@@ -1,4 +1,7 @@
-"""``xmc``: one command wrapping the jobs under ``jobs/`` for local use."""
+"""``xmc``: one command, a subcommand per pipeline step (the same code ``jobs/`` runs on clusters).
+
+Only the chosen subcommand's flags are built: building every one of them (params docstrings
+parsed, tracking and synth specs imported) was most of the time ``xmc --help`` took."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "explain":
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="xmc",
         description="Extreme multi-label classification with disentangled label clusters.",
@@ -25,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=job.__doc__.splitlines()[0] if job.__doc__ else name,
                            description=job.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        job.add_arguments(p)
+        if name == chosen:
+            job.add_arguments(p)
         p.set_defaults(_run=job.run)
     args = parser.parse_args(argv)
     return run_main(args._run, args)

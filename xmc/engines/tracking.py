@@ -31,12 +31,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import scipy.sparse as sp
-
 from xmc.errors import ParamError, XMCError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and scipy load in the functions: `xmc train --help` reads TrackingParams
+    import numpy as np
+    import scipy.sparse as sp
+
     from xmc.core.model import XMCModel
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -159,9 +159,11 @@ def evaluation_split(
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, str]:
     """The fit's own held-out rows when it had a validation split, else a seeded training sample.
 
-    The split is recomputed with the fit's seed (``xmc.core.model.split_validation``), so the final
+    The split is recomputed with the fit's seed (``xmc.core.fit.split_validation``), so the final
     metrics are on rows the model never trained on.
     """
+    import numpy as np
+
     from xmc.core.fit import split_validation
     from xmc.core.sparse import csr
 
@@ -180,6 +182,8 @@ def evaluation_split(
 
 def label_precision(Y: sp.csr_matrix, pred: sp.csr_matrix) -> np.ndarray:
     """Per label: share of the rows it was predicted for (in the top-k) where it is true; NaN if never."""
+    import numpy as np
+
     from xmc.core.sparse import binarize
 
     P = binarize(pred)
@@ -191,6 +195,8 @@ def label_precision(Y: sp.csr_matrix, pred: sp.csr_matrix) -> np.ndarray:
 
 def assignment_summary(model: XMCModel) -> tuple[dict[str, Any], list[str]]:
     """How many clusters each label lives in (histogram) and the copied labels as CSV lines."""
+    import numpy as np
+
     C = model.tree.label_cluster_matrix().tocsr()
     n_clusters = np.diff(C.indptr)
     hist = {str(int(k)): int(v) for k, v in zip(*np.unique(n_clusters, return_counts=True), strict=True)}

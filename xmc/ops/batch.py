@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from xmc.errors import BundleError, DataFormatError
 
 DEFAULT_BATCH_ROWS = 10_000
@@ -115,7 +113,7 @@ def predict_parquet(
             keep = idx >= 0
             labels = [[names[j] if names else str(j) for j in idx[i][keep[i]].tolist()]
                       for i in range(idx.shape[0])]
-            scores = [vals[i][keep[i]].astype(np.float32) for i in range(idx.shape[0])]
+            scores = [vals[i][keep[i]].astype("float32") for i in range(idx.shape[0])]
             ids = batch.column("id").cast(pa.string())
             writer.write_table(pa.table({"id": ids, "labels": pa.array(labels, pa.list_(pa.string())),
                                          "scores": pa.array(scores, pa.list_(pa.float32()))}, schema=schema))
