@@ -91,7 +91,8 @@ def text_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     vectorizer = TextVectorizer([f"w{j}" for j in range(500)], np.ones(500))
     vectorizer.save(folder / "vectorizer")
     names = [f"label-{j}" for j in range(60)]
-    params = XMCParams().replace(max_leaf_size=8, rounds=1, validation_fraction=0.2)
+    # an ensemble of two trees: the registry, pyfunc and serving tests below serve it unchanged
+    params = XMCParams().replace(max_leaf_size=8, rounds=1, validation_fraction=0.2, n_trees=2)
     model = fit(vectorizer.transform(texts), block.Y, params, label_names=names)
     model.save(folder / "model", extra_dirs={"vectorizer": folder / "vectorizer"})
     return {"folder": folder, "model": model, "texts": texts, "Y": block.Y,
@@ -289,15 +290,15 @@ def test_rounds_are_logged_while_they_run(tmp_path: Path) -> None:
     seen: list[tuple[str, int, str]] = []
 
     class Watching(TrainingRun):
-        def round_started(self, r: int) -> None:
+        def round_started(self, r: int, tree: int = 0) -> None:
             seen.append(("parent", r, self.client.get_run(self.run_id).info.status))
-            super().round_started(r)
+            super().round_started(r, tree)
 
         def round_finished(self, record: dict[str, Any]) -> None:
             r = int(record["round"])
-            seen.append(("child", r, self.client.get_run(self.children[r]).info.status))
+            seen.append(("child", r, self.client.get_run(self.children[(0, r)]).info.status))
             super().round_finished(record)
-            seen.append(("after", r, self.client.get_run(self.children[r]).info.status))
+            seen.append(("after", r, self.client.get_run(self.children[(0, r)]).info.status))
 
     block = generate(SynthSpec(n_labels=40, n_features=300), 400)
     params = XMCParams().replace(max_leaf_size=8, rounds=2, validation_fraction=0.2)
@@ -315,6 +316,33 @@ def test_rounds_are_logged_while_they_run(tmp_path: Path) -> None:
     assert client.get_run(result.run_id).info.status == "FINISHED"
     curve = client.get_metric_history(result.run_id, "val_P_at_1")
     assert sorted(m.step for m in curve) == list(range(rounds)) and min(m.timestamp for m in curve) > 1e12
+
+
+def test_an_ensemble_logs_each_trees_rounds(tmp_path: Path) -> None:
+    """Child runs tree-<t>-round-<r>; the parent's curves per tree (tree<t>/...), step = round."""
+    import mlflow
+
+    from xmc.engines.training_run import TrainingRun
+
+    block = generate(SynthSpec(n_labels=40, n_features=300), 400)
+    params = XMCParams().replace(max_leaf_size=8, rounds=1, validation_fraction=0.2, n_trees=2)
+    uri = sqlite_uri(tmp_path)
+    with TrainingRun(TrackingParams(tracking_uri=uri, experiment="trees"), params, block.X, block.Y) as run:
+        model = fit(block.X, block.Y, params, observer=run)
+        model.save(tmp_path / "m")
+        result = run.finish(model, tmp_path / "m", fit_seconds=1.0)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    children = client.search_runs([result.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")
+    expected = [f"tree-{t}-round-{r}" for t, m in enumerate(model.trees)
+                for r in range(len(m.info["rounds"]))]
+    assert sorted(c.info.run_name for c in children) == sorted(expected)
+    assert {c.data.params["tree"] for c in children} == {"0", "1"}
+    parent = client.get_run(result.run_id)
+    assert parent.data.metrics["n_trees"] == 2 and parent.data.params["tree.n_trees"] == "2"
+    for t, m in enumerate(model.trees):
+        curve = client.get_metric_history(result.run_id, f"tree{t}/val_P_at_1")
+        assert sorted(p.step for p in curve) == list(range(len(m.info["rounds"])))
 
 
 def test_models_serve_answers_raw_text(served: str, registered_text: dict[str, Any]) -> None:

@@ -46,6 +46,9 @@ class TreeParams:
     """Lloyd iterations of each balanced 2-means split."""
     seed: int = 0
     """Seed of the k-means initialisation; the same seed gives the same tree."""
+    n_trees: int = 1
+    """Label trees in the ensemble, tree t from seed + t; their label scores are averaged (Parabel's
+    ensemble). Each tree costs a full fit and a full prediction."""
 
     def __post_init__(self) -> None:
         b = self.branching_factor
@@ -53,6 +56,7 @@ class TreeParams:
         _require(self.max_leaf_size >= 1, "max_leaf_size", self.max_leaf_size, "use an integer >= 1")
         _require(self.kmeans_max_iter >= 1, "kmeans_max_iter", self.kmeans_max_iter, "use >= 1")
         _require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")
+        _require(self.n_trees >= 1, "n_trees", self.n_trees, "use an integer >= 1 (1 = a single tree)")
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,11 @@ def summary(record: dict[str, Any], n_labels: int, named: bool) -> str:
             lines.append("held-out: " + "  ".join(f"P@{k} {val[f'P@{k}']:.2f}" for k in (1, 3, 5)) + vs)
         else:
             lines.append("held-out: none (add --validation-fraction 0.1 to score rounds on held-out rows)")
+    trees = record.get("trees") or []
+    if trees:
+        val = record.get("validation")
+        held = f", held-out P@1 {val['P@1']:.2f} (tree 0 alone above)" if val else ""
+        lines.append(f"ensemble of {len(trees)} trees, scores averaged{held}")
     ml = record.get("mlflow")
     if ml:
         reg = (f", registered {ml['registered_name']} v{ml['version']}"

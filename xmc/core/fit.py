@@ -9,6 +9,7 @@ reassignment with up to lambda copies per label, each round kept only if held-ou
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ from xmc.core.sparse import csr
 from xmc.core.train import train_layers
 from xmc.core.tree import build_tree, pifa
 from xmc.errors import DataFormatError
-from xmc.io.checkpoint import Checkpoint, RoundState, fingerprint
+from xmc.io.checkpoint import Checkpoint, RoundState, check_checkpoint_folder, fingerprint
 from xmc.log import peak_rss_mib
 from xmc.params import XMCParams
 
@@ -40,12 +41,13 @@ from xmc.params import XMCParams
 class RoundObserver(Protocol):
     """Told about each round as it happens (e.g. the MLflow run of ``xmc.engines.tracking``).
 
-    ``round_started(r)`` comes before the round's work (round 0: before the tree is built),
-    ``round_finished(record)`` once its record (``RoundRecord.to_dict()``) is complete. Called on
-    the driver, in order; the fit loop knows nothing else about who listens.
+    ``round_started(r, tree)`` comes before the round's work (round 0: before the tree is built),
+    ``round_finished(record)`` once its record (``RoundRecord.to_dict()``) is complete; in an
+    ensemble the records carry ``"tree": t``. Called on the driver, in order; the fit loop knows
+    nothing else about who listens.
     """
 
-    def round_started(self, r: int) -> None: ...
+    def round_started(self, r: int, tree: int = 0) -> None: ...
 
     def round_finished(self, record: dict[str, Any]) -> None: ...
 
@@ -69,6 +71,10 @@ def fit(
     With ``checkpoint_dir`` the state is saved after the baseline and after every round;
     ``resume=True`` continues from the last saved round instead of starting over.
     ``observer`` hears of each round as it starts and finishes (live tracking).
+    With ``n_trees`` T > 1 the T trees are fitted one after the other on the same rows (tree t
+    from seed + t, the same held-out rows for all), each with its own rounds, checkpoint folder
+    ``tree_<t>/`` and observer records tagged ``"tree": t``; every tree's units go through the
+    executor, so a cluster is kept busy within a tree and the driver holds one X for all trees.
     """
     params = params or XMCParams()
     check_xy(X, Y)
@@ -79,11 +85,75 @@ def fit(
         import torch  # noqa: F401  loaded here, so executors can bound its threads per unit
     Xp = prepare_features(X, params, X.shape[1])
     Y = csr(Y)
-    counts = np.asarray(Y.sum(axis=0)).ravel().astype(np.int64)
-    Xt, Yt, Xv, Yv = split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed)
+    data = TrainingData(Xp, Y, np.asarray(Y.sum(axis=0)).ravel().astype(np.int64), X.shape[1],
+                        split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed),
+                        fingerprint(Xp, Y) if checkpoint_dir is not None else "")
+    T = params.tree.n_trees
+    if T == 1:
+        return fit_tree(data, params, executor, label_names, checkpoint_dir, resume, observer)
+    if checkpoint_dir is not None:
+        check_checkpoint_folder(checkpoint_dir)
+    trees = []
+    for t in range(T):
+        member = params.replace(seed=params.tree.seed + t, n_trees=1)
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"tree_{t}"
+        heard = None if observer is None else TreeObserver(observer, t)
+        model = fit_tree(data, member, executor, label_names if t == 0 else None, folder, resume, heard)
+        for record in model.info.get("rounds", []):
+            record["tree"] = t
+        trees.append(model)
+    ensemble = trees[0]
+    ensemble.params, ensemble.members = params, trees[1:]
+    ensemble.info["trees"] = [tree_summary(t, m) for t, m in enumerate(trees)]
+    _, _, Xv, Yv = data.split
+    if Xv is not None and Yv is not None:
+        ensemble.info["validation"] = evaluate(Yv, ensemble.predict(Xv, topk=5), (1, 3, 5),
+                                               label_counts=ensemble.label_counts, n_train=ensemble.n_train)
+    return ensemble
+
+
+def tree_summary(t: int, model: XMCModel) -> dict[str, Any]:
+    """An ensemble member in a line of the record: its seed, kept round and that round's held-out scores."""
+    best = int(model.info.get("best_round", 0))
+    rounds = model.info.get("rounds") or []
+    return {"tree": t, "seed": model.params.tree.seed, "best_round": best,
+            "validation": rounds[best].get("validation") if best < len(rounds) else None}
+
+
+@dataclass
+class TrainingData:
+    """What every tree of a fit shares: the prepared rows, label counts, the held-out split."""
+
+    X: sp.csr_matrix
+    Y: sp.csr_matrix
+    counts: np.ndarray
+    n_features: int
+    split: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, sp.csr_matrix | None]
+    fingerprint: str
+
+
+class TreeObserver:
+    """Passes tree t's rounds on to the fit's observer, each record tagged ``"tree": t``."""
+
+    def __init__(self, inner: RoundObserver, tree: int) -> None:
+        self.inner, self.tree = inner, tree
+
+    def round_started(self, r: int, tree: int = 0) -> None:
+        self.inner.round_started(r, tree=self.tree)
+
+    def round_finished(self, record: dict[str, Any]) -> None:
+        self.inner.round_finished({**record, "tree": self.tree})
+
+
+def fit_tree(
+    data: TrainingData, params: XMCParams, executor: Executor, label_names: list[str] | None,
+    checkpoint_dir: str | Path | None, resume: bool, observer: RoundObserver | None,
+) -> XMCModel:
+    """One tree: baseline partition, layers, then the rounds (``fit``'s work for ``n_trees`` = 1)."""
+    Xt, Yt, Xv, Yv = data.split
     ckpt = None
     if checkpoint_dir is not None:
-        ckpt = Checkpoint(checkpoint_dir, params, fingerprint(Xp, Y))
+        ckpt = Checkpoint(checkpoint_dir, params, data.fingerprint)
         state = ckpt.load() if resume else None
         if state is not None:
             return run_rounds(state.current, Xt, Yt, Xv, Yv, executor, ckpt, state, observer)
@@ -101,7 +171,7 @@ def fit(
     if defer:
         weights[-1] = pending_rankers(Xt.shape[1], len(tree.copy_label))
         info[RANKERS_PENDING] = True
-    model = XMCModel(params, tree, weights, X.shape[1], counts, X.shape[0], label_names, info)
+    model = XMCModel(params, tree, weights, data.n_features, data.counts, data.X.shape[0], label_names, info)
     if rounds:
         model = run_rounds(model, Xt, Yt, Xv, Yv, executor, ckpt, observer=observer)
     return model

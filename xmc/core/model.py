@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc._version import __version__
-from xmc.core.predict import predict
+from xmc.core.predict import predict_ensemble
 from xmc.core.sparse import csr, normalize_rows
 from xmc.core.tree import LabelTree
 from xmc.errors import BundleError, DataFormatError, ParamError
@@ -27,6 +27,8 @@ from xmc.params import XMCParams
 
 VECTORIZER_DIR = "vectorizer"
 """Folder of a model bundle holding the fitted text vectorizer (models trained from raw text)."""
+TREES_DIR = "trees"
+"""Folder of an ensemble's bundle holding trees 1..T-1, each a complete model bundle ``trees/<t>/``."""
 
 def check_xy(X: sp.spmatrix, Y: sp.spmatrix | None = None) -> None:
     """Shapes agree and values are finite; Y is 0/1. Raised before any work starts."""
@@ -65,6 +67,13 @@ class XMCModel:
     info: dict[str, Any] = field(default_factory=dict)
     vectorizer: TextVectorizer | None = None
     """The text -> features transform of a model trained from raw text (None: feature input only)."""
+    members: list[XMCModel] = field(default_factory=list)
+    """Trees 1..T-1 of an ensemble (``params.tree.n_trees`` = T); this model's own tree is tree 0."""
+
+    @property
+    def trees(self) -> list[XMCModel]:
+        """Every tree of the model, this one first (one element for a single-tree model)."""
+        return [self, *self.members]
 
     @property
     def n_labels(self) -> int:
@@ -86,8 +95,9 @@ class XMCModel:
         if self.info.get(RANKERS_PENDING):
             raise BundleError("this model's rankers are not trained yet (a checkpoint taken between "
                               "rounds): resume the training run to finish it")
-        return predict(self.preprocess(X), self.tree, self.weights, self.params.predict,
-                       bias=self.params.solver.bias, topk=topk, beam_size=beam_size)
+        return predict_ensemble(self.preprocess(X), [(m.tree, m.weights) for m in self.trees],
+                                self.params.predict, bias=self.params.solver.bias, topk=topk,
+                                beam_size=beam_size)
 
     def predict_texts(
         self, texts: Iterable[str], *, topk: int | None = None, beam_size: int | None = None
@@ -105,6 +115,10 @@ class XMCModel:
             if self.vectorizer is not None and VECTORIZER_DIR not in extra:
                 self.vectorizer.save(Path(tmp) / VECTORIZER_DIR)
                 extra[VECTORIZER_DIR] = Path(tmp) / VECTORIZER_DIR
+            for t, member in enumerate(self.members, start=1):
+                member.save(Path(tmp) / TREES_DIR / str(t))
+            if self.members:
+                extra[TREES_DIR] = Path(tmp) / TREES_DIR
             save_bundle(
                 path, tree=self.tree, weights=self.weights, n_features=self.n_features,
                 label_counts=self.label_counts, n_train=self.n_train, label_names=self.label_names,
@@ -127,9 +141,16 @@ class XMCModel:
         if vectorizer is not None and len(vectorizer.vocab) > parts["n_features"]:
             raise BundleError(f"{folder}: {len(vectorizer.vocab)} terms for a model of {parts['n_features']} "
                               "features")
+        members = [cls.load(Path(path) / TREES_DIR / str(t)) for t in range(1, params.tree.n_trees)]
+        for t, m in enumerate(members, start=1):
+            if (m.n_features, m.n_labels, m.n_train) != (parts["n_features"], parts["tree"].n_labels,
+                                                          parts["n_train"]) \
+                    or not np.array_equal(m.label_counts, parts["label_counts"]):
+                raise BundleError(f"{path}/{TREES_DIR}/{t}: a tree of another training set "
+                                  "(features, labels or counts differ from tree 0)")
         return cls(params, parts["tree"], parts["weights"], parts["n_features"],
                    parts["label_counts"], parts["n_train"], parts["label_names"],
-                   info, vectorizer)
+                   info, vectorizer, members)
 
 
 def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:

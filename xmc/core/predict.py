@@ -132,20 +132,28 @@ def _merge_copies(
     labels = np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1)
     if unique_labels:
         return labels, cand_score
+    return _combine(labels, cand_score, how)
+
+
+def _combine(labels: np.ndarray, cand_score: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """One entry per label and row: the max, mean or sum of its finite scores; the rest padding."""
     n, w = labels.shape
-    order = np.lexsort((-cand_score, labels), axis=1)  # per row: by label, best copy first
+    order = np.lexsort((-cand_score, labels), axis=1)  # per row: by label, best score first
     labels = np.take_along_axis(labels, order, axis=1)
     scores = np.take_along_axis(cand_score, order, axis=1).astype(np.float64)
     first = np.ones((n, w), dtype=bool)
     first[:, 1:] = labels[:, 1:] != labels[:, :-1]
-    if how == "mean":
+    if how in ("mean", "sum"):
         flat_first = first.ravel()
         group = np.cumsum(flat_first) - 1
         finite = np.isfinite(scores.ravel())
         sums = np.bincount(group, weights=np.where(finite, scores.ravel(), 0.0))
-        counts = np.bincount(group, weights=finite.astype(np.float64))
-        mean = np.divide(sums, counts, out=np.full_like(sums, -np.inf), where=counts > 0)
-        scores = np.where(first, mean[group].reshape(n, w), scores)
+        if how == "sum":
+            total = np.where(np.bincount(group, weights=finite.astype(np.float64)) > 0, sums, -np.inf)
+        else:
+            counts = np.bincount(group, weights=finite.astype(np.float64))
+            total = np.divide(sums, counts, out=np.full_like(sums, -np.inf), where=counts > 0)
+        scores = np.where(first, total[group].reshape(n, w), scores)
     keep = first & (labels >= 0)
     return np.where(keep, labels, -1), np.where(keep, scores, -np.inf)
 
@@ -181,17 +189,45 @@ def predict(
     beam_size: int | None = None,
 ) -> sp.csr_matrix:
     """Top-k label scores (N x n_labels CSR) by beam search; X must be preprocessed like training."""
+    return predict_ensemble(X, [(tree, weights)], params, bias=bias, topk=topk, beam_size=beam_size)
+
+
+def predict_ensemble(
+    X: sp.csr_matrix,
+    members: Sequence[tuple[LabelTree, Sequence[sp.csc_matrix]]],
+    params: PredictParams,
+    *,
+    bias: float,
+    topk: int | None = None,
+    beam_size: int | None = None,
+) -> sp.csr_matrix:
+    """Top-k of the label scores averaged over the trees of an ensemble (one tree: plain beam search).
+
+    Every label a tree's beam reaches counts with its path score, a label a tree does not reach
+    with 0 (Parabel's averaging), so a label all trees agree on outranks one a single tree likes.
+    """
+    n_labels = members[0][0].n_labels
     # more than every label (or every node of the widest layer) changes nothing: clip, so an
     # absurd --topk does not allocate rows x topk
-    topk = min(params.topk if topk is None else topk, tree.n_labels)
-    beam_size = min(params.beam_size if beam_size is None else beam_size, _widest(tree))
-    unique = len(np.unique(tree.copy_label)) == len(tree.copy_label)
+    topk = min(params.topk if topk is None else topk, n_labels)
+    runs = []
+    for tree, weights in members:
+        beam = min(params.beam_size if beam_size is None else beam_size, _widest(tree))
+        unique = len(np.unique(tree.copy_label)) == len(tree.copy_label)
+        runs.append((tree, unique, _scored_chunks(X, scoring_layers(tree, weights), params, bias, beam)))
     parts = []
-    for cand_idx, cand_score in _scored_chunks(X, scoring_layers(tree, weights), params, bias, beam_size):
-        labels, scores = _merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)
+    for chunks in zip(*(chunks for _, _, chunks in runs), strict=True):
+        merged = [_merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)
+                  for (tree, unique, _), (cand_idx, cand_score) in zip(runs, chunks, strict=True)]
+        if len(merged) == 1:
+            labels, scores = merged[0]
+        else:
+            labels, scores = _combine(np.hstack([m[0] for m in merged]), np.hstack([m[1] for m in merged]),
+                                      "sum")
+            scores = scores / len(merged)
         idx, vals = topk_dense(scores, labels, topk)
-        parts.append(from_topk(idx, vals, tree.n_labels))
-    return _stack(parts, tree.n_labels)
+        parts.append(from_topk(idx, vals, n_labels))
+    return _stack(parts, n_labels)
 
 
 def match(

@@ -95,9 +95,10 @@ class TrainingRun:
         self.extra_params = extra_params or {}
         self.run_id = ""
         self.experiment_id = ""
-        self.children: dict[int, str] = {}
-        self.logged: dict[int, dict[str, float]] = {}
-        self.open_child: int | None = None
+        self.children: dict[tuple[int, int], str] = {}
+        """Child run id of each (tree, round)."""
+        self.logged: dict[tuple[int, int], dict[str, float]] = {}
+        self.open_child: tuple[int, int] | None = None
         self.tags: dict[str, str] = {}
 
     # -- the parent run -------------------------------------------------------------------------
@@ -140,50 +141,60 @@ class TrainingRun:
             mlflow.end_run(status)
 
     # -- the fit loop's observer ----------------------------------------------------------------
-    def round_started(self, r: int) -> None:
+    def _name(self, key: tuple[int, int]) -> str:
+        """Child run name: ``round-<r>``, or ``tree-<t>-round-<r>`` in an ensemble."""
+        return f"round-{key[1]}" if self.params.tree.n_trees == 1 else f"tree-{key[0]}-round-{key[1]}"
+
+    def round_started(self, r: int, tree: int = 0) -> None:
         from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         self._end_child("FINISHED")
+        key = (tree, r)
         try:
             child = self.client.create_run(self.experiment_id, tags={MLFLOW_PARENT_RUN_ID: self.run_id},
-                                           run_name=f"round-{r}")
-            params = {"round": str(r), **flatten(asdict(self.params.disentangle), "disentangle.")}
+                                           run_name=self._name(key))
+            params = {"round": str(r), "tree": str(tree),
+                      **flatten(asdict(self.params.disentangle), "disentangle.")}
             self.client.log_batch(child.info.run_id, params=[Param(k, v) for k, v in params.items()])
         except MlflowException as e:
-            log.warning(f"MLflow: round {r} not logged live ({e.message}); logged after the fit")
+            log.warning(f"MLflow: {self._name(key)} not logged live ({e.message}); logged after the fit")
             return
-        self.children[r], self.open_child = child.info.run_id, r
+        self.children[key], self.open_child = child.info.run_id, key
 
     def round_finished(self, record: dict[str, Any]) -> None:
         from mlflow.exceptions import MlflowException
 
-        r = int(record["round"])
+        key = (int(record.get("tree", 0)), int(record["round"]))
         try:
             self._log_round(record)
         except MlflowException as e:
-            log.warning(f"MLflow: round {r} metrics not logged live ({e.message}); logged after the fit")
-        if self.open_child == r:
+            log.warning(f"MLflow: {self._name(key)} metrics not logged live ({e.message}); "
+                        "logged after the fit")
+        if self.open_child == key:
             self._end_child("FINISHED")
 
     def _log_round(self, record: dict[str, Any]) -> None:
-        """The round's metrics not logged yet (or changed) on its child and, with step=round, the parent."""
+        """The round's metrics not logged yet (or changed) on its child and, with step=round, the parent
+        (an ensemble's keys there start with ``tree<t>/``, one curve per tree)."""
         from mlflow.entities import Metric
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        r = int(record["round"])
-        done = self.logged.setdefault(r, {})
+        key = (int(record.get("tree", 0)), int(record["round"]))
+        r = key[1]
+        done = self.logged.setdefault(key, {})
         new = {k: v for k, v in round_metrics(record).items() if done.get(k) != v}
-        if r not in self.children:  # never heard of live: a child run made and ended now
+        if key not in self.children:  # never heard of live: a child run made and ended now
             child = self.client.create_run(self.experiment_id, tags={MLFLOW_PARENT_RUN_ID: self.run_id},
-                                           run_name=f"round-{r}")
-            self.children[r] = child.info.run_id
+                                           run_name=self._name(key))
+            self.children[key] = child.info.run_id
             self.client.set_terminated(child.info.run_id, "FINISHED")
         if new:
             ts = now_ms()
-            self.client.log_batch(self.children[r], metrics=[Metric(k, v, ts, r) for k, v in new.items()])
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, r) for k, v in new.items()])
+            prefix = "" if self.params.tree.n_trees == 1 else f"tree{key[0]}/"
+            self.client.log_batch(self.children[key], metrics=[Metric(k, v, ts, r) for k, v in new.items()])
+            self.client.log_batch(self.run_id, metrics=[Metric(prefix + k, v, ts, r) for k, v in new.items()])
         done.update(new)
 
     def _end_child(self, status: str) -> None:
@@ -221,14 +232,15 @@ class TrainingRun:
 
         client, run_id = self.client, self.run_id
         self._end_child("FINISHED")
-        rounds: list[dict[str, Any]] = list(model.info.get("rounds", []))
+        rounds: list[dict[str, Any]] = [rec for m in model.trees for rec in m.info.get("rounds", [])]
         for rec in rounds:  # rounds not heard of live, and seconds added after the loop
             self._log_round(rec)
         Xe, Ye, split_name = evaluation_split(model, self.X, self.Y)
         pred = model.predict(Xe, topk=5)
         final = evaluate(Ye, pred, (1, 3, 5), label_counts=model.label_counts, n_train=model.n_train)
         summary = {"fit_seconds": fit_seconds, "model_bytes": float(folder_bytes(model_dir)),
-                   "rounds_run": float(max(len(rounds) - 1, 0)),
+                   "rounds_run": float(max(len(model.info.get("rounds", [])) - 1, 0)),
+                   "n_trees": float(len(model.trees)),
                    "best_round": float(model.info.get("best_round", 0)),
                    **{f"{split_name}_{metric_key(k)}": v for k, v in final.items()},
                    "peak_rss_bytes": peak_rss_mib() * 2**20}
@@ -279,7 +291,8 @@ def description(model: XMCModel, final: dict[str, float], split_name: str, text_
     p1 = final.get("P@1")
     quality = f" P@1 {p1:.2f} on {'held-out' if split_name == 'heldout' else 'training'} rows." if p1 else ""
     return (f"xmc extreme multi-label classifier: {model.n_labels} labels, {model.n_features} features, "
-            f"trained on {model.n_train} documents, {model.params.disentangle.rounds} disentangling "
+            f"trained on {model.n_train} documents, {len(model.trees)} label tree(s) with "
+            f"{model.params.disentangle.rounds} disentangling "
             f"round(s), up to {model.params.disentangle.max_copies} clusters per label.{quality} "
             f"Input: {takes}. Output: 'labels' ({names}, best first) and 'scores'; "
             "params {\"topk\": k} (default 5).")
@@ -319,6 +332,7 @@ def write_artifacts(
     (folder / "assignment" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (folder / "assignment" / "copied_labels.csv").write_text("\n".join(csv_lines) + "\n")
     best = model.info.get("best_round")
+    rounds = [r for r in rounds if r.get("tree", 0) == 0]  # the plots follow tree 0 of an ensemble
     if any(r.get("validation") for r in rounds):
         plots.precision_by_round(rounds, folder / "plots" / "precision_by_round.png", best_round=best)
     if rounds:

@@ -3,6 +3,7 @@ interrupted training run continues (``--resume``) from the last finished round w
 
     <folder>/state.json     last finished round, best round, round records, params, data fingerprint
     <folder>/round_<r>/     model bundle after round r (only the last and the best are kept)
+    <folder>/tree_<t>/      an ensemble's tree t: a checkpoint folder of its own, as above
 
 A checkpoint is only resumed for the same params and the same training data (fingerprint of
 the feature and label matrices); anything else is an error, never a silent mix.
@@ -53,8 +54,14 @@ class RoundState:
 
 
 def _is_checkpoint(folder: Path) -> bool:
-    """A folder holding only what ``Checkpoint.save`` writes (state.json, round_<r>/, temp siblings)."""
-    return all(p.name == "state.json" or p.name.startswith((".", "round_")) for p in folder.iterdir())
+    """A folder holding only what checkpoints write (state.json, round_<r>/, tree_<t>/, temp siblings)."""
+    return all(p.name == "state.json" or p.name.startswith((".", "round_", "tree_"))
+               for p in folder.iterdir())
+
+
+def check_checkpoint_folder(folder: str | Path) -> None:
+    """Refuse, before any work, a file or a foreign non-empty folder as a checkpoint folder."""
+    check_target(Path(folder), folder=True, owned=_is_checkpoint, what="a checkpoint folder")
 
 
 class Checkpoint:
@@ -62,7 +69,7 @@ class Checkpoint:
         self.folder = Path(folder)
         self.params = params
         self.data_fingerprint = data_fingerprint
-        check_target(self.folder, folder=True, owned=_is_checkpoint, what="a checkpoint folder")
+        check_checkpoint_folder(self.folder)
 
     def save(self, state: RoundState) -> None:
         """Bundles first, then the state file that points at them (atomic): a crash mid-save

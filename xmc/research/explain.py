@@ -25,20 +25,34 @@ def explain_label(
     """Clusters of ``label`` with gains and the top features of the instances routed to each.
 
     Features are ranked by lift: their mean weight in the copy's instances minus their mean
-    over all of X, so words frequent everywhere do not crowd out the distinctive ones.
+    over all of X, so words frequent everywhere do not crowd out the distinctive ones. For an
+    ensemble, tree 0's clusters are on top and ``trees`` holds every tree's.
     """
     if not 0 <= label < model.n_labels:
         raise ValueError(f"label {label} out of range [0, {model.n_labels})")
-    tree = model.tree
     Xp = model.preprocess(X)
     rows = sp.csc_matrix(Y)[:, label].indices
+    background = np.asarray(Xp.mean(axis=0)).ravel()  # features common everywhere say nothing
+    per_tree = [_tree_clusters(m, Xp, rows, label, background, feature_names, top) for m in model.trees]
+    name = model.label_names[label] if model.label_names else label
+    out: dict[str, Any] = {"label": name, "index": label, "positives": len(rows), **per_tree[0]}
+    if len(per_tree) > 1:  # an ensemble: each tree places the label on its own; tree 0 stays on top
+        out["trees"] = [{"tree": t, **found} for t, found in enumerate(per_tree)]
+    return out
+
+
+def _tree_clusters(
+    model: XMCModel, Xp: sp.csr_matrix, rows: np.ndarray, label: int, background: np.ndarray,
+    feature_names: list[str] | None, top: int,
+) -> dict[str, Any]:
+    """One tree's clusters of ``label``: gain, routed instances and top features of each copy."""
+    tree = model.tree
     copies = np.flatnonzero(tree.copy_label == label)
     clusters = tree.parents[-1][copies]
     p = model.params
     search, keep = gain_matching(p.disentangle, p.predict)
     M = match(Xp[rows], tree, model.weights[:-1], search, bias=p.solver.bias, keep=keep)
     M = sp.csc_matrix(M)
-    background = np.asarray(Xp.mean(axis=0)).ravel()  # features common everywhere say nothing
     routed_any = np.zeros(len(rows), bool)
     out = []
     for copy, k in zip(copies.tolist(), clusters.tolist(), strict=True):
@@ -58,6 +72,4 @@ def explain_label(
                 for j in best if lift[j] > 0
             ],
         })
-    name = model.label_names[label] if model.label_names else label
-    return {"label": name, "index": label, "positives": len(rows), "clusters": out,
-            "unrouted": int((~routed_any).sum())}
+    return {"clusters": out, "unrouted": int((~routed_any).sum())}
