@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,6 +154,40 @@ def test_matcher_aware_negatives_of_a_round_come_from_the_new_matchers_beam() ->
     teacher_forced = train_layers(Xn, Yc, tree, replace(params.solver, negatives="tfn"),
                                   params.predict, ex, layers=[last], weights=weights)
     assert abs(weights[last] - teacher_forced[last]).max() > 1e-3  # the matcher's rows did change it
+
+
+class RecordingExecutor(LocalExecutor):
+    """A real local executor that keeps the units of every map it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(show_progress=False)
+        self.units: dict[str, list[Any]] = {}
+
+    def map(self, fn: Any, shared: Any, units: Any, *, desc: str = "") -> list[Any]:
+        self.units[desc] = list(units)
+        return super().map(fn, shared, units, desc=desc)
+
+
+def test_man_top_takes_negatives_from_the_best_nodes_of_the_beam() -> None:
+    """Rows per parent: teacher-forced ones are in every variant; the top-1 node's matched rows
+    are a subset of the whole beam's; and narrowing does drop rows somewhere."""
+    from xmc.core.train import train_layers
+
+    X, Y = multi_sense()
+    params = XMCParams().replace(max_leaf_size=4, rounds=0, beam_size=3)
+    base = fit(X, Y, params)
+    Xn, Yc = base.preprocess(X), sp.csr_matrix(Y)
+    rows = {}
+    man = replace(params.solver, negatives="tfn+man")
+    for name, solver in (("tfn", params.solver), ("top1", replace(man, man_top=1)), ("beam", man)):
+        ex = RecordingExecutor()
+        train_layers(Xn, Yc, base.tree, solver, params.predict, ex, layers=[base.tree.n_layers - 1],
+                     weights=base.weights)
+        (units,) = ex.units.values()
+        rows[name] = {u.parent: set(u.rows.tolist()) for u in units}
+    assert all(rows["tfn"][p] <= rows["top1"][p] <= rows["beam"][p] for p in rows["tfn"])
+    assert sum(map(len, rows["top1"].values())) < sum(map(len, rows["beam"].values()))
+    assert sum(map(len, rows["tfn"].values())) < sum(map(len, rows["top1"].values()))
 
 
 def test_zero_rounds_is_the_baseline(toy) -> None:  # type: ignore[no-untyped-def]

@@ -6,9 +6,11 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
-from xmc.core.predict import ScoringLayer
+from xmc.core.predict import ScoringLayer, post_process
+from xmc.params import POST_PROCESSORS
 
 
 def _layer_case(
@@ -69,3 +71,12 @@ def test_memory_follows_the_weights_not_parents_times_features() -> None:
     kept += layer.features.nbytes + layer.row_ptr.nbytes
     per_parent_csr = n_parents * (n_features + 1) * 4  # what one CSR row pointer per parent costs
     assert kept < 40 * W.nnz + 16 * n_parents < per_parent_csr / 50
+
+
+@pytest.mark.parametrize("kind", [k for k in POST_PROCESSORS if k.endswith("-hinge")])
+def test_lp_hinge_post_processors_follow_their_power(kind: str) -> None:
+    """'lp-hinge' is exp(-max(0, 1 - z)^p): 1 at and above the margin, e^-1 at z = 0."""
+    p = int(kind[1:-6])
+    z = np.linspace(-2, 2, 41)
+    np.testing.assert_allclose(post_process(z, kind), np.exp(-(np.maximum(0, 1 - z) ** p)))
+    assert post_process(np.array([1.5]), kind)[0] == 1.0

@@ -17,13 +17,14 @@ from typing import Any, Literal, TypeVar
 from xmc.errors import ParamError
 
 Negatives = Literal["tfn", "tfn+man"]
-PostProcessor = Literal["l3-hinge", "sigmoid"]
+PostProcessor = Literal["l2-hinge", "l3-hinge", "l4-hinge", "l5-hinge", "l6-hinge", "l8-hinge", "sigmoid"]
 CopyMerge = Literal["max", "mean"]
 Device = Literal["auto", "cpu", "cuda"]
 Algorithm = Literal["auto", "dual-cd", "newton-cg"]
 
 NEGATIVES: tuple[str, ...] = ("tfn", "tfn+man")
-POST_PROCESSORS: tuple[str, ...] = ("l3-hinge", "sigmoid")
+POST_PROCESSORS: tuple[str, ...] = ("l2-hinge", "l3-hinge", "l4-hinge", "l5-hinge", "l6-hinge", "l8-hinge",
+                                    "sigmoid")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 COPY_MERGES: tuple[str, ...] = ("max", "mean")
 ALGORITHMS: tuple[str, ...] = ("auto", "dual-cd", "newton-cg")
@@ -84,6 +85,8 @@ class SolverParams:
     """Conjugate-gradient steps per Newton step at most."""
     negatives: Negatives = "tfn"
     """Negatives of a node: 'tfn' (instances of its siblings) or 'tfn+man' (also those the matcher routes to it)."""
+    man_top: int = 0
+    """Matcher-aware negatives come from the best this many nodes of each instance's beam (0 = the whole beam)."""
     device: Device = "auto"
     """Where torch runs the solver: 'cuda' when available under 'auto'."""
     dtype: Literal["float32", "float64"] = "float32"
@@ -97,6 +100,7 @@ class SolverParams:
         _require(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"use one of {ALGORITHMS}")
         _require(self.dual_tol > 0 and math.isfinite(self.dual_tol), "dual_tol", self.dual_tol, "use a positive number")
         _require(self.dual_max_iter >= 1, "dual_max_iter", self.dual_max_iter, "use >= 1")
+        _require(self.man_top >= 0, "man_top", self.man_top, "use >= 0 (0 = the whole beam)")
         _require(self.max_newton_iter >= 1, "max_newton_iter", self.max_newton_iter, "use >= 1")
         _require(self.max_cg_iter >= 1, "max_cg_iter", self.max_cg_iter, "use >= 1")
         _require(self.negatives in NEGATIVES, "negatives", self.negatives, f"use one of {NEGATIVES}")

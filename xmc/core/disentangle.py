@@ -267,7 +267,8 @@ def disentangle_round(
         matched = None
         if solver.negatives == "tfn+man":  # the rows the new matcher's full beam sends to each leaf,
             # as train_layers gives them; the gain matching (its top leaf, old matcher) is not that
-            matched = match(X, new_tree, new_weights[:last], predict, bias=solver.bias).tocsc()
+            matched = match(X, new_tree, new_weights[:last], predict, bias=solver.bias,
+                            keep=solver.man_top or None).tocsc()
         new_weights[last] = train_rankers(X, Y, tree, new_tree, weights[last], retrain, matched, solver,
                                           executor, f"round {round_no}: rankers")
     t4 = time.perf_counter()

@@ -23,9 +23,13 @@ from xmc.params import PredictParams
 
 
 def post_process(z: np.ndarray, kind: str) -> np.ndarray:
-    """Map linear scores to (0, 1]: l3-hinge ``exp(-max(0, 1-z)^3)`` or the sigmoid."""
-    if kind == "l3-hinge":
-        return np.exp(-(np.maximum(0.0, 1.0 - z) ** 3))
+    """Map linear scores to (0, 1]: lp-hinge ``exp(-max(0, 1-z)^p)`` ('l6-hinge': p = 6) or the sigmoid.
+
+    A larger p keeps every score above the margin-free zone near 1 and drives those below 0 down
+    faster, so a path is ranked mostly by whether each of its classifiers says yes.
+    """
+    if kind.endswith("-hinge"):
+        return np.exp(-(np.maximum(0.0, 1.0 - z) ** int(kind[1:-6])))
     return 1.0 / (1.0 + np.exp(-z))
 
 

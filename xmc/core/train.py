@@ -168,7 +168,7 @@ def train_layers(
     for t in todo:
         matched = None
         if solver.negatives == "tfn+man" and t > 0:
-            matched = match(X, tree, out[:t], predict, bias=solver.bias).tocsc()
+            matched = match(X, tree, out[:t], predict, bias=solver.bias, keep=solver.man_top or None).tocsc()
         units = layer_units(tree, t, targets[t], matched)
         results = executor.map(
             train_cluster, LayerData(X, targets[t], solver), units,
