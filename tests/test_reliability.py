@@ -139,7 +139,7 @@ def test_unexpected_error_is_one_line_and_a_log(monkeypatch: pytest.MonkeyPatch,
         raise RuntimeError("simulated bug\nsecond line")
 
     monkeypatch.setenv("XMC_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setattr(xmc.core.model, "predict", boom)
+    monkeypatch.setattr(xmc.core.model, "predict_ensemble", boom)
     rc, err = run_cli(["predict", "--model", str(small["model"]), "--x", str(small["X"]),
                        "--out", str(tmp_path / "p.npz")], capsys)
     lines = [line for line in err.splitlines() if line.startswith("xmc: ")]

@@ -39,8 +39,9 @@ def _require(ok: bool, name: str, value: object, fix: str) -> None:
 class TreeParams:
     """How the label tree is built (hierarchical balanced spherical 2-means on PIFA embeddings)."""
 
-    branching_factor: int = 16
-    """Children per internal node of the matcher tree (a power of two: levels group 2-means splits)."""
+    branching_factor: int = 32
+    """Children per internal node of the matcher tree (a power of two: levels group 2-means splits).
+    32: validation P@1 +0.1 on debian-deps over 16 (64: no better), equal on Bibtex, fit +13 %."""
     max_leaf_size: int = 100
     """Most labels in a leaf cluster; the tree is deepened until every leaf fits."""
     kmeans_max_iter: int = 20
@@ -116,8 +117,9 @@ class PredictParams:
     """Clusters kept per level of the beam search."""
     topk: int = 10
     """Labels returned per instance."""
-    post_processor: PostProcessor = "l3-hinge"
-    """Map from a linear score z to (0, 1]: 'l3-hinge' exp(-max(0, 1-z)^3) or 'sigmoid'; path scores multiply."""
+    post_processor: PostProcessor = "l6-hinge"
+    """Map from a linear score z to (0, 1]: 'lp-hinge' exp(-max(0, 1-z)^p) or 'sigmoid'; path scores
+    multiply. l6: validation P@1 +0.25 on debian-deps and +0.07 on Bibtex over PECOS's l3."""
     chunk_size: int = 8192
     """Instances scored at once; bounds prediction memory."""
     copy_merge: CopyMerge = "max"
