@@ -32,6 +32,9 @@ from xmc.io.vectorizer import TextVectorizer
 from xmc.research.synth import SynthSpec, write
 
 CONF = REPO / "cluster_configs" / "spark" / "spark-defaults.conf"
+QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+"""For the test's short-lived JVMs (master, 2 workers, 2 executors, driver on 2 cores): no C2 JIT,
+no parallel GC threads. Measured: the test's CPU time 178 s -> 94 s, wall 121 s -> 83 s."""
 
 
 def _spark_home() -> Path:
@@ -54,7 +57,8 @@ def _free_ports(n: int) -> list[int]:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "SPARK_HOME": str(_spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "SPARK_DAEMON_JAVA_OPTS": QUICK_JVM}
 
 
 def _master_state(ui_port: int) -> dict[str, object] | None:
@@ -178,11 +182,14 @@ def test_spark_submit_featurize_on_standalone_cluster(standalone: Standalone, tm
     events = tmp_path / "events"
     events.mkdir()
     submit = str(_spark_home() / "bin" / "spark-submit")
+    quick: list[str] = []  # the file's JVM options (the locale) kept, QUICK_JVM added
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        quick += ["--conf", f"{key}={read_conf_file(CONF)[key]} {QUICK_JVM}"]
     # one 1-core executor per worker; the first job waits (up to 2 min) until both registered
     cmd = [submit, "--master", standalone.master, "--properties-file", str(CONF),
            "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.memoryOverhead=256m",
            "--conf", "spark.executor.cores=1", "--conf", "spark.cores.max=2",
-           "--conf", "spark.driver.memory=1g",
+           "--conf", "spark.driver.memory=1g", *quick,
            "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
            "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
            "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events.as_uri()}",
