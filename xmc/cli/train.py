@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
                     checkpoint_dir=args.checkpoint_dir, resume=args.resume, observer=observer)
         fit_s = time.perf_counter() - t0
         model.info["seconds_fit"] = fit_s
+        nodes: dict[str, int] | None = getattr(executor, "node_units", None)  # Ray: units per node
+        if nodes:
+            model.info["executor_nodes"] = dict(nodes)
         model.save(args.model, extra_dirs=extra_dirs)
         if observer is not None:
             result = observer.finish(model, args.model, fit_seconds=fit_s)

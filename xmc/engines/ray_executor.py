@@ -67,6 +67,8 @@ class BatchResult:
     peak_rss_mib: float
     """Peak resident memory of the worker process so far (a bound on this batch's footprint)."""
     pid: int
+    node_id: str = ""
+    """Ray node the batch ran on (hex id): how work spread over a cluster's machines."""
 
 
 def _run_batch(fn: Callable[[Any, Any], Any], shared: Any, units: list[Any], indices: list[int],
@@ -79,10 +81,13 @@ def _run_batch(fn: Callable[[Any, Any], Any], shared: Any, units: list[Any], ind
     if kill_once is not None and not Path(kill_once).exists():  # chaos hook for fault tests
         Path(kill_once).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
+    import ray
+
     t0 = time.perf_counter()
     results = [fn(shared, u) for u in units]
     rss = peak_rss_mib()
-    return BatchResult(indices, results, time.perf_counter() - t0, rss, os.getpid())
+    return BatchResult(indices, results, time.perf_counter() - t0, rss, os.getpid(),
+                       ray.get_runtime_context().get_node_id())
 
 
 LOOPBACK = "127.0.0.1"
@@ -118,7 +123,10 @@ class RayExecutor:
     """Runs unit batches as Ray tasks; connects to ``address`` or starts a local Ray.
 
     ``stats`` keeps, per ``map`` call, the batch count, the worker pids that ran them and the
-    largest worker peak memory seen, for benchmarks and for the round records.
+    largest worker peak memory seen, for benchmarks and for the round records. ``node_units``
+    counts, over every ``map`` so far, the units each Ray node ran ({node id: units}): whether a
+    cluster's nodes all took part, or the scheduler left some idle (``xmc train`` records it in
+    the model's ``info["executor_nodes"]``).
     """
 
     def __init__(self, params: ExecutorParams | None = None, *, show_progress: bool = True,
@@ -129,6 +137,7 @@ class RayExecutor:
         self.show_progress = show_progress
         self.kill_once = kill_once
         self.stats: list[dict[str, Any]] = []
+        self.node_units: dict[str, int] = {}
         self._started_here = False
         if not ray.is_initialized():
             p = self.params
@@ -200,6 +209,7 @@ class RayExecutor:
         out: list[Any] = [None] * len(units)
         peak, t0 = 0.0, time.perf_counter()
         pids: set[int] = set()
+        nodes: dict[str, int] = {}
         with progress_bar(total=len(units), desc=desc, enabled=self.show_progress) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -208,10 +218,13 @@ class RayExecutor:
                     for i, r in zip(res.indices, res.results, strict=True):
                         out[i] = r
                     peak, pids = max(peak, res.peak_rss_mib), pids | {res.pid}
+                    nodes[res.node_id] = nodes.get(res.node_id, 0) + len(res.indices)
                     bar.update(pending.pop(ref))
         self.stats.append({"desc": desc, "units": len(units), "batches": len(batches),
                            "workers_used": len(pids), "worker_peak_rss_mib": round(peak, 1),
-                           "seconds": round(time.perf_counter() - t0, 3)})
+                           "nodes": nodes, "seconds": round(time.perf_counter() - t0, 3)})
+        for node, n in nodes.items():
+            self.node_units[node] = self.node_units.get(node, 0) + n
         return out
 
     def shutdown(self) -> None:
