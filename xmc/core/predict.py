@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,8 @@ def predict_ensemble(
     # more than every label (or every node of the widest layer) changes nothing: clip, so an
     # absurd --topk does not allocate rows x topk
     topk = min(params.topk if topk is None else topk, n_labels)
+    # T trees score T candidate blocks per chunk: T times fewer rows keep one tree's memory
+    params = replace(params, chunk_size=max(1, params.chunk_size // len(members)))
     runs = []
     for tree, weights in members:
         beam = min(params.beam_size if beam_size is None else beam_size, _widest(tree))

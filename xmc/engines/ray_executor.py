@@ -197,8 +197,10 @@ class RayExecutor:
         # fewer batches than workers (e.g. the root layer: one unit): give each the idle CPUs
         spare = min(n_workers * p.cpus_per_worker // len(batches), self._node_cpus())
         threads = max(p.cpus_per_worker, spare)
+        # SPREAD: batches go to every node of a cluster (Ray's default packs queued tasks onto a
+        # node that already has warm workers, leaving others idle); one node: no difference
         options: dict[str, Any] = {"num_cpus": threads, "max_retries": p.max_retries,
-                                   "retry_exceptions": False}
+                                   "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
         if p.memory_per_worker_mb:
             options["memory"] = p.memory_per_worker_mb * 1024 * 1024
         task = self._remote.options(**options)
