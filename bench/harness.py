@@ -57,6 +57,8 @@ class System:
 SYSTEMS = {s.name: s for s in [
     System("xmc-disentangled", "xmc", {"rounds": 1}, "ours: lambda 2, one reassignment round"),
     System("xmc-baseline", "xmc", {"rounds": 0}, "ours: single partition (R = 0)"),
+    System("xmc-trees3", "xmc", {"rounds": 1, "n_trees": 3, "max_leaf_size": 100},
+           "ours: an ensemble of 3 trees (--n-trees 3), the default tree otherwise"),
     System("pecos-xrlinear", "pecos", {}, "PECOS XR-Linear defaults (16-way k-means, leaf 100, beam 10)"),
     System("omikuji-parabel", "omikuji", {}, "omikuji defaults = Parabel (3 trees, 2-way, leaf 100)",
            seeded=None),
