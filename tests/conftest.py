@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,18 @@ os.environ.setdefault("XMC_PROGRESS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 BIBTEX = REPO / "data" / "bibtex"
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on loopback (held together while picked, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture(scope="session")

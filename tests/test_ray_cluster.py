@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import BIBTEX, REPO
+from tests.conftest import BIBTEX, REPO, free_ports
 from xmc import XMCModel
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -38,23 +37,11 @@ STORE_BYTES = 256 * 1024 * 1024
 """Object store of each node: Bibtex is a few MB; the default (30% of RAM) twice is wasteful."""
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free ports on loopback (held together while picked, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _node_flags(temp: Path) -> list[str]:
     """Flags every node needs to share the machine: its own ports (two nodes would otherwise both
     take the fixed defaults, e.g. 52365 for the agent) and its own temp folder (short: Ray's
     socket paths must stay under 108 bytes)."""
-    p = _free_ports(14)
+    p = free_ports(14)
     return ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={temp}",
             f"--object-store-memory={STORE_BYTES}", f"--node-manager-port={p[0]}",
             f"--object-manager-port={p[1]}", f"--dashboard-agent-listen-port={p[2]}",
@@ -118,7 +105,7 @@ def _start(args: list[str], sessions: list[int]) -> None:
 
 @pytest.fixture
 def two_nodes() -> Iterator[Cluster]:
-    gcs_port, dashboard = _free_ports(2)
+    gcs_port, dashboard = free_ports(2)
     head_temp, worker_temp = Path(f"/tmp/xmcrh{gcs_port}"), Path(f"/tmp/xmcrw{gcs_port}")
     sessions: list[int] = []
     cluster = Cluster(gcs_port, dashboard)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_ports
 from xmc.engines.spark.session import read_conf_file
 from xmc.errors import ParamError
 from xmc.io.features import load_split, read_manifest
@@ -41,18 +40,6 @@ def _spark_home() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).resolve().parent
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free ports on loopback (held together while picked, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _env() -> dict[str, str]:
@@ -126,7 +113,7 @@ class Standalone:
 def standalone(tmp_path: Path) -> Iterator[Standalone]:
     """A running master with two alive workers of 1 core each, every one on its own ports and
     (workers) its own work dir: two executors of 1 core can only run on different workers."""
-    port, ui, *worker_ports = _free_ports(6)
+    port, ui, *worker_ports = free_ports(6)
     spark_class = str(_spark_home() / "bin" / "spark-class")
     cluster = Standalone(f"spark://127.0.0.1:{port}", ui, worker_ports[1::2])
     names = ["master", "worker0", "worker1"]
