@@ -27,7 +27,7 @@ from xmc.core.disentangle import (
 from xmc.core.executor import Executor, LocalExecutor
 from xmc.core.metrics import evaluate
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
-from xmc.core.predict import predict
+from xmc.core.predict import predict, predict_ensemble
 from xmc.core.solver import resolve_device, use_dual_cd
 from xmc.core.sparse import csr
 from xmc.core.train import train_layers
@@ -107,8 +107,11 @@ def fit(
     ensemble.info["trees"] = [tree_summary(t, m) for t, m in enumerate(trees)]
     _, _, Xv, Yv = data.split
     if Xv is not None and Yv is not None:
-        ensemble.info["validation"] = evaluate(Yv, ensemble.predict(Xv, topk=5), (1, 3, 5),
-                                               label_counts=ensemble.label_counts, n_train=ensemble.n_train)
+        # Xv is prepared already: score it directly, not through predict's second preprocessing
+        pred = predict_ensemble(Xv, [(m.tree, m.weights) for m in trees], params.predict,
+                                bias=params.solver.bias, topk=5)
+        ensemble.info["validation"] = evaluate(Yv, pred, (1, 3, 5), label_counts=ensemble.label_counts,
+                                               n_train=ensemble.n_train)
     return ensemble
 
 

@@ -137,13 +137,8 @@ def _merge_copies(
     labels = np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1)
     if unique_labels:
         return labels, cand_score
-    return _combine(labels, cand_score, how)
-
-
-def _combine(labels: np.ndarray, cand_score: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
-    """One entry per label and row: the max or mean of its finite scores; the rest padding."""
     n, w = labels.shape
-    order = np.lexsort((-cand_score, labels), axis=1)  # per row: by label, best score first
+    order = np.lexsort((-cand_score, labels), axis=1)  # per row: by label, best copy first
     labels = np.take_along_axis(labels, order, axis=1)
     scores = np.take_along_axis(cand_score, order, axis=1).astype(np.float64)
     first = np.ones((n, w), dtype=bool)
