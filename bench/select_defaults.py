@@ -16,8 +16,9 @@ import numpy as np
 from disentangle import load  # bench/ is on sys.path when run as a script
 
 from xmc import XMCParams
-from xmc.core.fit import fit, split_validation
+from xmc.core.fit import fit
 from xmc.core.metrics import evaluate
+from xmc.core.rows import split_validation
 
 GRID = {"gain_beam_size": (1, 2), "max_copies": (2, 3), "min_gain_share": (0.0, 0.05, 0.1),
         "copy_merge": ("max", "mean")}

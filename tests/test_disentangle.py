@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from tests.conftest import topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
 from xmc.core.disentangle import (
+    InMemoryRows,
     assign,
     coverage,
     disentangle_round,
@@ -121,9 +122,10 @@ def test_deferred_rankers_give_the_model_of_the_plain_round() -> None:
     assert "rankers_pending" not in deferred.info and deferred.info["rounds"][1]["seconds"]["rankers"] > 0
     base = fit(X, Y, params.replace(rounds=0))
     Xn = base.preprocess(X)
+    rows = InMemoryRows(Xn, sp.csr_matrix(Y), None, None, LocalExecutor(show_progress=False))
     tree, weights, record = disentangle_round(
-        Xn, sp.csr_matrix(Y), base.tree, base.weights, params.solver, params.predict, params.disentangle,
-        params.tree.max_leaf_size, LocalExecutor(show_progress=False), 1, "changed")
+        rows, base.tree, base.weights, params.solver, params.predict, params.disentangle,
+        params.tree.max_leaf_size, 1, "changed")
     assert 0 < record.clusters_changed < tree.n_clusters  # some rankers were moved over, not retrained
     assert np.array_equal(tree.copy_label, deferred.tree.copy_label)
     for a, b in zip(weights, deferred.weights, strict=True):
@@ -145,8 +147,8 @@ def test_matcher_aware_negatives_of_a_round_come_from_the_new_matchers_beam() ->
     base = fit(X, Y, params)
     Xn, Yc, ex = base.preprocess(X), sp.csr_matrix(Y), LocalExecutor(show_progress=False)
     tree, weights, _ = disentangle_round(
-        Xn, Yc, base.tree, base.weights, params.solver, params.predict, params.disentangle,
-        params.tree.max_leaf_size, ex, 1, "changed")
+        InMemoryRows(Xn, Yc, None, None, ex), base.tree, base.weights, params.solver, params.predict,
+        params.disentangle, params.tree.max_leaf_size, 1, "changed")
     last = tree.n_layers - 1
     reference = train_layers(Xn, Yc, tree, params.solver, params.predict, ex, layers=[last],
                              weights=weights)

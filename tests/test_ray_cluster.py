@@ -2,7 +2,8 @@
 
 The head (`ray start --head`) and a second node (`ray start --address=<head>`) get 1 CPU, their
 own ports and their own temp folder each, so two tasks at a time means one on each node. The
-job trains Bibtex on the cluster; the test checks that both nodes ran units (the executor's
+job trains Bibtex from a features bundle on the cluster, its rows in shards (the driver reads none;
+``xmc.core.sharded``); the test checks that both nodes ran units (the executor's
 ``model.info["executor_nodes"]``) and that the model is the in-process one.
 
 Each `ray start` runs in a session of its own, and every process of that session (GCS, raylets,
@@ -28,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import BIBTEX, REPO, free_ports
+from tests.conftest import REPO, free_ports
 from xmc import XMCModel
+from xmc.io.features import write_bundle
 
 RAY = str(Path(sys.executable).parent / "ray")
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -129,13 +131,11 @@ def two_nodes() -> Iterator[Cluster]:
 def test_ray_job_on_two_nodes_gives_the_in_process_model(  # type: ignore[no-untyped-def]
     two_nodes: Cluster, tmp_path: Path, bibtex, bibtex_model
 ) -> None:
-    model_dir = tmp_path / "model"
-    # 2 tasks at a time, 1 CPU each, 4 batches a map. Bibtex's rankers map has 4 units of about a
-    # second: the head's one CPU is busy with the first, so the scheduler leases the second node's
-    # (prestarted) worker long before the head could drain the queue (6 of 6 runs: 1-2 units there)
-    entry = (f"cd {REPO} && {sys.executable} jobs/train.py --x {BIBTEX / 'X.trn.npz'} "
-             f"--y {BIBTEX / 'Y.trn.npz'} --model {model_dir} --executor ray --num-workers 2 "
-             "--cpus-per-worker 1 --batches-per-worker 2")
+    model_dir, bundle = tmp_path / "model", tmp_path / "bundle"
+    write_bundle(bundle, bibtex["X.trn"], bibtex["Y.trn"], max_rows=1500)  # 4 parts: 4 shards
+    # 2 tasks at a time, 1 CPU each, 4 batches a map, every batch spread over the nodes (SPREAD)
+    entry = (f"cd {REPO} && {sys.executable} jobs/train.py --data {bundle} --model {model_dir} "
+             "--executor ray --num-workers 2 --cpus-per-worker 1 --batches-per-worker 2")
     submit = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{two_nodes.dashboard}", "--",
               "bash", "-c", entry]
     out = subprocess.run(submit, env=ENV, capture_output=True, text=True, timeout=600)
@@ -146,6 +146,7 @@ def test_ray_job_on_two_nodes_gives_the_in_process_model(  # type: ignore[no-unt
     assert "ray cluster at" in line and f":{two_nodes.gcs_port}," in line  # joined the cluster, started none
 
     model = XMCModel.load(model_dir)
+    assert model.info["shards"]["count"] == 4  # --data with Ray: the rows stayed in shards
     ran = model.info["executor_nodes"]
     assert set(ran) == set(two_nodes.nodes) and min(ran.values()) > 0, ran  # both nodes ran units
     # the same model as `fit` in-process with the local executor (bibtex_model: same data, defaults)

@@ -179,6 +179,8 @@ class DisentangleParams:
 
 EXECUTORS = ("local", "ray")
 ExecutorKind = Literal["local", "ray"]
+DATA_PLANES = ("auto", "driver", "shards")
+DataPlane = Literal["auto", "driver", "shards"]
 
 
 @dataclass(frozen=True)
@@ -199,9 +201,22 @@ class ExecutorParams:
     """Units are packed into about this many balanced batches per worker."""
     max_retries: int = 3
     """Times a task whose worker died is run again (units are idempotent)."""
+    data_plane: DataPlane = "auto"
+    """Where the training rows of a features bundle (``--data``) live. driver: loaded into this
+    process. shards: read by the units from shard files and shuffled per cluster through work_dir,
+    so the driver holds only what is sized by the labels (``xmc.core.sharded``). auto: shards with
+    the ray executor, driver otherwise. Both give the same model."""
+    work_dir: str = ""
+    """Folder of the shards and shuffles of data_plane shards ('' = the system's temp folder); on a
+    cluster, storage every node sees. A run's own subfolder is removed when it ends."""
+
+    def shards_for_bundle(self) -> bool:
+        """Whether a bundle's rows stay in shards (``data_plane`` resolved)."""
+        return self.data_plane == "shards" or (self.data_plane == "auto" and self.executor == "ray")
 
     def __post_init__(self) -> None:
         _require(self.executor in EXECUTORS, "executor", self.executor, f"use one of {EXECUTORS}")
+        _require(self.data_plane in DATA_PLANES, "data_plane", self.data_plane, f"use one of {DATA_PLANES}")
         for name in ("num_workers", "memory_per_worker_mb", "max_retries"):
             _require(getattr(self, name) >= 0, name, getattr(self, name), "use >= 0")
         for name in ("cpus_per_worker", "batches_per_worker"):

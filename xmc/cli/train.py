@@ -46,10 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the full training record as JSON instead of the short summary")
     add_param_flags(p)
-    from xmc.params import EXECUTORS, ExecutorParams
+    from xmc.params import DATA_PLANES, EXECUTORS, ExecutorParams
 
     add_dataclass_flags(p.add_argument_group("execution (defaults from xmc.params.ExecutorParams)"),
-                        ExecutorParams, {"ExecutorKind": EXECUTORS})
+                        ExecutorParams, {"ExecutorKind": EXECUTORS, "DataPlane": DATA_PLANES})
     from xmc.engines.tracking import TrackingParams
 
     tracking = p.add_argument_group("MLflow tracking: logged while the model trains when any of these is "
@@ -70,8 +70,17 @@ def run(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     # before any work: a file, or a folder that is not an xmc model, is never replaced by one
     check_target(args.model, folder=True, owned=manifest_format_is(FORMAT), what="an xmc model folder")
+    exec_params = dataclass_from_args(ExecutorParams, args)
+    sharded = bool(args.data) and exec_params.shards_for_bundle()
+    if exec_params.data_plane == "shards" and not args.data:
+        from xmc.errors import ParamError
+
+        raise ParamError("--data-plane shards reads a features bundle: give --data BUNDLE (not --x/--y)")
     extra_dirs = None
-    if args.data:
+    n_rows, digest = None, None
+    if sharded:  # the driver reads footers and a sample only; the rows stay in the bundle's parts
+        X, Y, names, extra_dirs, n_rows, digest = _bundle_sample(args)
+    elif args.data:
         X, Y, names, extra_dirs = _from_bundle(args)
     else:
         X, Y = load_xy(args.x, args.y)
@@ -81,28 +90,38 @@ def run(args: argparse.Namespace) -> int:
 
             raise DataFormatError(f"{len(names)} label names for {Y.shape[1]} label columns",
                                   path=args.label_names)
-    print(f"xmc train: {X.shape[0]} instances, {X.shape[1]} features, {Y.shape[1]} labels",
+    where = " (rows stay in the bundle's shards)" if sharded else ""
+    print(f"xmc train: {n_rows or X.shape[0]} instances, {X.shape[1]} features, {Y.shape[1]} labels{where}",
           file=sys.stderr)
     if args.resume and not args.checkpoint_dir:
         from xmc.errors import ParamError
 
         raise ParamError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
     tracking = _tracking_from_args(args)
-    executor = make_executor(dataclass_from_args(ExecutorParams, args))
+    executor = make_executor(exec_params)
     print(f"xmc train: executor: {executor.describe()}", file=sys.stderr)
     live: Any = nullcontext()
     if tracking is not None:  # the MLflow run opens before the fit: rounds are logged as they run
         from xmc.engines.training_run import training_run
 
-        run_params = {"input": str(args.data or args.x), "executor": executor.describe()}
-        live = training_run(tracking, params, X, Y, run_params)
+        run_params = {"input": str(args.data or args.x), "executor": executor.describe(),
+                      "data_plane": "shards" if sharded else "driver"}
+        live = training_run(tracking, params, X, Y, run_params, n_rows=n_rows, fingerprint=digest)
     logged: dict[str, Any] = {}
     with live as observer:
         t0 = time.perf_counter()
-        model = fit(X, Y, params, label_names=names, executor=executor,
-                    checkpoint_dir=args.checkpoint_dir, resume=args.resume, observer=observer)
+        if sharded:
+            from xmc.core.sharded import fit_sharded
+
+            model = fit_sharded(args.data, params, executor=executor, work_dir=exec_params.work_dir or None,
+                                label_names=names, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                                observer=observer)
+        else:
+            model = fit(X, Y, params, label_names=names, executor=executor,
+                        checkpoint_dir=args.checkpoint_dir, resume=args.resume, observer=observer)
         fit_s = time.perf_counter() - t0
         model.info["seconds_fit"] = fit_s
+        model.info["peak_rss_mib"] = memory_record(executor)
         nodes: dict[str, int] | None = getattr(executor, "node_units", None)  # Ray: units per node
         if nodes:
             model.info["executor_nodes"] = dict(nodes)
@@ -167,10 +186,22 @@ def _tracking_from_args(args: argparse.Namespace) -> TrackingParams | None:
     return dataclass_from_args(TrackingParams, args)
 
 
-def _from_bundle(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None, dict[str, str | Path] | None]:
-    """X, Y, label names of a featurize bundle's train split, and its vectorizer folder (text input)."""
+def memory_record(executor: Any) -> dict[str, float]:
+    """Peak resident memory of the fit, MiB: the driver (this process), and the largest of the
+    executor's workers (Ray tasks; the local executor's units run in the driver)."""
+    from xmc.log import peak_rss_mib
+
+    stats: list[dict[str, Any]] = getattr(executor, "stats", [])
+    out = {"driver": round(peak_rss_mib(), 1)}
+    if stats:
+        out["workers"] = max(float(s.get("worker_peak_rss_mib", 0.0)) for s in stats)
+    return out
+
+
+def _names(args: argparse.Namespace) -> tuple[list[str] | None, dict[str, str | Path] | None]:
+    """A bundle's label names (or --label-names for a bundle of an XC file) and its vectorizer folder."""
     from xmc.errors import ParamError
-    from xmc.io.features import load_label_names, load_split
+    from xmc.io.features import load_label_names
 
     if args.y:
         raise ParamError("--data BUNDLE holds the labels: drop --y")
@@ -181,10 +212,50 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None, 
         from xmc.io.readers import LabelVocab
 
         names = LabelVocab.load(args.label_names).names
-    split = load_split(args.data, "train")
     vectorizer = Path(args.data) / "vectorizer"
-    extra: dict[str, str | Path] | None = {"vectorizer": vectorizer} if vectorizer.is_dir() else None
+    return names, ({"vectorizer": vectorizer} if vectorizer.is_dir() else None)
+
+
+def _from_bundle(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None, dict[str, str | Path] | None]:
+    """X, Y, label names of a featurize bundle's train split, and its vectorizer folder (text input)."""
+    from xmc.io.features import load_split
+
+    names, extra = _names(args)
+    split = load_split(args.data, "train")
     return split.X, split.Y, names, extra
+
+
+SAMPLE_ROWS = 10_000
+"""Rows the driver reads of a sharded bundle: the MLflow run's held-out metrics and input example."""
+
+
+def _bundle_sample(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None,
+                                                      dict[str, str | Path] | None, int, str]:
+    """The first rows of a bundle's train split (at most ``SAMPLE_ROWS``), its names, vectorizer,
+    row count and manifest digest: what the driver of a sharded fit reads of the data."""
+    import hashlib
+
+    import scipy.sparse as sp
+
+    from xmc.io.features import load_part, split_parts
+
+    names, extra = _names(args)
+    manifest, parts = split_parts(args.data, "train")
+    Xs, Ys, left = [], [], SAMPLE_ROWS
+    for path, n in parts:
+        if left <= 0:
+            break
+        X, Y = load_part(path, manifest["n_features"], manifest["n_labels"], 0, min(n, left))
+        Xs.append(X)
+        Ys.append(Y)
+        left -= X.shape[0]
+    if not Xs:
+        from xmc.errors import DataFormatError
+
+        raise DataFormatError("the bundle's train split has no rows", path=args.data)
+    digest = hashlib.sha256((Path(args.data) / "manifest.json").read_bytes()).hexdigest()
+    return (sp.vstack(Xs, format="csr"), sp.vstack(Ys, format="csr"), names, extra,
+            sum(n for _, n in parts), digest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ alternate until R or until held-out precision stops improving.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -17,9 +18,19 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.core.executor import Executor
-from xmc.core.predict import ScoringLayer, match, match_layers, scoring_layers
+from xmc.core.metrics import evaluate
+from xmc.core.predict import ScoringLayer, match, match_layers, predict_ensemble, scoring_layers
+from xmc.core.rows import Matching, Member, TrainingRows
 from xmc.core.sparse import csr
-from xmc.core.train import LayerData, assemble, layer_units, train_cluster, train_layers, weights_of
+from xmc.core.train import (
+    ClusterWeights,
+    LayerData,
+    assemble,
+    layer_units,
+    train_cluster,
+    train_layers,
+    weights_of,
+)
 from xmc.core.tree import LabelTree
 from xmc.params import DisentangleParams, PredictParams, SolverParams
 
@@ -98,11 +109,17 @@ def precision_gains(
 
 def coverage(Y: sp.csr_matrix, M: sp.csr_matrix, C: sp.csr_matrix) -> float:
     """``Tr(Y^T Binary(M C^T)) / nnz(Y)``: share of true pairs the matcher can reach under C."""
+    reached, pairs = coverage_counts(Y, M, C)
+    return reached / pairs if pairs else 0.0
+
+
+def coverage_counts(Y: sp.csr_matrix, M: sp.csr_matrix, C: sp.csr_matrix) -> tuple[int, int]:
+    """(true pairs the matching M reaches under C, true pairs): shards' counts add up."""
     rows, labels = Y.nonzero()
     if len(rows) == 0:
-        return 0.0
+        return 0, 0
     reached = np.asarray(M[rows].multiply(C[labels]).sum(axis=1)).ravel() > 0
-    return float(reached.mean())
+    return int(reached.sum()), len(rows)
 
 
 def assign(
@@ -204,33 +221,21 @@ def pending_rankers(n_features: int, n_copies: int) -> sp.csc_matrix:
     return sp.csc_matrix((n_features + 1, n_copies), dtype=np.float32)
 
 
-def train_rankers(
-    X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
-    changed: np.ndarray, matched: sp.csc_matrix | None, solver: SolverParams, executor: Executor,
-    desc: str,
-) -> sp.csc_matrix:
-    """New last layer: rankers of the ``changed`` clusters trained, the others' columns moved over.
-
-    ``matched`` (N x clusters, the beam of the matcher that will route to these rankers) adds the
-    matcher-aware negatives; None trains on teacher-forced rows only. The layers above are not
-    needed: a ranker reads only the rows routed to its cluster.
-    """
+def move_kept(tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
+              changed: np.ndarray) -> list[ClusterWeights]:
+    """The last layer's columns of the clusters whose labels did not change, at their new place."""
     last = tree.n_layers - 1
-    targets = new_tree.copy_targets(Y)
-    units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
-    results = executor.map(train_cluster, LayerData(X, targets, solver), units, desc=desc)
     old_ptr, new_ptr = tree.children_ptr(last), new_tree.children_ptr(last)
     kept = np.setdiff1d(np.arange(new_tree.n_clusters), changed)
-    results += [weights_of(W_old, int(old_ptr[k]), int(old_ptr[k + 1]), int(new_ptr[k])) for k in kept]
-    return assemble(results, X.shape[1], len(new_tree.copy_label))
+    return [weights_of(W_old, int(old_ptr[k]), int(old_ptr[k + 1]), int(new_ptr[k])) for k in kept]
 
 
 def disentangle_round(
-    X: sp.csr_matrix, Y: sp.csr_matrix, tree: LabelTree, weights: list[sp.csc_matrix],
+    rows: TrainingRows, tree: LabelTree, weights: list[sp.csc_matrix],
     solver: SolverParams, predict: PredictParams, params: DisentangleParams, max_leaf_size: int,
-    executor: Executor, round_no: int, rankers: RankerRetrain = "changed",
+    round_no: int, rankers: RankerRetrain = "changed",
 ) -> tuple[LabelTree, list[sp.csc_matrix], RoundRecord]:
-    """One reassignment round; returns the new tree, new weights and the round's record.
+    """One reassignment round on the training ``rows``; returns the new tree, weights and record.
 
     ``rankers`` says which clusters' rankers to retrain: 'changed' (step 5 of the method),
     'all' (the input's rankers were never trained), or 'none' (nothing will read this round's
@@ -240,37 +245,31 @@ def disentangle_round(
     record = RoundRecord(round_no)
     t0 = time.perf_counter()
     gain_predict, keep = gain_matching(params, predict)
-    G, M = precision_gains(X, Y, tree, weights, gain_predict, solver.bias, executor, keep=keep)
+    G, M = rows.gains(tree, weights, gain_predict, solver.bias, keep)
     t1 = time.perf_counter()
     C_old = tree.label_cluster_matrix()
-    n_pos = np.diff(Y.tocsc().indptr)
     capacity = int(np.ceil(params.leaf_capacity * max_leaf_size)) if params.leaf_capacity else 0
-    C_new = assign(G, C_old, n_pos, params, capacity)
+    C_new = assign(G, C_old, rows.label_counts, params, capacity)
     new_tree = tree_with_assignment(tree, C_new)
     changed = np.flatnonzero(np.asarray(abs(C_new - C_old).sum(axis=0)).ravel() > 0)
-    record.coverage_before = coverage(Y, M, C_old)
-    record.coverage_after = coverage(Y, M, C_new)
+    record.coverage_before = rows.coverage(M, C_old)
+    record.coverage_after = rows.coverage(M, C_new)
     t2 = time.perf_counter()
     new_weights = list(weights)
     if params.retrain_matcher and tree.n_layers > 1:
-        new_weights = train_layers(X, Y, new_tree, solver, predict, executor,
-                                   layers=list(range(tree.n_layers - 1)), weights=new_weights,
-                                   matcher_targets=routed_copy_targets(Y, M, new_tree))
+        new_weights = rows.train_layers(new_tree, solver, predict, layers=list(range(tree.n_layers - 1)),
+                                        weights=new_weights, routed=M)
+    rows.drop(M)
     t3 = time.perf_counter()
     last = tree.n_layers - 1
     retrain = changed
     if solver.negatives == "tfn+man" or rankers == "all":  # MAN: ranker negatives depend on the matcher
         retrain = np.arange(new_tree.n_clusters)
     if rankers == "none":
-        new_weights[last] = pending_rankers(X.shape[1], len(new_tree.copy_label))
+        new_weights[last] = pending_rankers(rows.n_features, len(new_tree.copy_label))
     else:
-        matched = None
-        if solver.negatives == "tfn+man":  # the rows the new matcher's full beam sends to each leaf,
-            # as train_layers gives them; the gain matching (its top leaf, old matcher) is not that
-            matched = match(X, new_tree, new_weights[:last], predict, bias=solver.bias,
-                            keep=solver.man_top or None).tocsc()
-        new_weights[last] = train_rankers(X, Y, tree, new_tree, weights[last], retrain, matched, solver,
-                                          executor, f"round {round_no}: rankers")
+        new_weights[last] = rows.train_rankers(tree, new_tree, weights[last], retrain, solver, predict,
+                                               new_weights[:last], f"round {round_no}: rankers")
     t4 = time.perf_counter()
     per_label = np.bincount(new_tree.copy_label, minlength=tree.n_labels)
     record.labels_copied = int((per_label > 1).sum())
@@ -279,3 +278,52 @@ def disentangle_round(
     record.leaf_sizes = leaf_size_stats(new_tree)
     record.seconds = {"gains": t1 - t0, "assign": t2 - t1, "matcher": t3 - t2, "rankers": t4 - t3}
     return new_tree, new_weights, record
+
+
+class InMemoryRows:
+    """The training rows as the driver's matrices (``X`` prepared, ``Y`` 0/1), held-out apart."""
+
+    def __init__(self, X: sp.csr_matrix, Y: sp.csr_matrix, X_val: sp.csr_matrix | None,
+                 Y_val: sp.csr_matrix | None, executor: Executor) -> None:
+        self.X, self.Y, self.X_val, self.Y_val, self.executor = X, Y, X_val, Y_val, executor
+        self.n_features = X.shape[1]
+        self.label_counts = np.diff(Y.tocsc().indptr).astype(np.int64)
+        self.has_validation = X_val is not None and Y_val is not None
+
+    def train_layers(self, tree: LabelTree, solver: SolverParams, predict: PredictParams,
+                     layers: list[int] | None = None, weights: list[sp.csc_matrix] | None = None,
+                     routed: Matching | None = None) -> list[sp.csc_matrix]:
+        targets = None if routed is None else routed_copy_targets(self.Y, routed, tree)
+        return train_layers(self.X, self.Y, tree, solver, predict, self.executor, layers=layers,
+                            weights=weights, matcher_targets=targets)
+
+    def train_rankers(self, tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
+                      changed: np.ndarray, solver: SolverParams, predict: PredictParams,
+                      matcher: Sequence[sp.csc_matrix], desc: str) -> sp.csc_matrix:
+        last = tree.n_layers - 1
+        matched = None
+        if solver.negatives == "tfn+man":  # the rows the new matcher's full beam sends to each leaf
+            matched = match(self.X, new_tree, matcher, predict, bias=solver.bias,
+                            keep=solver.man_top or None).tocsc()
+        targets = new_tree.copy_targets(self.Y)
+        units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
+        results = self.executor.map(train_cluster, LayerData(self.X, targets, solver), units, desc=desc)
+        results += move_kept(tree, new_tree, W_old, changed)
+        return assemble(results, self.n_features, len(new_tree.copy_label))
+
+    def gains(self, tree: LabelTree, weights: Sequence[sp.csc_matrix], predict: PredictParams,
+              bias: float, keep: int) -> tuple[sp.csr_matrix, Matching]:
+        return precision_gains(self.X, self.Y, tree, list(weights), predict, bias, self.executor, keep=keep)
+
+    def coverage(self, matching: Matching, C: sp.csr_matrix) -> float:
+        return coverage(self.Y, matching, C)
+
+    def validate(self, members: Sequence[Member], predict: PredictParams, bias: float,
+                 label_counts: np.ndarray, n_train: int) -> dict[str, float] | None:
+        if self.X_val is None or self.Y_val is None:
+            return None
+        pred = predict_ensemble(self.X_val, members, predict, bias=bias, topk=5)
+        return evaluate(self.Y_val, pred, (1, 3, 5), label_counts=label_counts, n_train=n_train)
+
+    def drop(self, matching: Matching) -> None:
+        pass

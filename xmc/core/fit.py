@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.core.disentangle import (
+    InMemoryRows,
     RankerRetrain,
     RoundRecord,
     disentangle_round,
@@ -25,12 +26,10 @@ from xmc.core.disentangle import (
     weight_bytes,
 )
 from xmc.core.executor import Executor, LocalExecutor
-from xmc.core.metrics import evaluate
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
-from xmc.core.predict import predict, predict_ensemble
+from xmc.core.rows import TrainingRows, split_validation
 from xmc.core.solver import resolve_device, use_dual_cd
 from xmc.core.sparse import csr
-from xmc.core.train import train_layers
 from xmc.core.tree import build_tree, pifa
 from xmc.errors import DataFormatError
 from xmc.io.checkpoint import Checkpoint, RoundState, check_checkpoint_folder, fingerprint
@@ -85,12 +84,36 @@ def fit(
         import torch  # noqa: F401  loaded here, so executors can bound its threads per unit
     Xp = prepare_features(X, params, X.shape[1])
     Y = csr(Y)
-    data = TrainingData(Xp, Y, np.asarray(Y.sum(axis=0)).ravel().astype(np.int64), X.shape[1],
-                        split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed),
-                        fingerprint(Xp, Y) if checkpoint_dir is not None else "")
+    Xt, Yt, Xv, Yv = split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed)
+    inputs = FitInputs(pifa(Xt, Yt), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64), X.shape[1],
+                       X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
+    return fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
+                     checkpoint_dir=checkpoint_dir, resume=resume, observer=observer)
+
+
+@dataclass
+class FitInputs:
+    """What every tree of a fit shares besides the rows; all sized by the labels, not the rows."""
+
+    pifa: sp.csr_matrix
+    """(L x D) label embeddings from the training rows (held-out rows apart)."""
+    counts: np.ndarray
+    """Documents per label over all rows (propensities for PSP)."""
+    n_features: int
+    n_rows: int
+    """All rows, held-out ones included."""
+    fingerprint: str
+    """Of the data, for checkpoints ('' without a checkpoint)."""
+
+
+def fit_trees(
+    rows: TrainingRows, inputs: FitInputs, params: XMCParams, *, label_names: list[str] | None = None,
+    checkpoint_dir: str | Path | None = None, resume: bool = False, observer: RoundObserver | None = None,
+) -> XMCModel:
+    """``fit`` after the rows are in place (in memory, or sharded in storage): one tree, or T."""
     T = params.tree.n_trees
     if T == 1:
-        return fit_tree(data, params, executor, label_names, checkpoint_dir, resume, observer)
+        return fit_tree(rows, inputs, params, label_names, checkpoint_dir, resume, observer)
     if checkpoint_dir is not None:
         check_checkpoint_folder(checkpoint_dir)
     trees = []
@@ -98,20 +121,17 @@ def fit(
         member = params.replace(seed=params.tree.seed + t, n_trees=1)
         folder = None if checkpoint_dir is None else Path(checkpoint_dir) / f"tree_{t}"
         heard = None if observer is None else TreeObserver(observer, t)
-        model = fit_tree(data, member, executor, label_names if t == 0 else None, folder, resume, heard)
+        model = fit_tree(rows, inputs, member, label_names if t == 0 else None, folder, resume, heard)
         for record in model.info.get("rounds", []):
             record["tree"] = t
         trees.append(model)
     ensemble = trees[0]
     ensemble.params, ensemble.members = params, trees[1:]
     ensemble.info["trees"] = [tree_summary(t, m) for t, m in enumerate(trees)]
-    _, _, Xv, Yv = data.split
-    if Xv is not None and Yv is not None:
-        # Xv is prepared already: score it directly, not through predict's second preprocessing
-        pred = predict_ensemble(Xv, [(m.tree, m.weights) for m in trees], params.predict,
-                                bias=params.solver.bias, topk=5)
-        ensemble.info["validation"] = evaluate(Yv, pred, (1, 3, 5), label_counts=ensemble.label_counts,
-                                               n_train=ensemble.n_train)
+    validation = rows.validate([(m.tree, m.weights) for m in trees], params.predict, params.solver.bias,
+                               ensemble.label_counts, ensemble.n_train)
+    if validation is not None:
+        ensemble.info["validation"] = validation
     return ensemble
 
 
@@ -121,18 +141,6 @@ def tree_summary(t: int, model: XMCModel) -> dict[str, Any]:
     rounds = model.info.get("rounds") or []
     return {"tree": t, "seed": model.params.tree.seed, "best_round": best,
             "validation": rounds[best].get("validation") if best < len(rounds) else None}
-
-
-@dataclass
-class TrainingData:
-    """What every tree of a fit shares: the prepared rows, label counts, the held-out split."""
-
-    X: sp.csr_matrix
-    Y: sp.csr_matrix
-    counts: np.ndarray
-    n_features: int
-    split: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, sp.csr_matrix | None]
-    fingerprint: str
 
 
 class TreeObserver:
@@ -149,52 +157,39 @@ class TreeObserver:
 
 
 def fit_tree(
-    data: TrainingData, params: XMCParams, executor: Executor, label_names: list[str] | None,
+    rows: TrainingRows, inputs: FitInputs, params: XMCParams, label_names: list[str] | None,
     checkpoint_dir: str | Path | None, resume: bool, observer: RoundObserver | None,
 ) -> XMCModel:
     """One tree: baseline partition, layers, then the rounds (``fit``'s work for ``n_trees`` = 1)."""
-    Xt, Yt, Xv, Yv = data.split
     ckpt = None
     if checkpoint_dir is not None:
-        ckpt = Checkpoint(checkpoint_dir, params, data.fingerprint)
+        ckpt = Checkpoint(checkpoint_dir, params, inputs.fingerprint)
         state = ckpt.load() if resume else None
         if state is not None:
-            return run_rounds(state.current, Xt, Yt, Xv, Yv, executor, ckpt, state, observer)
+            return run_rounds(state.current, rows, ckpt, state, observer)
     if observer is not None:
         observer.round_started(0)
     t0 = time.perf_counter()
-    tree = build_tree(pifa(Xt, Yt), params.tree)
+    tree = build_tree(inputs.pifa, params.tree)
     t1 = time.perf_counter()
     rounds = params.disentangle.rounds > 0 and tree.n_layers > 1
-    defer = rounds and Xv is None  # nothing reads the baseline's rankers: train only the matcher
-    weights = train_layers(Xt, Yt, tree, params.solver, params.predict, executor,
-                           layers=list(range(tree.n_layers - 1)) if defer else None)
+    defer = rounds and not rows.has_validation  # nothing reads the baseline's rankers: train the matcher
+    weights = rows.train_layers(tree, params.solver, params.predict,
+                                layers=list(range(tree.n_layers - 1)) if defer else None)
     t2 = time.perf_counter()
     info: dict[str, Any] = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
     if defer:
-        weights[-1] = pending_rankers(Xt.shape[1], len(tree.copy_label))
+        weights[-1] = pending_rankers(inputs.n_features, len(tree.copy_label))
         info[RANKERS_PENDING] = True
-    model = XMCModel(params, tree, weights, data.n_features, data.counts, data.X.shape[0], label_names, info)
+    model = XMCModel(params, tree, weights, inputs.n_features, inputs.counts, inputs.n_rows, label_names,
+                     info)
     if rounds:
-        model = run_rounds(model, Xt, Yt, Xv, Yv, executor, ckpt, observer=observer)
+        model = run_rounds(model, rows, ckpt, observer=observer)
     return model
 
 
-def split_validation(
-    X: sp.csr_matrix, Y: sp.csr_matrix, fraction: float, seed: int
-) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, sp.csr_matrix | None]:
-    """Seeded row split (train, validation); no validation when fraction is 0."""
-    if fraction <= 0:
-        return X, Y, None, None
-    perm = np.random.default_rng(seed).permutation(X.shape[0])
-    n_val = max(1, int(round(fraction * X.shape[0])))
-    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    return X[train], Y[train], X[val], Y[val]
-
-
 def run_rounds(
-    model: XMCModel, X: sp.csr_matrix, Y: sp.csr_matrix, X_val: sp.csr_matrix | None,
-    Y_val: sp.csr_matrix | None, executor: Executor, checkpoint: Checkpoint | None = None,
+    model: XMCModel, rows: TrainingRows, checkpoint: Checkpoint | None = None,
     state: RoundState | None = None, observer: RoundObserver | None = None,
 ) -> XMCModel:
     """Alternate reassignment and retraining for up to R rounds; keep the best by validation P@1.
@@ -205,10 +200,7 @@ def run_rounds(
     p = model.params
 
     def validate(m: XMCModel) -> dict[str, float] | None:
-        if X_val is None or Y_val is None:
-            return None
-        pred = predict(X_val, m.tree, m.weights, p.predict, bias=p.solver.bias, topk=5)
-        return evaluate(Y_val, pred, (1, 3, 5), label_counts=m.label_counts, n_train=m.n_train)
+        return rows.validate([(m.tree, m.weights)], p.predict, p.solver.bias, m.label_counts, m.n_train)
 
     def footprint(record: RoundRecord, m: XMCModel) -> RoundRecord:
         record.weight_bytes = weight_bytes(m.weights)
@@ -237,11 +229,11 @@ def run_rounds(
         # without validation only the last round's rankers are ever read; a fixed point stopping
         # the rounds earlier leaves them pending, and they are trained after the loop
         rankers: RankerRetrain = "all" if pending else "changed"
-        if X_val is None and r < p.disentangle.rounds:
+        if not rows.has_validation and r < p.disentangle.rounds:
             rankers = "none"
         tree, weights, record = disentangle_round(
-            X, Y, current.tree, current.weights, p.solver, p.predict, p.disentangle,
-            p.tree.max_leaf_size, executor, r, rankers,
+            rows, current.tree, current.weights, p.solver, p.predict, p.disentangle,
+            p.tree.max_leaf_size, r, rankers,
         )
         info = {k: v for k, v in model.info.items() if k not in ("rounds", RANKERS_PENDING)}
         if rankers == "none":
@@ -268,8 +260,8 @@ def run_rounds(
     best = state.best
     if best.info.get(RANKERS_PENDING):
         t0 = time.perf_counter()
-        best.weights = train_layers(X, Y, best.tree, p.solver, p.predict, executor,
-                                    layers=[best.tree.n_layers - 1], weights=best.weights)
+        best.weights = rows.train_layers(best.tree, p.solver, p.predict, layers=[best.tree.n_layers - 1],
+                                         weights=best.weights)
         del best.info[RANKERS_PENDING]
         state.records[state.best_round]["seconds"]["rankers"] = time.perf_counter() - t0
     best.info["rounds"] = list(state.records)

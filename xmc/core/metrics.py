@@ -49,6 +49,19 @@ def evaluate(
     n_train: int | None = None,
 ) -> dict[str, float]:
     """P@k, R@k, nDCG@k (and PSP@k when training counts are given), in percent."""
+    return metrics_of_sums(metric_sums(Y, pred, ks, label_counts=label_counts, n_train=n_train))
+
+
+def metric_sums(
+    Y: sp.spmatrix,
+    pred: sp.spmatrix,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    label_counts: np.ndarray | None = None,
+    n_train: int | None = None,
+) -> dict[str, float]:
+    """The sums behind ``evaluate``'s metrics (``n``: rows): sums of shards' rows add up, so a
+    held-out set scored shard by shard (``add_sums``) gives the metrics of the whole."""
     Y = csr(Y)
     pred = csr(pred)
     if Y.shape != pred.shape:
@@ -58,20 +71,38 @@ def evaluate(
     hits = _hits(Y, idx)
     n_pos = np.diff(Y.indptr).astype(np.float64)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"n": float(Y.shape[0])}
     inv_p = None
     if label_counts is not None and n_train is not None:
         inv_p = 1.0 / propensity(label_counts, n_train)
     for k in ks:
         h = hits[:, :k]
-        out[f"P@{k}"] = 100 * float(h.sum(1).mean() / k)
-        out[f"R@{k}"] = 100 * float(np.mean(h.sum(1) / np.maximum(n_pos, 1)))
+        out[f"P@{k}"] = float(h.sum() / k)
+        out[f"R@{k}"] = float(np.sum(h.sum(1) / np.maximum(n_pos, 1)))
         ideal = np.cumsum(discount)[np.minimum(n_pos, k).astype(int) - 1]
         dcg = (h * discount[:k]).sum(1)
-        out[f"nDCG@{k}"] = 100 * float(np.mean(np.where(n_pos > 0, dcg / ideal, 0.0)))
+        out[f"nDCG@{k}"] = float(np.sum(np.where(n_pos > 0, dcg / ideal, 0.0)))
         if inv_p is not None:
-            gained = (h * inv_p[np.maximum(idx[:, :k], 0)]).sum(1)
+            out[f"PSP@{k}.gained"] = float((h * inv_p[np.maximum(idx[:, :k], 0)]).sum())
             best_idx, _ = topk_rows(csr(Y.multiply(inv_p[None, :])), k)
-            best = np.where(best_idx >= 0, inv_p[np.maximum(best_idx, 0)], 0.0).sum(1)
-            out[f"PSP@{k}"] = 100 * float(gained.sum() / max(best.sum(), 1e-12))
+            out[f"PSP@{k}.best"] = float(np.where(best_idx >= 0, inv_p[np.maximum(best_idx, 0)], 0.0).sum())
+    return out
+
+
+def add_sums(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Two ``metric_sums`` added (keys in ``a``'s order)."""
+    return {key: a.get(key, 0.0) + b.get(key, 0.0) for key in [*a, *(k for k in b if k not in a)]}
+
+
+def metrics_of_sums(sums: dict[str, float]) -> dict[str, float]:
+    """``evaluate``'s metrics, in percent, from ``metric_sums`` (added over shards or not)."""
+    n = max(sums["n"], 1.0)
+    out: dict[str, float] = {}
+    for key in sums:
+        if key == "n" or key.endswith(".best"):
+            continue
+        if key.endswith(".gained"):
+            out[key[: -len(".gained")]] = 100 * sums[key] / max(sums[key.replace(".gained", ".best")], 1e-12)
+        else:
+            out[key] = 100 * sums[key] / n
     return out

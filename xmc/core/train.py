@@ -9,8 +9,9 @@ units run in any order, on any executor, with the same result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,6 +48,10 @@ class ClusterUnit:
     def n_children(self) -> int:
         return self.child_stop - self.child_start
 
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
 
 @dataclass(frozen=True)
 class ClusterWeights:
@@ -60,21 +65,32 @@ class ClusterWeights:
 
 
 def train_cluster(shared: LayerData, unit: ClusterUnit) -> ClusterWeights:
-    """Fit the unit's children on its rows, restricted to the features that occur there."""
-    X_p = shared.X[unit.rows]
-    seen = np.zeros(shared.X.shape[1], dtype=bool)  # O(nnz + D): unique + searchsorted cost 10% of a fit
+    """Fit the unit's children on its rows (a pure work unit over the driver's matrices)."""
+    Y_local = shared.Y[:, unit.child_start : unit.child_stop][unit.rows]
+    return fit_rows(shared.X[unit.rows], Y_local, unit.child_start, unit.child_stop, shared.solver)
+
+
+def fit_rows(X_p: sp.csr_matrix, Y_p: sp.spmatrix, child_start: int, child_stop: int,
+             solver: SolverParams) -> ClusterWeights:
+    """One-vs-rest rankers of children ``[child_start, child_stop)`` on the rows routed to their
+    parent (``Y_p``: rows x those children), restricted to the features that occur there.
+
+    Both data planes end here (the driver's matrices, or a cluster's shuffled partition), so the
+    same rows give the same weights.
+    """
+    n_features = X_p.shape[1]
+    seen = np.zeros(n_features, dtype=bool)  # O(nnz + D): unique + searchsorted cost 10% of a fit
     seen[X_p.indices] = True
     features = np.flatnonzero(seen)
-    local = np.empty(shared.X.shape[1], dtype=X_p.indices.dtype)
+    local = np.empty(n_features, dtype=X_p.indices.dtype)
     local[features] = np.arange(len(features), dtype=X_p.indices.dtype)
     remap = local[X_p.indices]
     X_local = sp.csr_matrix((X_p.data, remap, X_p.indptr), shape=(X_p.shape[0], len(features)))
-    Y_local = shared.Y[:, unit.child_start : unit.child_stop][unit.rows].toarray()
-    W = solve_squared_hinge(X_local, Y_local, shared.solver)
-    W[np.abs(W) < shared.solver.weight_threshold] = 0.0
+    W = solve_squared_hinge(X_local, Y_p.toarray(), solver)
+    W[np.abs(W) < solver.weight_threshold] = 0.0
     r, c = np.nonzero(W)
-    global_feature = np.append(features, shared.X.shape[1])[r]  # local row d -> bias row D
-    return ClusterWeights(unit.child_start, unit.child_stop, global_feature.astype(np.int64),
+    global_feature = np.append(features, n_features)[r]  # local row d -> bias row D
+    return ClusterWeights(child_start, child_stop, global_feature.astype(np.int64),
                           c.astype(np.int64), W[r, c])
 
 
@@ -86,6 +102,25 @@ the solver's approximate stopping makes the weights differ slightly (same for ev
 SPLIT_MIN_WORK = 250_000
 """... where heavy = rows x children of at least this: below it (Bibtex's root, 4.9K rows x 16)
 the extra passes over the rows cost more than the parallelism saves."""
+
+
+def routed_rows(
+    tree: LabelTree, t: int, Y_t: sp.csc_matrix, matched: sp.csc_matrix | None = None,
+    parents: Sequence[int] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(parent, rows routed to it) for layer t: rows positive under a child (+ matched), all at the root.
+
+    Row-local, so a shard of the rows gives its share of every parent's rows.
+    """
+    ptr = tree.children_ptr(t)
+    for p in range(tree.n_parents(t)) if parents is None else parents:
+        if t == 0:
+            rows = np.arange(Y_t.shape[0], dtype=np.int64)
+        else:
+            rows = nonzero_rows(Y_t[:, ptr[p] : ptr[p + 1]])
+            if matched is not None:
+                rows = np.union1d(rows, nonzero_rows(matched[:, p]))
+        yield int(p), rows
 
 
 def layer_units(
@@ -100,22 +135,24 @@ def layer_units(
     With fewer than ``MIN_UNITS`` parents, a heavy parent's children are spread over several units.
     """
     ptr = tree.children_ptr(t)
-    n_rows = Y_t.shape[0]
-    units = []
-    for p in range(tree.n_parents(t)) if parents is None else parents:
-        if t == 0:
-            rows = np.arange(n_rows, dtype=np.int64)
-        else:
-            rows = nonzero_rows(Y_t[:, ptr[p] : ptr[p + 1]])
-            if matched is not None:
-                rows = np.union1d(rows, nonzero_rows(matched[:, p]))
-        units.append(ClusterUnit(t, p, int(ptr[p]), int(ptr[p + 1]), rows))
-    if 0 < len(units) < MIN_UNITS:
-        pieces = -(-MIN_UNITS // len(units))
-        units = [ClusterUnit(t, u.parent, int(a), int(b), u.rows) for u in units
-                 for a, b in _chunks(u.child_start, u.child_stop,
-                                     pieces if len(u.rows) * u.n_children >= SPLIT_MIN_WORK else 1)]
-    return units
+    return spread_children([ClusterUnit(t, p, int(ptr[p]), int(ptr[p + 1]), rows)
+                            for p, rows in routed_rows(tree, t, Y_t, matched, parents)])
+
+
+UnitT = TypeVar("UnitT")
+
+
+def spread_children(units: list[UnitT]) -> list[UnitT]:
+    """With fewer than ``MIN_UNITS`` units, each heavy one (``n_rows`` x children at least
+    ``SPLIT_MIN_WORK``) cut into pieces over contiguous child ranges (any unit dataclass with
+    ``child_start``, ``child_stop``, ``n_children`` and ``n_rows``)."""
+    if not 0 < len(units) < MIN_UNITS:
+        return units
+    pieces = -(-MIN_UNITS // len(units))
+    heavy: list[Any] = list(units)
+    return [replace(u, child_start=int(a), child_stop=int(b)) for u in heavy
+            for a, b in _chunks(u.child_start, u.child_stop,
+                                pieces if u.n_rows * u.n_children >= SPLIT_MIN_WORK else 1)]
 
 
 def _chunks(start: int, stop: int, pieces: int) -> list[tuple[int, int]]:

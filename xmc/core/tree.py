@@ -22,7 +22,18 @@ from xmc.params import TreeParams
 
 def pifa(X: sp.csr_matrix, Y: sp.csr_matrix) -> sp.csr_matrix:
     """PIFA label embeddings ``normalize_rows(Y^T X)``: a label is the sum of its instances."""
-    return normalize_rows(csr(Y.T.tocsr() @ X))
+    return pifa_of_sums(pifa_sums(X, Y))
+
+
+def pifa_sums(X: sp.csr_matrix, Y: sp.csr_matrix) -> sp.csr_matrix:
+    """``Y^T X`` in float64: sums of float32 values that float64 holds exactly in practice, so
+    shards' partial sums added in any order give the matrix of one product (and the same tree)."""
+    return sp.csr_matrix(Y.T.tocsr().astype(np.float64) @ X.astype(np.float64))
+
+
+def pifa_of_sums(S: sp.csr_matrix) -> sp.csr_matrix:
+    """PIFA from (summed) ``pifa_sums``: rows normalised in float64, stored as float32."""
+    return csr(normalize_rows(S), np.float32)
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,10 @@ R = TypeVar("R")
 
 
 def unit_cost(unit: object) -> float:
-    """Workload estimate of a unit: rows x children for a cluster, rows for a gains shard."""
-    rows = getattr(unit, "rows", None)
-    if rows is not None:
-        return float(len(rows)) * max(1, getattr(unit, "n_children", 1))
+    """Workload estimate of a unit: rows x children for a cluster, rows for a shard."""
+    n_rows = getattr(unit, "n_rows", None)
+    if n_rows is not None:
+        return float(n_rows) * max(1, getattr(unit, "n_children", 1))
     start, stop = getattr(unit, "start", None), getattr(unit, "stop", None)
     if start is not None and stop is not None:
         return float(stop - start)

@@ -159,12 +159,12 @@ def evaluation_split(
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, str]:
     """The fit's own held-out rows when it had a validation split, else a seeded training sample.
 
-    The split is recomputed with the fit's seed (``xmc.core.fit.split_validation``), so the final
+    The split is recomputed with the fit's seed (``xmc.core.rows.split_validation``), so the final
     metrics are on rows the model never trained on.
     """
     import numpy as np
 
-    from xmc.core.fit import split_validation
+    from xmc.core.rows import split_validation
     from xmc.core.sparse import csr
 
     X, Y = csr(X), csr(Y)

@@ -63,13 +63,16 @@ def now_ms() -> int:
 
 def training_run(
     tracking: TrackingParams, params: XMCParams, X: sp.spmatrix, Y: sp.spmatrix,
-    extra_params: dict[str, str] | None = None,
+    extra_params: dict[str, str] | None = None, *, n_rows: int | None = None,
+    fingerprint: str | None = None,
 ) -> TrainingRun:
     """The MLflow run of a training about to start.
 
     ``with training_run(...) as run: model = fit(..., observer=run); model.save(d); run.finish(model, d)``
+    A fit whose rows stay in shards passes the first rows of its data as X, Y (final metrics, the
+    input example), with the whole data's row count and fingerprint.
     """
-    return TrainingRun(tracking, params, X, Y, extra_params)
+    return TrainingRun(tracking, params, X, Y, extra_params, n_rows=n_rows, fingerprint=fingerprint)
 
 
 def log_training(
@@ -89,9 +92,11 @@ class TrainingRun:
     """``with TrainingRun(...) as run: model = fit(..., observer=run); ...; run.finish(...)``."""
 
     def __init__(self, tracking: TrackingParams, params: XMCParams, X: sp.spmatrix, Y: sp.spmatrix,
-                 extra_params: dict[str, str] | None = None) -> None:
+                 extra_params: dict[str, str] | None = None, *, n_rows: int | None = None,
+                 fingerprint: str | None = None) -> None:
         self.tracking, self.params = tracking, params
         self.X, self.Y = X, Y
+        self.n_rows, self.fingerprint = n_rows, fingerprint
         self.extra_params = extra_params or {}
         self.run_id = ""
         self.experiment_id = ""
@@ -118,9 +123,10 @@ class TrainingRun:
             mlflow.set_experiment(experiment_id=self.experiment_id)
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.tracking.run_name or None)
             self.run_id = run.info.run_id
-            params = {**flatten(self.params.to_dict()), "n_train": str(X.shape[0]),
+            params = {**flatten(self.params.to_dict()), "n_train": str(self.n_rows or X.shape[0]),
                       "n_features": str(X.shape[1]), "n_labels": str(Y.shape[1]), **self.extra_params}
-            self.tags = {"data_fingerprint": fingerprint(csr(X), csr(Y)), **git_revision(), **environment()}
+            digest = self.fingerprint or fingerprint(csr(X), csr(Y))
+            self.tags = {"data_fingerprint": digest, **git_revision(), **environment()}
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
             mlflow.set_tags(self.tags)
         except MlflowException as e:

@@ -121,6 +121,40 @@ def load_split(bundle: str | Path, split: str = "train") -> FeatureSplit:
     return FeatureSplit(X, Y, table.column("doc_id").to_pylist())
 
 
+def split_parts(bundle: str | Path, split: str = "train") -> tuple[dict[str, Any], list[tuple[Path, int]]]:
+    """(manifest, the split's part files with their row counts), read from the Parquet footers only:
+    what a driver needs to hand the parts to workers without reading a row itself."""
+    folder = Path(bundle)
+    manifest = read_manifest(folder)
+    info = manifest["splits"].get(split)
+    if not isinstance(info, dict) or not isinstance(info.get("rows"), int):
+        raise BundleError(f"{folder}: no {split!r} split; it has {sorted(manifest['splits'])}")
+    parts = []
+    for f in sorted((folder / split).glob("part-*.parquet")) if info["rows"] else []:
+        try:
+            parts.append((f, pq.ParquetFile(f).metadata.num_rows))
+        except (pa.ArrowException, OSError) as e:
+            raise BundleError(f"{f}: unreadable parquet ({e})") from None
+    if sum(n for _, n in parts) != info["rows"]:
+        raise BundleError(f"{folder / split}: {sum(n for _, n in parts)} rows but the manifest says "
+                          f"{info['rows']}")
+    return manifest, parts
+
+
+def load_part(path: str | Path, n_features: int, n_labels: int, start: int = 0,
+              stop: int | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """X and Y of rows ``[start, stop)`` of one part file (checked as ``load_split`` checks a split)."""
+    try:
+        table = pq.read_table(path, columns=["feat_idx", "feat_val", "label_idx"])
+    except (pa.ArrowException, OSError) as e:
+        raise BundleError(f"{path}: unreadable parquet ({e})") from None
+    stop = table.num_rows if stop is None else stop
+    table = table.slice(start, stop - start)
+    what = f"{path} (rows {start}..{stop})"
+    return (_csr(table.column("feat_idx"), table.column("feat_val"), n_features, what),
+            _csr(table.column("label_idx"), None, n_labels, what))
+
+
 def load_label_names(bundle: str | Path) -> list[str] | None:
     """Label names by index, or None when the input named none (XC BoW)."""
     path = Path(bundle) / "labels.txt"
@@ -256,3 +290,25 @@ def write_pifa(folder: Path, X: sp.csr_matrix, Y: sp.csr_matrix, max_rows: int, 
         pq.write_table(table, folder / f"part-{part:05d}.parquet")
         nnz += Z.nnz
     return nnz
+
+
+def write_bundle(folder: str | Path, X: sp.csr_matrix, Y: sp.csr_matrix, *, max_rows: int = 100_000,
+                 max_nnz: int = 20_000_000, label_names: list[str] | None = None) -> dict[str, Any]:
+    """A bundle of a train split that is already vectorised (no Spark, no PIFA): what ``xmc train
+    --data`` reads, for matrices in hand (tests, benchmarks). ``folder`` must not exist yet."""
+    from xmc.io.files import sha256
+
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    split = write_split(folder / "train", "trn-", sp.csr_matrix(X), sp.csr_matrix(Y), max_rows, max_nnz)
+    np.savez(folder / "label_stats.npz", freq=np.bincount(sp.csr_matrix(Y).indices,
+                                                          minlength=Y.shape[1]).astype(np.int64))
+    if label_names is not None:
+        (folder / "labels.txt").write_text("".join(n + "\n" for n in label_names), encoding="utf-8")
+    manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "n_features": int(X.shape[1]),
+                "n_labels": int(Y.shape[1]), "splits": {"train": split}, "shard_columns": dict(SHARD_COLUMNS),
+                "features": "given (matrices)", "params": {"max_rows": max_rows, "max_nnz": max_nnz},
+                "pifa": None, "label_cooc": None, "bad_records": {"total": 0},
+                "files": {f.name: sha256(f) for f in sorted(folder.iterdir()) if f.is_file()}}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

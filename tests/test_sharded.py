@@ -1,0 +1,141 @@
+"""The sharded fit (rows in shard files, shuffled per cluster) gives the in-process model, and its
+driver never holds a row: every spec a unit reads is sized by the labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tests.conftest import topic_data
+from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.cli import main as cli_main
+from xmc.core.fit import fit
+from xmc.core.rows import holdout_mask, holdout_threshold, split_validation
+from xmc.core.shard_units import PartitionUnit
+from xmc.core.sharded import fit_sharded
+from xmc.core.tree import LabelTree
+from xmc.errors import BundleError
+from xmc.io.features import write_bundle
+
+
+class RecordingExecutor(LocalExecutor):
+    """A real local executor that keeps what every map shipped: its spec and its units."""
+
+    def __init__(self) -> None:
+        super().__init__(show_progress=False)
+        self.maps: list[tuple[str, Any, list[Any]]] = []
+
+    def map(self, fn: Any, shared: Any, units: Any, *, desc: str = "") -> list[Any]:
+        self.maps.append((desc, shared, list(units)))
+        return super().map(fn, shared, units, desc=desc)
+
+
+def same_model(a: XMCModel, b: XMCModel) -> None:
+    assert len(a.trees) == len(b.trees)
+    for ta, tb in zip(a.trees, b.trees, strict=True):
+        assert np.array_equal(ta.tree.copy_label, tb.tree.copy_label)
+        assert all(np.array_equal(p, q) for p, q in zip(ta.tree.parents, tb.tree.parents, strict=True))
+        for Wa, Wb in zip(ta.weights, tb.weights, strict=True):
+            assert Wa.shape == Wb.shape and (Wa.nnz == 0 or abs(Wa - Wb).max() <= 1e-6)
+
+
+def matrices(spec: Any) -> list[Any]:
+    """Every matrix or array a spec holds, one level into lists and tuples (trees, weights)."""
+    found = []
+    for value in vars(spec).values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            for x in (item if isinstance(item, tuple) else (item,)):
+                if sp.issparse(x) or isinstance(x, np.ndarray):
+                    found.append(x)
+                elif isinstance(x, LabelTree):  # label-sized arrays
+                    found += [*x.parents, x.copy_label]
+    return found
+
+
+def test_sharded_fit_gives_the_in_process_model_and_ships_no_rows(tmp_path: Path, bibtex) -> None:  # type: ignore[no-untyped-def]
+    X, Y = bibtex["X.trn"], bibtex["Y.trn"]
+    write_bundle(tmp_path / "b", X, Y, max_rows=1500)  # 4 part files, cut into 7 shards below
+    params = XMCParams().replace(validation_fraction=0.1)
+    ex = RecordingExecutor()
+    work = tmp_path / "work"
+    sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=work, shard_rows=1000)
+    inproc = fit(X, Y, params, executor=LocalExecutor(show_progress=False))
+    same_model(sharded, inproc)
+    for a, b in zip(sharded.info["rounds"], inproc.info["rounds"], strict=True):  # held-out, by shard
+        assert a["validation"] == pytest.approx(b["validation"]) and a["copies"] == b["copies"]
+    assert sharded.info["shards"]["count"] == 7 and list(work.iterdir()) == []  # its folder is gone
+    n = X.shape[0]
+    for desc, spec, _ in ex.maps:  # the driver ships label-sized state only, never rows
+        assert all(n not in m.shape for m in matrices(spec)), desc
+    assert {"shards", "gains", "coverage", "held-out"} <= {d for d, _, _ in ex.maps}
+
+
+def test_ensemble_with_matcher_aware_negatives_and_deferred_rankers(tmp_path: Path) -> None:
+    """Two trees, MAN rows from the beam in the shuffle, a round without validation (rankers
+    trained after the loop): still the in-process model."""
+    X, Y = topic_data(n=600, n_labels=40, d=120)
+    write_bundle(tmp_path / "b", X, Y, max_rows=250)
+    params = XMCParams().replace(max_leaf_size=4, n_trees=2, negatives="tfn+man", beam_size=3)
+    ex = RecordingExecutor()
+    sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
+    leaves = [u for _, _, units in ex.maps for u in units if isinstance(u, PartitionUnit) and u.layer > 0]
+    assert leaves and max(u.n_rows for u in leaves) < 0.5 * X.shape[0]  # a cluster reads its partition
+    inproc = fit(X, Y, params, executor=ex)
+    same_model(sharded, inproc)
+    assert np.array_equal(sharded.predict(X, topk=5).toarray(), inproc.predict(X, topk=5).toarray())
+
+
+def test_cli_data_plane_shards_is_the_driver_model_and_records_memory(tmp_path: Path, bibtex,  # type: ignore[no-untyped-def]
+                                                                      capsys) -> None:
+    write_bundle(tmp_path / "b", bibtex["X.trn"], bibtex["Y.trn"], max_rows=2000)
+    for plane in ("shards", "driver"):
+        assert cli_main(["train", "--data", str(tmp_path / "b"), "--model", str(tmp_path / plane),
+                         "--data-plane", plane, "--work-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "rows stay in the bundle's shards" in err
+    same_model(XMCModel.load(tmp_path / "shards"), XMCModel.load(tmp_path / "driver"))
+    info = json.loads((tmp_path / "shards" / "manifest.json").read_text())["info"]
+    assert info["peak_rss_mib"]["driver"] > 0 and info["shards"]["count"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "driver", "shards"]
+    # shards need a bundle: --x with --data-plane shards is refused before any work
+    assert cli_main(["train", "--x", "data/bibtex/X.trn.npz", "--y", "data/bibtex/Y.trn.npz",
+                     "--model", str(tmp_path / "m"), "--data-plane", "shards"]) == 2
+    assert "--data BUNDLE" in capsys.readouterr().err
+
+
+def test_a_bad_part_file_names_itself_and_leaves_no_work_folder(tmp_path: Path) -> None:
+    X, Y = topic_data(n=300)
+    write_bundle(tmp_path / "b", X, Y, max_rows=100)
+    part = sorted((tmp_path / "b" / "train").glob("part-*.parquet"))[1]
+    part.write_bytes(part.read_bytes()[:-200])  # truncated: footer gone
+    with pytest.raises(BundleError, match=part.name):
+        fit_sharded(tmp_path / "b", XMCParams().replace(max_leaf_size=4), work_dir=tmp_path / "w",
+                    executor=LocalExecutor(show_progress=False))
+    assert not (tmp_path / "w").exists() or list((tmp_path / "w").iterdir()) == []
+    # a readable part whose label ids run past the bundle's labels: caught by the worker that reads it
+    bad = XMCParams().replace(max_leaf_size=4)
+    write_bundle(tmp_path / "c", X, Y, max_rows=100)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    manifest["n_labels"] -= 1
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"part-0000\d.parquet \(rows 0..100\): index out of range"):
+        fit_sharded(tmp_path / "c", bad, work_dir=tmp_path / "w", executor=LocalExecutor(show_progress=False))
+    assert list((tmp_path / "w").iterdir()) == []
+
+
+def test_holdout_is_a_hash_of_the_position_so_shards_agree_with_the_whole() -> None:
+    seed, n = 7, 50_000
+    t = holdout_threshold(seed, n, 0.1)
+    whole = holdout_mask(seed, 0, n, t)
+    pieces = np.concatenate([holdout_mask(seed, a, min(a + 999, n), t) for a in range(0, n, 999)])
+    assert np.array_equal(whole, pieces) and abs(whole.mean() - 0.1) < 0.01
+    assert not np.array_equal(whole, holdout_mask(seed + 1, 0, n, t))  # the seed matters
+    X, Y = topic_data(n=12)  # tiny: 0.01 of 12 rows is no row by the hash, but one is asked for
+    _, _, Xv, _ = split_validation(X, Y, 0.01, seed)
+    assert Xv is not None and Xv.shape[0] == 1

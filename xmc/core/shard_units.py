@@ -1,0 +1,240 @@
+"""The sharded fit's work units: pure functions of (spec, unit) that read and write storage.
+
+Each pass of ``xmc.core.sharded`` is one ``executor.map`` of one of these over shards or clusters:
+
+- ``prepare_shard``: a slice of a bundle part -> the shard's prepared train / held-out rows, and its
+  share of the label-sized sums (PIFA ``Y^T X``, label counts).
+- ``route_shard``: the shard's rows routed to each parent of a layer (teacher forcing by their
+  labels, plus the matcher's beam for matcher-aware negatives), written per parent: the map side
+  of a shuffle by cluster id.
+- ``train_partition``: a cluster unit reads only its parent's pieces (the reduce side), trains the
+  children and writes the weights: a path comes back, not a matrix.
+- ``gain_shard``, ``coverage_shard``, ``validate_shard``: a round's gains, its coverage and the
+  held-out scores, each from one shard, as sums the driver adds up.
+
+A unit's memory is its shard or its partition, never the corpus; the spec (tree, weights) is
+label-sized and shipped once per pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.core.disentangle import coverage_counts, routed_copy_targets
+from xmc.core.metrics import metric_sums
+from xmc.core.model import check_xy
+from xmc.core.predict import ScoringLayer, match, match_layers, predict_ensemble
+from xmc.core.rows import holdout_mask
+from xmc.core.sparse import csr, normalize_rows
+from xmc.core.train import fit_rows, routed_rows
+from xmc.core.tree import LabelTree, pifa_sums
+from xmc.errors import DataFormatError
+from xmc.io.features import load_part
+from xmc.io.shards import load_csr, load_matrices, partition_file, rows_file, save_matrices
+from xmc.params import PredictParams, SolverParams
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    """Shard ``shard`` of the training data (``n_rows`` of them, for load balancing)."""
+
+    shard: int
+    n_rows: int
+
+
+def load_rows(root: Path, split: str, shard: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    m = load_matrices(rows_file(root, split, shard))
+    return sp.csr_matrix(m["X"]), sp.csr_matrix(m["Y"])
+
+
+# -- prepare ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrepareSpec:
+    root: Path
+    n_features: int
+    n_labels: int
+    normalize: bool
+    seed: int
+    threshold: float
+    """Rows whose hash draw is below it are held out (``rows.holdout_threshold``)."""
+
+
+@dataclass(frozen=True)
+class PartSlice:
+    """Rows ``[start, stop)`` of a bundle part file, rows ``[first, ...)`` of the whole split."""
+
+    shard: int
+    path: str
+    start: int
+    stop: int
+    first: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class PreparedShard:
+    shard: int
+    n_train: int
+    n_val: int
+    sums: Path
+    """npz: ``pifa`` (L x D float64 sums over the train rows), ``counts`` (all rows),
+    ``train_counts`` (train rows) per label."""
+
+
+def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
+    X, Y = load_part(part.path, spec.n_features, spec.n_labels, part.start, part.stop)
+    try:
+        check_xy(X)  # Y is built from label ids: 0/1 by construction
+    except DataFormatError as e:
+        raise DataFormatError(f"rows {part.start}..{part.stop}: {e}", path=part.path) from None
+    X = normalize_rows(X) if spec.normalize else csr(X)
+    Y = csr(Y)
+    held = holdout_mask(spec.seed, part.first, part.first + part.n_rows, spec.threshold)
+    Xt, Yt = X[~held], Y[~held]
+    save_matrices(rows_file(spec.root, "train", part.shard), X=Xt, Y=Yt)
+    save_matrices(rows_file(spec.root, "valid", part.shard), X=X[held], Y=Y[held])
+    sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz", pifa=pifa_sums(Xt, Yt),
+                         counts=np.diff(Y.tocsc().indptr).astype(np.int64),
+                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64))
+    return PreparedShard(part.shard, int(Xt.shape[0]), int(held.sum()), sums)
+
+
+# -- route (map side of the shuffle) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class RouteSpec:
+    root: Path
+    folder: Path
+    """The pass folder the partitions go to."""
+    tree: LabelTree
+    layer: int
+    parents: np.ndarray | None
+    """Only these parents (None: all)."""
+    matcher: Sequence[sp.csc_matrix] | None
+    """Layers above, for matcher-aware negatives (None: teacher-forced rows only)."""
+    predict: PredictParams
+    solver: SolverParams
+    routed: Path | None = None
+    """A round's matching folder: the matcher's targets are then the routed copy targets."""
+
+
+def route_shard(spec: RouteSpec, unit: ShardUnit) -> dict[int, int]:
+    """Write the shard's rows of each parent (and their targets for its children); {parent: rows}."""
+    X, Y = load_rows(spec.root, "train", unit.shard)
+    tree, t = spec.tree, spec.layer
+    last = None
+    if spec.routed is not None:
+        M = load_csr(spec.routed / f"s{unit.shard:05d}.npz", "M")
+        last = routed_copy_targets(Y, M, tree)
+    Y_t = tree.layer_targets(Y, last)[t]
+    matched = None
+    if spec.matcher is not None and t > 0:
+        matched = match(X, tree, spec.matcher, spec.predict, bias=spec.solver.bias,
+                        keep=spec.solver.man_top or None).tocsc()
+    ptr = tree.children_ptr(t)
+    parents = None if spec.parents is None else spec.parents.tolist()
+    written: dict[int, int] = {}
+    for p, rows in routed_rows(tree, t, Y_t, matched, parents):
+        if len(rows):
+            save_matrices(partition_file(spec.folder, p, unit.shard), X=X[rows],
+                          Y=sp.csr_matrix(Y_t[:, ptr[p] : ptr[p + 1]])[rows])
+            written[p] = len(rows)
+    return written
+
+
+# -- train (reduce side) ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PartitionSpec:
+    folder: Path
+    n_features: int
+    solver: SolverParams
+
+
+@dataclass(frozen=True)
+class PartitionUnit:
+    """Children ``[child_start, child_stop)`` of ``parent`` on its partition (pieces in shard order)."""
+
+    layer: int
+    parent: int
+    child_start: int
+    child_stop: int
+    first_child: int
+    """The parent's first child: column 0 of the partition's targets."""
+    n_rows: int
+    shards: tuple[int, ...] = field(default=())
+
+    @property
+    def n_children(self) -> int:
+        return self.child_stop - self.child_start
+
+
+def train_partition(spec: PartitionSpec, unit: PartitionUnit) -> Path:
+    """Train the unit on its partition; the weights go to storage and their path comes back."""
+    pieces = [load_matrices(partition_file(spec.folder, unit.parent, s)) for s in unit.shards]
+    n_cols = unit.child_stop - unit.first_child
+    X = sp.vstack([p["X"] for p in pieces], format="csr") if pieces else sp.csr_matrix((0, spec.n_features))
+    Y = sp.vstack([p["Y"] for p in pieces], format="csr") if pieces else sp.csr_matrix((0, n_cols))
+    del pieces
+    a, b = unit.child_start - unit.first_child, unit.child_stop - unit.first_child
+    w = fit_rows(csr(X), csr(Y)[:, a:b], unit.child_start, unit.child_stop, spec.solver)
+    return save_matrices(spec.folder / f"w{unit.parent:07d}-{unit.child_start:07d}.npz",
+                         feature=w.feature, child=w.child, value=w.value,
+                         span=np.array([w.child_start, w.child_stop], np.int64))
+
+
+# -- a round: gains, coverage; held-out scores -------------------------------------------------------
+@dataclass(frozen=True)
+class GainSpec:
+    root: Path
+    folder: Path
+    tree: LabelTree
+    matcher: list[ScoringLayer]
+    predict: PredictParams
+    bias: float
+    keep: int
+
+
+def gain_shard(spec: GainSpec, unit: ShardUnit) -> Path:
+    """The shard's matching M and its share of ``G = Y^T M``, written to the round's folder."""
+    X, Y = load_rows(spec.root, "train", unit.shard)
+    M = match_layers(X, spec.tree, spec.matcher, spec.predict, bias=spec.bias, keep=spec.keep)
+    return save_matrices(spec.folder / f"s{unit.shard:05d}.npz", M=M, G=csr(Y.T.tocsr() @ M))
+
+
+@dataclass(frozen=True)
+class CoverageSpec:
+    root: Path
+    folder: Path
+    C: sp.csr_matrix
+
+
+def coverage_shard(spec: CoverageSpec, unit: ShardUnit) -> tuple[int, int]:
+    """(true pairs the matching reaches under C, true pairs) of the shard."""
+    _, Y = load_rows(spec.root, "train", unit.shard)
+    return coverage_counts(Y, load_csr(spec.folder / f"s{unit.shard:05d}.npz", "M"), spec.C)
+
+
+@dataclass(frozen=True)
+class ValidateSpec:
+    root: Path
+    members: Sequence[tuple[LabelTree, Sequence[sp.csc_matrix]]]
+    predict: PredictParams
+    bias: float
+    label_counts: np.ndarray
+    n_train: int
+
+
+def validate_shard(spec: ValidateSpec, unit: ShardUnit) -> dict[str, float]:
+    """Metric sums of the model's top 5 on the shard's held-out rows."""
+    X, Y = load_rows(spec.root, "valid", unit.shard)
+    if X.shape[0] == 0:
+        return {}
+    pred = predict_ensemble(X, spec.members, spec.predict, bias=spec.bias, topk=5)
+    return metric_sums(Y, pred, (1, 3, 5), label_counts=spec.label_counts, n_train=spec.n_train)

@@ -1,0 +1,228 @@
+"""The fit with the rows on the workers: no stage gathers the corpus in the driver.
+
+``fit_sharded`` reads a features bundle's part files only by their Parquet footers (row counts),
+cuts them into shards of ``SHARD_ROWS`` rows and hands them to the executor: the workers prepare
+the rows (normalise, split off the held-out rows by their hash, ``rows.holdout_mask``) into the
+work folder and return label-sized sums, which the driver adds up into PIFA and the label counts.
+From there the fit loop is ``fit``'s own (``fit.fit_trees``): it asks ``ShardedRows`` for layers,
+gains, coverage and held-out scores, and each answer is a few passes over the shards
+(``xmc.core.shard_units``). Training a layer is a shuffle: the shards write the rows routed to
+each parent into that parent's partition, then one unit per cluster reads its partition only.
+
+What the driver holds is sized by the labels (PIFA, the tree, the weights, the gains' L x K sums,
+per-shard row counts), so its memory stays flat as the corpus grows; a worker holds one shard or
+one partition. The root's partition is every training row (its children are trained on all
+rows, as in the in-process fit), so the root unit is the largest one: see docs/scaling.md.
+With the same shards the model is the in-process ``fit``'s, weight for weight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import reduce
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.core.disentangle import SHARD_ROWS, move_kept
+from xmc.core.executor import Executor, LocalExecutor
+from xmc.core.fit import FitInputs, RoundObserver, fit_trees
+from xmc.core.metrics import add_sums, metrics_of_sums
+from xmc.core.model import XMCModel
+from xmc.core.predict import scoring_layers
+from xmc.core.rows import Matching, Member, holdout_threshold
+from xmc.core.shard_units import (
+    CoverageSpec,
+    GainSpec,
+    PartitionSpec,
+    PartitionUnit,
+    PartSlice,
+    PreparedShard,
+    PrepareSpec,
+    RouteSpec,
+    ShardUnit,
+    ValidateSpec,
+    coverage_shard,
+    gain_shard,
+    prepare_shard,
+    route_shard,
+    train_partition,
+    validate_shard,
+)
+from xmc.core.solver import resolve_device, use_dual_cd
+from xmc.core.train import ClusterWeights, assemble, spread_children
+from xmc.core.tree import LabelTree, pifa_of_sums
+from xmc.errors import DataFormatError
+from xmc.io.features import split_parts
+from xmc.io.shards import load_csr, load_matrices, remove
+from xmc.params import PredictParams, SolverParams, XMCParams
+
+
+class ShardedRows:
+    """The training rows as shard files under ``root``, read by the executor's units (``TrainingRows``)."""
+
+    def __init__(self, root: Path, shards: Sequence[PreparedShard], n_features: int,
+                 label_counts: np.ndarray, executor: Executor) -> None:
+        self.root, self.executor = root, executor
+        self.n_features = n_features
+        self.label_counts = label_counts
+        self.train = [ShardUnit(s.shard, s.n_train) for s in shards if s.n_train]
+        self.valid = [ShardUnit(s.shard, s.n_val) for s in shards if s.n_val]
+        self.has_validation = bool(self.valid)
+        self.passes = 0
+
+    def _folder(self, name: str) -> Path:
+        self.passes += 1
+        return self.root / f"pass-{self.passes:05d}-{name}"
+
+    def _train_layer(self, tree: LabelTree, t: int, solver: SolverParams, predict: PredictParams,
+                     matcher: Sequence[sp.csc_matrix] | None, parents: np.ndarray | None,
+                     routed: Path | None, desc: str) -> list[ClusterWeights]:
+        """Shuffle the rows of layer t's parents into partitions, train a unit per partition."""
+        folder = self._folder(f"layer{t}")
+        man = matcher if solver.negatives == "tfn+man" and t > 0 else None
+        spec = RouteSpec(self.root, folder, tree, t, parents, man, predict, solver, routed)
+        written = self.executor.map(route_shard, spec, self.train, desc=f"{desc}: shuffle")
+        ptr = tree.children_ptr(t)
+        units = []
+        for p in range(tree.n_parents(t)) if parents is None else parents.tolist():
+            shards = tuple(u.shard for u, w in zip(self.train, written, strict=True) if p in w)
+            n_rows = sum(w.get(p, 0) for w in written)
+            units.append(PartitionUnit(t, p, int(ptr[p]), int(ptr[p + 1]), int(ptr[p]), n_rows, shards))
+        paths = self.executor.map(train_partition, PartitionSpec(folder, self.n_features, solver),
+                                  spread_children(units), desc=desc)
+        results = [_weights(path) for path in paths]
+        remove(folder)
+        return results
+
+    def train_layers(self, tree: LabelTree, solver: SolverParams, predict: PredictParams,
+                     layers: list[int] | None = None, weights: list[sp.csc_matrix] | None = None,
+                     routed: Matching | None = None) -> list[sp.csc_matrix]:
+        out = list(weights) if weights is not None else [None] * tree.n_layers
+        for t in range(tree.n_layers) if layers is None else sorted(layers):
+            results = self._train_layer(tree, t, solver, predict, out[:t], None, routed,
+                                        f"layer {t + 1}/{tree.n_layers}")
+            out[t] = assemble(results, self.n_features, len(tree.parents[t]))
+        return out
+
+    def train_rankers(self, tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
+                      changed: np.ndarray, solver: SolverParams, predict: PredictParams,
+                      matcher: Sequence[sp.csc_matrix], desc: str) -> sp.csc_matrix:
+        last = tree.n_layers - 1
+        results = self._train_layer(new_tree, last, solver, predict, matcher, changed, None, desc)
+        results += move_kept(tree, new_tree, W_old, changed)
+        return assemble(results, self.n_features, len(new_tree.copy_label))
+
+    def gains(self, tree: LabelTree, weights: Sequence[sp.csc_matrix], predict: PredictParams,
+              bias: float, keep: int) -> tuple[sp.csr_matrix, Matching]:
+        folder = self._folder("gains")
+        search = replace(predict, chunk_size=max(predict.chunk_size, SHARD_ROWS))
+        spec = GainSpec(self.root, folder, tree, scoring_layers(tree, weights[:-1]), search, bias, keep)
+        paths = self.executor.map(gain_shard, spec, self.train, desc="gains")
+        G = sp.csr_matrix((tree.n_labels, tree.n_clusters), dtype=np.float32)
+        for path in paths:  # one shard's sums at a time: the driver holds L x K, never rows
+            G = G + load_csr(path, "G")
+        return sp.csr_matrix(G), folder
+
+    def coverage(self, matching: Matching, C: sp.csr_matrix) -> float:
+        counts = self.executor.map(coverage_shard, CoverageSpec(self.root, matching, C), self.train,
+                                   desc="coverage")
+        reached, pairs = (sum(c[i] for c in counts) for i in (0, 1))
+        return reached / pairs if pairs else 0.0
+
+    def validate(self, members: Sequence[Member], predict: PredictParams, bias: float,
+                 label_counts: np.ndarray, n_train: int) -> dict[str, float] | None:
+        if not self.has_validation:
+            return None
+        spec = ValidateSpec(self.root, list(members), predict, bias, label_counts, n_train)
+        parts = self.executor.map(validate_shard, spec, self.valid, desc="held-out")
+        return metrics_of_sums(reduce(add_sums, parts))
+
+    def drop(self, matching: Matching) -> None:
+        remove(matching)
+
+
+def _weights(path: Path) -> ClusterWeights:
+    m = load_matrices(path)
+    start, stop = (int(v) for v in np.asarray(m["span"]))
+    return ClusterWeights(start, stop, np.asarray(m["feature"]), np.asarray(m["child"]),
+                          np.asarray(m["value"]))
+
+
+def shard_slices(parts: Sequence[tuple[Path, int]], shard_rows: int = SHARD_ROWS) -> list[PartSlice]:
+    """The bundle's part files cut into shards of at most ``shard_rows`` rows, in row order."""
+    slices: list[PartSlice] = []
+    first = 0
+    for path, n in parts:
+        for a in range(0, n, shard_rows):
+            slices.append(PartSlice(len(slices), str(path), a, min(a + shard_rows, n), first + a))
+        first += n
+    return slices
+
+
+def fit_sharded(
+    bundle: str | Path,
+    params: XMCParams | None = None,
+    *,
+    executor: Executor | None = None,
+    work_dir: str | Path | None = None,
+    label_names: list[str] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    observer: RoundObserver | None = None,
+    shard_rows: int = SHARD_ROWS,
+) -> XMCModel:
+    """``fit`` on a features bundle's train split without loading it: rows stay in shards.
+
+    ``work_dir`` (default: the system's temp folder) holds the shards and the shuffles in a
+    folder of its own, removed at the end; on a cluster it must be storage every node sees.
+    """
+    params = params or XMCParams()
+    executor = executor or LocalExecutor()
+    manifest, parts = split_parts(bundle, "train")
+    n_features, n_labels = int(manifest["n_features"]), int(manifest["n_labels"])
+    n_rows = sum(n for _, n in parts)
+    if n_rows == 0:
+        raise DataFormatError("the bundle's train split has no rows", path=bundle)
+    if label_names is not None and len(label_names) != n_labels:
+        raise DataFormatError(f"{len(label_names)} label names for {n_labels} labels")
+    if not use_dual_cd(params.solver, resolve_device(params.solver.device)):
+        import torch  # noqa: F401  loaded here, so executors can bound its threads per unit
+    d = params.disentangle
+    spec = PrepareSpec(Path(), n_features, n_labels, params.normalize_rows, params.tree.seed,
+                       holdout_threshold(params.tree.seed, n_rows, d.validation_fraction))
+    root = Path(work_dir or tempfile.gettempdir()) / f"xmc-fit-{uuid.uuid4().hex[:12]}"
+    root.mkdir(parents=True)
+    try:
+        prepared = executor.map(prepare_shard, replace(spec, root=root), shard_slices(parts, shard_rows),
+                                desc="shards")
+        S = sp.csr_matrix((n_labels, n_features), dtype=np.float64)
+        counts = np.zeros(n_labels, np.int64)
+        train_counts = np.zeros(n_labels, np.int64)
+        for shard in prepared:  # one shard's label-sized sums at a time
+            m = load_matrices(shard.sums)
+            S = S + m["pifa"]
+            counts += np.asarray(m["counts"])
+            train_counts += np.asarray(m["train_counts"])
+        remove(root / "sums")
+        if not counts.any():
+            raise DataFormatError("Y has no positive label at all: nothing to learn", path=bundle)
+        rows = ShardedRows(root, prepared, n_features, train_counts, executor)
+        if not rows.train:
+            raise DataFormatError("every training row was held out: lower validation_fraction", path=bundle)
+        digest = hashlib.sha256((Path(bundle) / "manifest.json").read_bytes()).hexdigest()
+        inputs = FitInputs(pifa_of_sums(sp.csr_matrix(S)), counts, n_features, n_rows,
+                           digest if checkpoint_dir is not None else "")
+        del S
+        model = fit_trees(rows, inputs, params, label_names=label_names, checkpoint_dir=checkpoint_dir,
+                          resume=resume, observer=observer)
+        model.info["shards"] = {"count": len(prepared), "rows": shard_rows, "passes": rows.passes}
+        return model
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
