@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise ParamError("--data-plane shards reads a features bundle: give --data BUNDLE (not --x/--y)")
     extra_dirs = None
     n_rows, digest = None, None
-    if sharded:  # the driver reads footers and a sample only; the rows stay in the bundle's parts
-        X, Y, names, extra_dirs, n_rows, digest = _bundle_sample(args)
+    tracking = _tracking_from_args(args)
+    if sharded:  # the driver reads footers (and a sample for MLflow); the rows stay in the bundle's parts
+        X, Y, names, extra_dirs, n_rows, digest = _bundle_sample(args, SAMPLE_ROWS if tracking else 0)
     elif args.data:
         X, Y, names, extra_dirs = _from_bundle(args)
     else:
@@ -97,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
         from xmc.errors import ParamError
 
         raise ParamError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
-    tracking = _tracking_from_args(args)
     executor = make_executor(exec_params)
     print(f"xmc train: executor: {executor.describe()}", file=sys.stderr)
     live: Any = nullcontext()
@@ -229,10 +229,10 @@ SAMPLE_ROWS = 10_000
 """Rows the driver reads of a sharded bundle: the MLflow run's held-out metrics and input example."""
 
 
-def _bundle_sample(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None,
-                                                      dict[str, str | Path] | None, int, str]:
-    """The first rows of a bundle's train split (at most ``SAMPLE_ROWS``), its names, vectorizer,
-    row count and manifest digest: what the driver of a sharded fit reads of the data."""
+def _bundle_sample(args: argparse.Namespace, rows: int) -> tuple[Any, Any, list[str] | None,
+                                                                 dict[str, str | Path] | None, int, str]:
+    """The first ``rows`` rows of a bundle's train split (0: none, just its shape), its names,
+    vectorizer, row count and manifest digest: what the driver of a sharded fit reads of the data."""
     import hashlib
 
     import scipy.sparse as sp
@@ -241,18 +241,15 @@ def _bundle_sample(args: argparse.Namespace) -> tuple[Any, Any, list[str] | None
 
     names, extra = _names(args)
     manifest, parts = split_parts(args.data, "train")
-    Xs, Ys, left = [], [], SAMPLE_ROWS
+    D, L = manifest["n_features"], manifest["n_labels"]
+    Xs, Ys = [sp.csr_matrix((0, D), dtype="float32")], [sp.csr_matrix((0, L), dtype="float32")]
     for path, n in parts:
+        left = rows - sum(X.shape[0] for X in Xs)
         if left <= 0:
             break
-        X, Y = load_part(path, manifest["n_features"], manifest["n_labels"], 0, min(n, left))
+        X, Y = load_part(path, D, L, 0, min(n, left))
         Xs.append(X)
         Ys.append(Y)
-        left -= X.shape[0]
-    if not Xs:
-        from xmc.errors import DataFormatError
-
-        raise DataFormatError("the bundle's train split has no rows", path=args.data)
     digest = hashlib.sha256((Path(args.data) / "manifest.json").read_bytes()).hexdigest()
     return (sp.vstack(Xs, format="csr"), sp.vstack(Ys, format="csr"), names, extra,
             sum(n for _, n in parts), digest)

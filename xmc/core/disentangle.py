@@ -221,13 +221,19 @@ def pending_rankers(n_features: int, n_copies: int) -> sp.csc_matrix:
     return sp.csc_matrix((n_features + 1, n_copies), dtype=np.float32)
 
 
-def move_kept(tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
-              changed: np.ndarray) -> list[ClusterWeights]:
-    """The last layer's columns of the clusters whose labels did not change, at their new place."""
+def kept_moves(tree: LabelTree, new_tree: LabelTree, changed: np.ndarray) -> list[tuple[int, int, int]]:
+    """(old start, old stop, new start) of the last layer's columns of each cluster whose labels
+    did not change: its rankers are moved over, not retrained."""
     last = tree.n_layers - 1
     old_ptr, new_ptr = tree.children_ptr(last), new_tree.children_ptr(last)
     kept = np.setdiff1d(np.arange(new_tree.n_clusters), changed)
-    return [weights_of(W_old, int(old_ptr[k]), int(old_ptr[k + 1]), int(new_ptr[k])) for k in kept]
+    return [(int(old_ptr[k]), int(old_ptr[k + 1]), int(new_ptr[k])) for k in kept]
+
+
+def move_kept(tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
+              changed: np.ndarray) -> list[ClusterWeights]:
+    """The kept clusters' columns of ``W_old`` (``kept_moves``) at their new place."""
+    return [weights_of(W_old, a, b, new) for a, b, new in kept_moves(tree, new_tree, changed)]
 
 
 def disentangle_round(

@@ -9,7 +9,9 @@ reassignment with up to lambda copies per label, each round kept only if held-ou
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,11 +32,11 @@ from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
 from xmc.core.rows import TrainingRows, split_validation
 from xmc.core.solver import resolve_device, use_dual_cd
 from xmc.core.sparse import csr
-from xmc.core.tree import build_tree, pifa
+from xmc.core.tree import LabelTree, build_tree, pifa
 from xmc.errors import DataFormatError
 from xmc.io.checkpoint import Checkpoint, RoundState, check_checkpoint_folder, fingerprint
 from xmc.log import peak_rss_mib
-from xmc.params import XMCParams
+from xmc.params import TreeParams, XMCParams
 
 
 class RoundObserver(Protocol):
@@ -85,8 +87,8 @@ def fit(
     Xp = prepare_features(X, params, X.shape[1])
     Y = csr(Y)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed)
-    inputs = FitInputs(pifa(Xt, Yt), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64), X.shape[1],
-                       X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
+    inputs = FitInputs(partial(build_tree, pifa(Xt, Yt)), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64),
+                       X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
     return fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
                      checkpoint_dir=checkpoint_dir, resume=resume, observer=observer)
 
@@ -95,8 +97,9 @@ def fit(
 class FitInputs:
     """What every tree of a fit shares besides the rows; all sized by the labels, not the rows."""
 
-    pifa: sp.csr_matrix
-    """(L x D) label embeddings from the training rows (held-out rows apart)."""
+    tree_of: Callable[[TreeParams], LabelTree]
+    """The label tree of the training rows' PIFA embeddings (held-out rows apart) for a seed and
+    shape: ``build_tree`` on the driver's PIFA, or a unit over the shards' (the driver never holds it)."""
     counts: np.ndarray
     """Documents per label over all rows (propensities for PSP)."""
     n_features: int
@@ -170,7 +173,7 @@ def fit_tree(
     if observer is not None:
         observer.round_started(0)
     t0 = time.perf_counter()
-    tree = build_tree(inputs.pifa, params.tree)
+    tree = inputs.tree_of(params.tree)
     t1 = time.perf_counter()
     rounds = params.disentangle.rounds > 0 and tree.n_layers > 1
     defer = rounds and not rows.has_validation  # nothing reads the baseline's rankers: train the matcher

@@ -191,7 +191,7 @@ def predict(
 
 def predict_ensemble(
     X: sp.csr_matrix,
-    members: Sequence[tuple[LabelTree, Sequence[sp.csc_matrix]]],
+    members: Sequence[tuple[LabelTree, Sequence[sp.csc_matrix] | Sequence[ScoringLayer]]],
     params: PredictParams,
     *,
     bias: float,
@@ -199,6 +199,9 @@ def predict_ensemble(
     beam_size: int | None = None,
 ) -> sp.csr_matrix:
     """Top-k of the label scores averaged over the trees of an ensemble (one tree: plain beam search).
+
+    A member's layers are its weights, or their ``scoring_layers`` built already (a worker that
+    scores many shards with one model builds them once).
 
     Every label a tree's beam reaches counts with its path score, a label a tree does not reach
     with 0 (Parabel's averaging), so a label all trees agree on outranks one a single tree likes.
@@ -213,7 +216,9 @@ def predict_ensemble(
     for tree, weights in members:
         beam = min(params.beam_size if beam_size is None else beam_size, _widest(tree))
         unique = len(np.unique(tree.copy_label)) == len(tree.copy_label)
-        runs.append((tree, unique, _scored_chunks(X, scoring_layers(tree, weights), params, bias, beam)))
+        built = bool(weights) and isinstance(weights[0], ScoringLayer)
+        layers = weights if built else scoring_layers(tree, weights)
+        runs.append((tree, unique, _scored_chunks(X, layers, params, bias, beam)))
     parts = []
     for chunks in zip(*(chunks for _, _, chunks in runs), strict=True):
         merged = [_merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)

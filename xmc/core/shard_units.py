@@ -9,17 +9,23 @@ Each pass of ``xmc.core.sharded`` is one ``executor.map`` of one of these over s
   of a shuffle by cluster id.
 - ``train_partition``: a cluster unit reads only its parent's pieces (the reduce side), trains the
   children and writes the weights: a path comes back, not a matrix.
+- ``assemble_layer``: the cluster units' weights (and the kept clusters' old columns) glued into
+  the layer's matrix, written for the driver to load in one piece.
+- ``reduce_sums``, ``build_tree_unit``: the shards' PIFA sums added and normalised, the tree built
+  from them: the driver never holds PIFA.
 - ``gain_shard``, ``coverage_shard``, ``validate_shard``: a round's gains, its coverage and the
   held-out scores, each from one shard, as sums the driver adds up.
 
-A unit's memory is its shard or its partition, never the corpus; the spec (tree, weights) is
-label-sized and shipped once per pass.
+A unit's memory is its shard or its partition, never the corpus. Specs carry the tree (label-sized)
+and the weights' *paths*: a worker loads a layer once (``stored_weights``, cached per process) and
+scores every shard it gets with it, and the driver never serialises a model into a task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +34,15 @@ import scipy.sparse as sp
 from xmc.core.disentangle import coverage_counts, routed_copy_targets
 from xmc.core.metrics import metric_sums
 from xmc.core.model import check_xy
-from xmc.core.predict import ScoringLayer, match, match_layers, predict_ensemble
+from xmc.core.predict import ScoringLayer, match_layers, predict_ensemble
 from xmc.core.rows import holdout_mask
 from xmc.core.sparse import csr, normalize_rows
-from xmc.core.train import fit_rows, routed_rows
-from xmc.core.tree import LabelTree, pifa_sums
+from xmc.core.train import ClusterWeights, assemble, fit_rows, routed_rows, weights_of
+from xmc.core.tree import LabelTree, build_tree, pifa_of_sums, pifa_sums
 from xmc.errors import DataFormatError
 from xmc.io.features import load_part
 from xmc.io.shards import load_csr, load_matrices, partition_file, rows_file, save_matrices
-from xmc.params import PredictParams, SolverParams
+from xmc.params import PredictParams, SolverParams, TreeParams
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,26 @@ class ShardUnit:
 def load_rows(root: Path, split: str, shard: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     m = load_matrices(rows_file(root, split, shard))
     return sp.csr_matrix(m["X"]), sp.csr_matrix(m["Y"])
+
+
+@lru_cache(maxsize=16)
+def _stored(path: str) -> sp.csc_matrix:
+    return sp.csc_matrix(load_matrices(path, "W")["W"])
+
+
+@lru_cache(maxsize=16)
+def _scoring(path: str, ptr: bytes) -> ScoringLayer:
+    return ScoringLayer(_stored(path), np.frombuffer(ptr, dtype=np.int64))
+
+
+def stored_weights(paths: Sequence[Path]) -> list[sp.csc_matrix]:
+    """Layer matrices from storage, each loaded once per process (paths are never rewritten)."""
+    return [_stored(str(p)) for p in paths]
+
+
+def stored_layers(tree: LabelTree, paths: Sequence[Path]) -> list[ScoringLayer]:
+    """``scoring_layers`` of stored layers, built once per process and tree shape."""
+    return [_scoring(str(p), tree.children_ptr(t).astype(np.int64).tobytes()) for t, p in enumerate(paths)]
 
 
 # -- prepare ---------------------------------------------------------------------------------------
@@ -117,8 +143,8 @@ class RouteSpec:
     layer: int
     parents: np.ndarray | None
     """Only these parents (None: all)."""
-    matcher: Sequence[sp.csc_matrix] | None
-    """Layers above, for matcher-aware negatives (None: teacher-forced rows only)."""
+    matcher: Sequence[Path] | None
+    """Stored layers above, for matcher-aware negatives (None: teacher-forced rows only)."""
     predict: PredictParams
     solver: SolverParams
     routed: Path | None = None
@@ -136,8 +162,8 @@ def route_shard(spec: RouteSpec, unit: ShardUnit) -> dict[int, int]:
     Y_t = tree.layer_targets(Y, last)[t]
     matched = None
     if spec.matcher is not None and t > 0:
-        matched = match(X, tree, spec.matcher, spec.predict, bias=spec.solver.bias,
-                        keep=spec.solver.man_top or None).tocsc()
+        matched = match_layers(X, tree, stored_layers(tree, spec.matcher), spec.predict,
+                               bias=spec.solver.bias, keep=spec.solver.man_top or None).tocsc()
     ptr = tree.children_ptr(t)
     parents = None if spec.parents is None else spec.parents.tolist()
     written: dict[int, int] = {}
@@ -189,13 +215,71 @@ def train_partition(spec: PartitionSpec, unit: PartitionUnit) -> Path:
                          span=np.array([w.child_start, w.child_stop], np.int64))
 
 
+def unit_weights(path: Path) -> ClusterWeights:
+    """A ``train_partition`` result read back."""
+    m = load_matrices(path)
+    start, stop = (int(v) for v in np.asarray(m["span"]))
+    return ClusterWeights(start, stop, np.asarray(m["feature"]), np.asarray(m["child"]),
+                          np.asarray(m["value"]))
+
+
+@dataclass(frozen=True)
+class AssembleSpec:
+    n_features: int
+    n_children: int
+
+
+@dataclass(frozen=True)
+class AssembleUnit:
+    """The unit results of a layer, plus columns ``[a, b)`` of the stored ``old`` layer moved to
+    start at column ``new`` (``disentangle.kept_moves``), into the layer written at ``out``."""
+
+    parts: tuple[Path, ...]
+    out: Path
+    old: Path | None = None
+    moves: tuple[tuple[int, int, int], ...] = ()
+
+
+def assemble_layer(spec: AssembleSpec, unit: AssembleUnit) -> Path:
+    results = [unit_weights(p) for p in unit.parts]
+    if unit.old is not None:
+        W_old = sp.csc_matrix(load_matrices(unit.old, "W")["W"])
+        results += [weights_of(W_old, a, b, new) for a, b, new in unit.moves]
+    return save_matrices(unit.out, W=assemble(results, spec.n_features, spec.n_children))
+
+
+@dataclass(frozen=True)
+class ReduceSpec:
+    root: Path
+
+
+def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The shards' sums added: PIFA normalised into ``root/pifa.npz``; (counts, train counts) per label."""
+    S: sp.csr_matrix | None = None
+    counts = train_counts = np.zeros(0, np.int64)
+    for path in paths:  # one shard's sums at a time
+        m = load_matrices(path)
+        S = m["pifa"] if S is None else S + m["pifa"]
+        counts = m["counts"] if not len(counts) else counts + m["counts"]
+        train_counts = m["train_counts"] if not len(train_counts) else train_counts + m["train_counts"]
+    assert S is not None, "no shard"
+    save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)))
+    return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64)
+
+
+def build_tree_unit(spec: ReduceSpec, params: TreeParams) -> LabelTree:
+    """The label tree of ``reduce_sums``'s PIFA (one unit: the k-means needs every label at once)."""
+    return build_tree(sp.csr_matrix(load_matrices(spec.root / "pifa.npz", "pifa")["pifa"]), params)
+
+
 # -- a round: gains, coverage; held-out scores -------------------------------------------------------
 @dataclass(frozen=True)
 class GainSpec:
     root: Path
     folder: Path
     tree: LabelTree
-    matcher: list[ScoringLayer]
+    matcher: list[Path]
+    """Stored layers of the matcher (all but the last)."""
     predict: PredictParams
     bias: float
     keep: int
@@ -204,7 +288,8 @@ class GainSpec:
 def gain_shard(spec: GainSpec, unit: ShardUnit) -> Path:
     """The shard's matching M and its share of ``G = Y^T M``, written to the round's folder."""
     X, Y = load_rows(spec.root, "train", unit.shard)
-    M = match_layers(X, spec.tree, spec.matcher, spec.predict, bias=spec.bias, keep=spec.keep)
+    M = match_layers(X, spec.tree, stored_layers(spec.tree, spec.matcher), spec.predict, bias=spec.bias,
+                     keep=spec.keep)
     return save_matrices(spec.folder / f"s{unit.shard:05d}.npz", M=M, G=csr(Y.T.tocsr() @ M))
 
 
@@ -224,7 +309,8 @@ def coverage_shard(spec: CoverageSpec, unit: ShardUnit) -> tuple[int, int]:
 @dataclass(frozen=True)
 class ValidateSpec:
     root: Path
-    members: Sequence[tuple[LabelTree, Sequence[sp.csc_matrix]]]
+    members: Sequence[tuple[LabelTree, Sequence[Path]]]
+    """Each tree and its stored layers."""
     predict: PredictParams
     bias: float
     label_counts: np.ndarray
@@ -236,5 +322,6 @@ def validate_shard(spec: ValidateSpec, unit: ShardUnit) -> dict[str, float]:
     X, Y = load_rows(spec.root, "valid", unit.shard)
     if X.shape[0] == 0:
         return {}
-    pred = predict_ensemble(X, spec.members, spec.predict, bias=spec.bias, topk=5)
+    members = [(tree, stored_layers(tree, paths)) for tree, paths in spec.members]
+    pred = predict_ensemble(X, members, spec.predict, bias=spec.bias, topk=5)
     return metric_sums(Y, pred, (1, 3, 5), label_counts=spec.label_counts, n_train=spec.n_train)

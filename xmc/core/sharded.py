@@ -22,6 +22,7 @@ import hashlib
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import reduce
@@ -30,14 +31,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.core.disentangle import SHARD_ROWS, move_kept
+from xmc.core.disentangle import SHARD_ROWS, kept_moves
 from xmc.core.executor import Executor, LocalExecutor
 from xmc.core.fit import FitInputs, RoundObserver, fit_trees
 from xmc.core.metrics import add_sums, metrics_of_sums
 from xmc.core.model import XMCModel
-from xmc.core.predict import scoring_layers
 from xmc.core.rows import Matching, Member, holdout_threshold
 from xmc.core.shard_units import (
+    AssembleSpec,
+    AssembleUnit,
     CoverageSpec,
     GainSpec,
     PartitionSpec,
@@ -45,27 +47,35 @@ from xmc.core.shard_units import (
     PartSlice,
     PreparedShard,
     PrepareSpec,
+    ReduceSpec,
     RouteSpec,
     ShardUnit,
     ValidateSpec,
+    assemble_layer,
+    build_tree_unit,
     coverage_shard,
     gain_shard,
     prepare_shard,
+    reduce_sums,
     route_shard,
     train_partition,
     validate_shard,
 )
 from xmc.core.solver import resolve_device, use_dual_cd
-from xmc.core.train import ClusterWeights, assemble, spread_children
-from xmc.core.tree import LabelTree, pifa_of_sums
+from xmc.core.train import spread_children
+from xmc.core.tree import LabelTree
 from xmc.errors import DataFormatError
 from xmc.io.features import split_parts
-from xmc.io.shards import load_csr, load_matrices, remove
-from xmc.params import PredictParams, SolverParams, XMCParams
+from xmc.io.shards import load_csr, load_matrices, remove, save_matrices
+from xmc.params import PredictParams, SolverParams, TreeParams, XMCParams
 
 
 class ShardedRows:
-    """The training rows as shard files under ``root``, read by the executor's units (``TrainingRows``)."""
+    """The training rows as shard files under ``root``, read by the executor's units (``TrainingRows``).
+
+    Layers live in storage too (``root/model``): the driver keeps each layer matrix it got back
+    with the path it came from, and tasks get paths, never matrices.
+    """
 
     def __init__(self, root: Path, shards: Sequence[PreparedShard], n_features: int,
                  label_counts: np.ndarray, executor: Executor) -> None:
@@ -76,17 +86,48 @@ class ShardedRows:
         self.valid = [ShardUnit(s.shard, s.n_val) for s in shards if s.n_val]
         self.has_validation = bool(self.valid)
         self.passes = 0
+        self._saved = 0
+        self._stored: dict[int, tuple[weakref.ref[sp.csc_matrix], Path]] = {}
 
     def _folder(self, name: str) -> Path:
         self.passes += 1
         return self.root / f"pass-{self.passes:05d}-{name}"
 
+    def _new_path(self) -> Path:
+        self._saved += 1
+        return self.root / "model" / f"W{self._saved:05d}.npz"
+
+    def _remember(self, W: sp.csc_matrix, path: Path) -> None:
+        """``W`` is stored at ``path``; the file goes when the driver drops the matrix."""
+        key = id(W)
+
+        def gone(_: object) -> None:
+            self._stored.pop(key, None)
+            path.unlink(missing_ok=True)
+
+        self._stored[key] = (weakref.ref(W, gone), path)
+
+    def _path(self, W: sp.csc_matrix) -> Path:
+        """Where a layer matrix is stored (written first if the driver made it, e.g. a placeholder)."""
+        hit = self._stored.get(id(W))
+        if hit is not None and hit[0]() is W:
+            return hit[1]
+        path = save_matrices(self._new_path(), W=sp.csc_matrix(W))
+        self._remember(W, path)
+        return path
+
+    def _paths(self, weights: Sequence[sp.csc_matrix]) -> list[Path]:
+        return [self._path(W) for W in weights]
+
     def _train_layer(self, tree: LabelTree, t: int, solver: SolverParams, predict: PredictParams,
                      matcher: Sequence[sp.csc_matrix] | None, parents: np.ndarray | None,
-                     routed: Path | None, desc: str) -> list[ClusterWeights]:
-        """Shuffle the rows of layer t's parents into partitions, train a unit per partition."""
+                     routed: Path | None, desc: str, kept: AssembleUnit | None = None) -> sp.csc_matrix:
+        """Shuffle the rows of layer t's parents into partitions, train a unit per partition,
+        assemble the layer (with ``kept``'s old columns) in storage and load it."""
         folder = self._folder(f"layer{t}")
-        man = matcher if solver.negatives == "tfn+man" and t > 0 else None
+        man = None
+        if matcher is not None and solver.negatives == "tfn+man" and t > 0:
+            man = self._paths(matcher)
         spec = RouteSpec(self.root, folder, tree, t, parents, man, predict, solver, routed)
         written = self.executor.map(route_shard, spec, self.train, desc=f"{desc}: shuffle")
         ptr = tree.children_ptr(t)
@@ -97,33 +138,35 @@ class ShardedRows:
             units.append(PartitionUnit(t, p, int(ptr[p]), int(ptr[p + 1]), int(ptr[p]), n_rows, shards))
         paths = self.executor.map(train_partition, PartitionSpec(folder, self.n_features, solver),
                                   spread_children(units), desc=desc)
-        results = [_weights(path) for path in paths]
+        unit = AssembleUnit(tuple(paths), self._new_path(), *((kept.old, kept.moves) if kept else ()))
+        (path,) = self.executor.map(assemble_layer, AssembleSpec(self.n_features, len(tree.parents[t])),
+                                    [unit], desc=f"{desc}: assemble")
         remove(folder)
-        return results
+        W = sp.csc_matrix(load_matrices(path, "W")["W"])
+        self._remember(W, path)
+        return W
 
     def train_layers(self, tree: LabelTree, solver: SolverParams, predict: PredictParams,
                      layers: list[int] | None = None, weights: list[sp.csc_matrix] | None = None,
                      routed: Matching | None = None) -> list[sp.csc_matrix]:
         out = list(weights) if weights is not None else [None] * tree.n_layers
         for t in range(tree.n_layers) if layers is None else sorted(layers):
-            results = self._train_layer(tree, t, solver, predict, out[:t], None, routed,
-                                        f"layer {t + 1}/{tree.n_layers}")
-            out[t] = assemble(results, self.n_features, len(tree.parents[t]))
+            out[t] = self._train_layer(tree, t, solver, predict, out[:t], None, routed,
+                                       f"layer {t + 1}/{tree.n_layers}")
         return out
 
     def train_rankers(self, tree: LabelTree, new_tree: LabelTree, W_old: sp.csc_matrix,
                       changed: np.ndarray, solver: SolverParams, predict: PredictParams,
                       matcher: Sequence[sp.csc_matrix], desc: str) -> sp.csc_matrix:
-        last = tree.n_layers - 1
-        results = self._train_layer(new_tree, last, solver, predict, matcher, changed, None, desc)
-        results += move_kept(tree, new_tree, W_old, changed)
-        return assemble(results, self.n_features, len(new_tree.copy_label))
+        kept = AssembleUnit((), Path(), self._path(W_old), tuple(kept_moves(tree, new_tree, changed)))
+        return self._train_layer(new_tree, tree.n_layers - 1, solver, predict, matcher, changed, None, desc,
+                                 kept)
 
     def gains(self, tree: LabelTree, weights: Sequence[sp.csc_matrix], predict: PredictParams,
               bias: float, keep: int) -> tuple[sp.csr_matrix, Matching]:
         folder = self._folder("gains")
         search = replace(predict, chunk_size=max(predict.chunk_size, SHARD_ROWS))
-        spec = GainSpec(self.root, folder, tree, scoring_layers(tree, weights[:-1]), search, bias, keep)
+        spec = GainSpec(self.root, folder, tree, self._paths(weights[:-1]), search, bias, keep)
         paths = self.executor.map(gain_shard, spec, self.train, desc="gains")
         G = sp.csr_matrix((tree.n_labels, tree.n_clusters), dtype=np.float32)
         for path in paths:  # one shard's sums at a time: the driver holds L x K, never rows
@@ -140,19 +183,13 @@ class ShardedRows:
                  label_counts: np.ndarray, n_train: int) -> dict[str, float] | None:
         if not self.has_validation:
             return None
-        spec = ValidateSpec(self.root, list(members), predict, bias, label_counts, n_train)
+        stored = [(tree, self._paths(weights)) for tree, weights in members]
+        spec = ValidateSpec(self.root, stored, predict, bias, label_counts, n_train)
         parts = self.executor.map(validate_shard, spec, self.valid, desc="held-out")
         return metrics_of_sums(reduce(add_sums, parts))
 
     def drop(self, matching: Matching) -> None:
         remove(matching)
-
-
-def _weights(path: Path) -> ClusterWeights:
-    m = load_matrices(path)
-    start, stop = (int(v) for v in np.asarray(m["span"]))
-    return ClusterWeights(start, stop, np.asarray(m["feature"]), np.asarray(m["child"]),
-                          np.asarray(m["value"]))
 
 
 def shard_slices(parts: Sequence[tuple[Path, int]], shard_rows: int = SHARD_ROWS) -> list[PartSlice]:
@@ -202,14 +239,9 @@ def fit_sharded(
     try:
         prepared = executor.map(prepare_shard, replace(spec, root=root), shard_slices(parts, shard_rows),
                                 desc="shards")
-        S = sp.csr_matrix((n_labels, n_features), dtype=np.float64)
-        counts = np.zeros(n_labels, np.int64)
-        train_counts = np.zeros(n_labels, np.int64)
-        for shard in prepared:  # one shard's label-sized sums at a time
-            m = load_matrices(shard.sums)
-            S = S + m["pifa"]
-            counts += np.asarray(m["counts"])
-            train_counts += np.asarray(m["train_counts"])
+        reduce_spec = ReduceSpec(root)
+        ((counts, train_counts),) = executor.map(reduce_sums, reduce_spec, [tuple(s.sums for s in prepared)],
+                                                 desc="PIFA")
         remove(root / "sums")
         if not counts.any():
             raise DataFormatError("Y has no positive label at all: nothing to learn", path=bundle)
@@ -217,9 +249,13 @@ def fit_sharded(
         if not rows.train:
             raise DataFormatError("every training row was held out: lower validation_fraction", path=bundle)
         digest = hashlib.sha256((Path(bundle) / "manifest.json").read_bytes()).hexdigest()
-        inputs = FitInputs(pifa_of_sums(sp.csr_matrix(S)), counts, n_features, n_rows,
-                           digest if checkpoint_dir is not None else "")
-        del S
+
+
+        def tree_of(tree_params: TreeParams) -> LabelTree:  # built where PIFA is, not on the driver
+            (tree,) = executor.map(build_tree_unit, reduce_spec, [tree_params], desc="tree")
+            return tree
+
+        inputs = FitInputs(tree_of, counts, n_features, n_rows, digest if checkpoint_dir is not None else "")
         model = fit_trees(rows, inputs, params, label_names=label_names, checkpoint_dir=checkpoint_dir,
                           resume=resume, observer=observer)
         model.info["shards"] = {"count": len(prepared), "rows": shard_rows, "passes": rows.passes}

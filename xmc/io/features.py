@@ -141,16 +141,33 @@ def split_parts(bundle: str | Path, split: str = "train") -> tuple[dict[str, Any
     return manifest, parts
 
 
+PART_BATCH_ROWS = 8192
+"""Rows decoded at a time when a part file is read in slices: a slice costs its own rows' memory."""
+
+
 def load_part(path: str | Path, n_features: int, n_labels: int, start: int = 0,
               stop: int | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """X and Y of rows ``[start, stop)`` of one part file (checked as ``load_split`` checks a split)."""
+    """X and Y of rows ``[start, stop)`` of one part file (checked as ``load_split`` checks a split),
+    streamed in batches: memory is the slice's, not the file's."""
+    batches, at = [], 0
     try:
-        table = pq.read_table(path, columns=["feat_idx", "feat_val", "label_idx"])
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PART_BATCH_ROWS,
+                                                       columns=["feat_idx", "feat_val", "label_idx"]):
+            a, b = at, at + batch.num_rows
+            at = b
+            if b <= start:
+                continue
+            end = b if stop is None else min(b, stop)
+            batches.append(batch.slice(max(start - a, 0), end - max(start, a)))
+            if stop is not None and b >= stop:
+                break
+        table = pa.Table.from_batches(batches) if batches else None
     except (pa.ArrowException, OSError) as e:
         raise BundleError(f"{path}: unreadable parquet ({e})") from None
-    stop = table.num_rows if stop is None else stop
-    table = table.slice(start, stop - start)
-    what = f"{path} (rows {start}..{stop})"
+    what = f"{path} (rows {start}..{at if stop is None else stop})"
+    if table is None:
+        return (sp.csr_matrix((0, n_features), dtype=np.float32),
+                sp.csr_matrix((0, n_labels), dtype=np.float32))
     return (_csr(table.column("feat_idx"), table.column("feat_val"), n_features, what),
             _csr(table.column("label_idx"), None, n_labels, what))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,13 +26,15 @@ from xmc.io.files import atomic_file
 
 
 def save_matrices(path: str | Path, **matrices: sp.spmatrix | np.ndarray) -> Path:
-    """Sparse matrices (stored as CSR) and dense arrays under their names, in one npz, atomically."""
+    """Sparse matrices (CSC kept CSC, any other format stored as CSR) and dense arrays under their
+    names, in one npz, atomically."""
     arrays: dict[str, np.ndarray] = {}
     for name, A in matrices.items():
         if sp.issparse(A):
-            M = sp.csr_matrix(A)
-            arrays.update({f"{name}.data": M.data, f"{name}.indices": M.indices,
-                           f"{name}.indptr": M.indptr, f"{name}.shape": np.asarray(M.shape, np.int64)})
+            M: Any = A if getattr(A, "format", "") == "csc" else sp.csr_matrix(A)
+            parts = {"data": M.data, "indices": M.indices, "indptr": M.indptr,
+                     "shape": np.asarray(M.shape, np.int64), "format": np.asarray(M.format)}
+            arrays.update({f"{name}.{k}": np.asarray(v) for k, v in parts.items()})
         else:
             arrays[name] = np.asarray(A)
     path = Path(path)
@@ -41,18 +44,18 @@ def save_matrices(path: str | Path, **matrices: sp.spmatrix | np.ndarray) -> Pat
     return path
 
 
-def load_matrices(path: str | Path, *names: str) -> dict[str, sp.csr_matrix | np.ndarray]:
-    """What ``save_matrices`` wrote: CSR matrices and arrays by name (only ``names``, if given)."""
+def load_matrices(path: str | Path, *names: str) -> dict[str, Any]:
+    """What ``save_matrices`` wrote: sparse matrices and arrays by name (only ``names``, if given)."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files if not names or k.rpartition(".")[0] in names or k in names}
-    out: dict[str, sp.csr_matrix | np.ndarray] = {}
+    out: dict[str, Any] = {}
     for key in arrays:
         name, _, part = key.rpartition(".")
         if part == "shape" and name:
-            out[name] = sp.csr_matrix(
-                (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"]),
-                shape=tuple(int(v) for v in arrays[key]))
-        elif not name or part not in ("data", "indices", "indptr"):
+            kind = sp.csc_matrix if str(arrays.get(f"{name}.format", "csr")) == "csc" else sp.csr_matrix
+            out[name] = kind((arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"]),
+                             shape=tuple(int(v) for v in arrays[key]))
+        elif not name or part not in ("data", "indices", "indptr", "format"):
             out[key] = arrays[key]
     return out
 
