@@ -91,6 +91,24 @@ def test_ensemble_with_matcher_aware_negatives_and_deferred_rankers(tmp_path: Pa
     assert np.array_equal(sharded.predict(X, topk=5).toarray(), inproc.predict(X, topk=5).toarray())
 
 
+def test_checkpoint_and_resume_of_a_sharded_fit(tmp_path: Path) -> None:
+    """The driver holds stubs of the stored layers during the fit; a checkpoint still saves the
+    layers' values, and a resumed fit ends with the model of an uninterrupted one."""
+    X, Y = topic_data(n=500, n_labels=32, d=100)
+    write_bundle(tmp_path / "b", X, Y, max_rows=200)
+    params = XMCParams().replace(max_leaf_size=4, rounds=2, validation_fraction=0.2)
+    ex = LocalExecutor(show_progress=False)
+    whole = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=128,
+                        checkpoint_dir=tmp_path / "ckpt")
+    assert all(r["weight_bytes"] > 0 for r in whole.info["rounds"])  # stubs report their files' size
+    saved = XMCModel.load(tmp_path / "ckpt" / f"round_{whole.info['best_round']}")
+    same_model(saved, whole)
+    resumed = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=128,
+                          checkpoint_dir=tmp_path / "ckpt", resume=True)
+    same_model(resumed, whole)
+    same_model(whole, fit(X, Y, params, executor=ex))
+
+
 def test_cli_data_plane_shards_is_the_driver_model_and_records_memory(tmp_path: Path, bibtex,  # type: ignore[no-untyped-def]
                                                                       capsys) -> None:
     write_bundle(tmp_path / "b", bibtex["X.trn"], bibtex["Y.trn"], max_rows=2000)

@@ -204,7 +204,9 @@ class RoundRecord:
 
 
 def weight_bytes(weights: list[sp.csc_matrix]) -> int:
-    return int(sum(W.data.nbytes + W.indices.nbytes + W.indptr.nbytes for W in weights))
+    """Bytes of the layers' arrays (a stored stub's ``stored_bytes``: what its file holds)."""
+    return int(sum(getattr(W, "stored_bytes", None) or W.data.nbytes + W.indices.nbytes + W.indptr.nbytes
+                   for W in weights))
 
 
 def leaf_size_stats(tree: LabelTree) -> dict[str, float]:
@@ -333,3 +335,6 @@ class InMemoryRows:
 
     def drop(self, matching: Matching) -> None:
         pass
+
+    def resolve(self, weights: Sequence[sp.csc_matrix]) -> list[sp.csc_matrix]:
+        return list(weights)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,6 +192,14 @@ def fit_tree(
     return model
 
 
+def resolved(state: RoundState, rows: TrainingRows) -> RoundState:
+    """The state with its models' layer values (what a checkpoint saves)."""
+    def whole(m: XMCModel) -> XMCModel:
+        return dataclass_replace(m, weights=rows.resolve(m.weights))
+
+    return dataclass_replace(state, current=whole(state.current), best=whole(state.best))
+
+
 def run_rounds(
     model: XMCModel, rows: TrainingRows, checkpoint: Checkpoint | None = None,
     state: RoundState | None = None, observer: RoundObserver | None = None,
@@ -221,7 +230,7 @@ def run_rounds(
             observer.round_finished(base.to_dict())
         state = RoundState(0, model, model, 0, (base.validation or {}).get("P@1", 0.0), [base.to_dict()])
         if checkpoint is not None:
-            checkpoint.save(state)
+            checkpoint.save(resolved(state, rows))
     for r in range(state.round + 1, p.disentangle.rounds + 1):
         if state.finished:
             break
@@ -259,7 +268,7 @@ def run_rounds(
         if observer is not None:
             observer.round_finished(state.records[-1])
         if checkpoint is not None:
-            checkpoint.save(state)
+            checkpoint.save(resolved(state, rows))
     best = state.best
     if best.info.get(RANKERS_PENDING):
         t0 = time.perf_counter()

@@ -68,6 +68,11 @@ class TrainingRows(Protocol):
         """The round is over: its matching is no longer read."""
         ...
 
+    def resolve(self, weights: Sequence[sp.csc_matrix]) -> list[sp.csc_matrix]:
+        """The layer matrices with their values (a sharded fit hands out stored stubs until the
+        end, so its driver never holds two models at once)."""
+        ...
+
 
 def _unit_hash(seed: int, start: int, stop: int) -> np.ndarray:
     """A uniform draw in [0, 1) per row position ``[start, stop)``: splitmix64 of (seed, position)."""

@@ -73,8 +73,9 @@ from xmc.params import PredictParams, SolverParams, TreeParams, XMCParams
 class ShardedRows:
     """The training rows as shard files under ``root``, read by the executor's units (``TrainingRows``).
 
-    Layers live in storage too (``root/model``): the driver keeps each layer matrix it got back
-    with the path it came from, and tasks get paths, never matrices.
+    Layers live in storage too (``root/model``): the driver holds an empty stub per layer (its
+    shape, its file's size), tasks get paths, never matrices, and ``resolve`` loads the final
+    model's layers once the fit is done, so the driver never holds two models at once.
     """
 
     def __init__(self, root: Path, shards: Sequence[PreparedShard], n_features: int,
@@ -142,9 +143,22 @@ class ShardedRows:
         (path,) = self.executor.map(assemble_layer, AssembleSpec(self.n_features, len(tree.parents[t])),
                                     [unit], desc=f"{desc}: assemble")
         remove(folder)
-        W = sp.csc_matrix(load_matrices(path, "W")["W"])
+        return self._stub(path, (self.n_features + 1, len(tree.parents[t])))
+
+    def _stub(self, path: Path, shape: tuple[int, int]) -> sp.csc_matrix:
+        """An empty matrix of the layer's shape standing for the layer stored at ``path``: the
+        driver passes it around (tasks get the path) and ``resolve`` loads it at the end."""
+        W = sp.csc_matrix(shape, dtype=np.float32)
+        W.stored_bytes = path.stat().st_size
         self._remember(W, path)
         return W
+
+    def resolve(self, weights: Sequence[sp.csc_matrix]) -> list[sp.csc_matrix]:
+        out = []
+        for W in weights:
+            stub = getattr(W, "stored_bytes", None) is not None
+            out.append(sp.csc_matrix(load_matrices(self._path(W), "W")["W"]) if stub else W)
+        return out
 
     def train_layers(self, tree: LabelTree, solver: SolverParams, predict: PredictParams,
                      layers: list[int] | None = None, weights: list[sp.csc_matrix] | None = None,
@@ -258,6 +272,8 @@ def fit_sharded(
         inputs = FitInputs(tree_of, counts, n_features, n_rows, digest if checkpoint_dir is not None else "")
         model = fit_trees(rows, inputs, params, label_names=label_names, checkpoint_dir=checkpoint_dir,
                           resume=resume, observer=observer)
+        for member in model.trees:
+            member.weights = rows.resolve(member.weights)
         model.info["shards"] = {"count": len(prepared), "rows": shard_rows, "passes": rows.passes}
         return model
     finally:
