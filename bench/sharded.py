@@ -46,7 +46,7 @@ def bundle(work: Path, n_docs: int, n_labels: int, max_docs: int) -> tuple[Path,
         sh([*XMC, "synth", "--out", str(corpus), "--format", "jsonl", "--n-labels", str(n_labels),
             "--train", str(max_docs), "--test", "1000"], work / "synth.log")
     out = work / f"bundle-L{n_labels}-N{n_docs}"
-    stamp = out / "featurize_seconds.txt"
+    stamp = work / f"{out.name}.featurize-seconds"
     if stamp.is_file():
         return out, float(stamp.read_text())
     text = work / f"train-{n_docs}.jsonl"
