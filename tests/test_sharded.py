@@ -157,3 +157,32 @@ def test_holdout_is_a_hash_of_the_position_so_shards_agree_with_the_whole() -> N
     X, Y = topic_data(n=12)  # tiny: 0.01 of 12 rows is no row by the hash, but one is asked for
     _, _, Xv, _ = split_validation(X, Y, 0.01, seed)
     assert Xv is not None and Xv.shape[0] == 1
+
+
+def test_predict_a_bundle_split_as_a_map_over_shards(tmp_path: Path, bibtex, capsys) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    from xmc.core.metrics import evaluate
+
+    X, Y = bibtex["X.tst"], bibtex["Y.tst"]
+    write_bundle(tmp_path / "b", X, Y, max_rows=1000)  # its "train" split: 3 parts, scored as shards
+    model = fit(bibtex["X.trn"], bibtex["Y.trn"], XMCParams().replace(rounds=0),
+                executor=LocalExecutor(show_progress=False))
+    model.save(tmp_path / "m")
+    assert cli_main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "b"), "--split",
+                     "train", "--out", str(tmp_path / "pred"), "--topk", "5"]) == 0
+    parts = sorted((tmp_path / "pred").glob("part-*.parquet"))
+    table = pq.read_table(parts[0]).to_pylist() + [r for p in parts[1:] for r in pq.read_table(p).to_pylist()]
+    assert len(parts) == 3 and [r["id"] for r in table] == [f"trn-{i}" for i in range(X.shape[0])]
+    pred = model.predict(X, topk=5)
+    first = pred[0].toarray().ravel()
+    assert [int(x) for x in table[0]["labels"]] == np.argsort(-first, kind="stable")[:5].tolist()
+    report = json.loads((tmp_path / "pred" / "manifest.json").read_text())
+    whole = evaluate(Y, pred, (1, 3, 5), label_counts=model.label_counts, n_train=model.n_train)
+    assert report["rows"] == X.shape[0] and report["metrics"] == pytest.approx(whole)
+    assert f"P@1 {whole['P@1']:.2f}" in capsys.readouterr().err
+    # a model of other data is refused before any task, and the output folder is not made
+    write_bundle(tmp_path / "c", X[:, :100], Y, max_rows=1000)
+    assert cli_main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "c"), "--split",
+                     "train", "--out", str(tmp_path / "pred2")]) == 2
+    assert "1836" in capsys.readouterr().err and not (tmp_path / "pred2").exists()

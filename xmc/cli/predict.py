@@ -21,6 +21,9 @@ DESCRIPTION = """Score instances with a trained model by beam search and keep th
                  scored and written --batch-rows at a time; the output {id, labels, scores} is
                  written incrementally to a temp file that replaces --out at the end
 --model models:/NAME@champion  a registered model (downloaded from --tracking-uri) instead of a folder
+--data BUNDLE --split test --out DIR [--executor ray]  a features bundle's split scored as a map
+                 over its shards, the model loaded once per worker: DIR/part-*.parquet
+                 {id, labels, scores} and DIR/manifest.json with P@k/PSP@k against the split's labels
 """
 
 
@@ -30,7 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--x", help="features: X.npz or an XC text file")
     source.add_argument("--input", help="raw text records {id, text[, labels]}: JSONL or Parquet")
-    p.add_argument("--out", required=True, help="pred.npz or pred.jsonl (written atomically)")
+    source.add_argument("--data", metavar="BUNDLE", help="a features bundle (from `xmc featurize`): "
+                        "its --split is scored shard by shard into the folder --out")
+    p.add_argument("--out", required=True,
+                   help="pred.npz or pred.jsonl (written atomically); a folder with --data")
+    p.add_argument("--split", default="test", help="the bundle split scored with --data (default: test)")
+    from xmc.params import EXECUTORS
+
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where --data's shards are scored: local threads or Ray tasks (default: local)")
+    p.add_argument("--ray-address", default="",
+                   help="Ray cluster to join with --executor ray ('' = a local Ray)")
     p.add_argument("--topk", type=positive_int, default=None,
                    help="labels per instance, >= 1 (default: model's topk)")
     p.add_argument("--beam-size", type=positive_int, default=None,
@@ -46,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from xmc.ops.batch import is_registry_uri
 
-    _check_args(args)
+    if not args.data:
+        _check_args(args)
     if not is_registry_uri(args.model):
         return _run(args)
     import tempfile
@@ -80,6 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     from xmc.core.sparse import topk_rows
     from xmc.io.readers import load_features, write_jsonl, write_npz
 
+    if args.data:
+        return _run_bundle(args)
     if args.input and args.input.endswith(".parquet") and args.out.endswith(".parquet"):
         from xmc.ops.batch import predict_parquet
 
@@ -118,6 +134,22 @@ def _run(args: argparse.Namespace) -> int:
         write_npz(args.out, pred)
     print(f"xmc predict: {pred.shape[0]} instances in {seconds:.2f}s "
           f"({pred.shape[0] / max(seconds, 1e-9):.0f}/s) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _run_bundle(args: argparse.Namespace) -> int:
+    """A bundle split scored as a distributed map over its shards (``xmc.ops.shard_predict``)."""
+    from xmc.engines.executors import make_executor
+    from xmc.ops.shard_predict import predict_bundle
+    from xmc.params import ExecutorParams
+
+    executor = make_executor(ExecutorParams(executor=args.executor, ray_address=args.ray_address))
+    report = predict_bundle(args.model, args.data, args.split, args.out, executor, topk=args.topk,
+                            beam_size=args.beam_size)
+    metrics = report["metrics"]
+    scored = "  ".join(f"{k} {metrics[k]:.2f}" for k in ("P@1", "P@3", "P@5")) if metrics else "no labels"
+    print(f"xmc predict: {report['rows']} instances in {report['seconds']:.2f}s on {executor.describe()} "
+          f"-> {args.out}  ({scored})", file=sys.stderr)
     return 0
 
 

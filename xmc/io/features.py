@@ -172,6 +172,22 @@ def load_part(path: str | Path, n_features: int, n_labels: int, start: int = 0,
             _csr(table.column("label_idx"), None, n_labels, what))
 
 
+def read_doc_ids(path: str | Path, start: int = 0, stop: int | None = None) -> list[str]:
+    """The ``doc_id`` of rows ``[start, stop)`` of one part file (streamed as ``load_part``)."""
+    ids: list[str] = []
+    at = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PART_BATCH_ROWS, columns=["doc_id"]):
+            a, at = at, at + batch.num_rows
+            if at > start:
+                ids += batch.column(0).to_pylist()[max(start - a, 0):(None if stop is None else stop - a)]
+            if stop is not None and at >= stop:
+                break
+    except (pa.ArrowException, OSError) as e:
+        raise BundleError(f"{path}: unreadable parquet ({e})") from None
+    return ids
+
+
 def load_label_names(bundle: str | Path) -> list[str] | None:
     """Label names by index, or None when the input named none (XC BoW)."""
     path = Path(bundle) / "labels.txt"
