@@ -4,10 +4,12 @@ Layout under the work folder (every node of a cluster must see the same folder: 
 network filesystem; on one machine any local folder)::
 
     rows/train-<s>.npz, rows/valid-<s>.npz   shard s's prepared rows: X (CSR), Y (CSR)
+    sums/s<shard>.npz, pifa.npz              shards' PIFA and label-count sums; their normalised total
     <pass>/p<parent>/s<shard>.npz            the rows of shard s routed to one parent, and their
                                              targets for its children (a shuffle's output)
     <pass>/w<parent>-<child_start>.npz       a cluster unit's trained weights (COO triplets)
-    <pass>/s<shard>.npz                      a shard's share of a sum (PIFA, gains), its matching
+    <pass>/s<shard>.npz                      a shard's share of the gains, and its matching
+    model/W<n>.npz                           a stored layer matrix (CSC), never rewritten
 
 A pass folder is removed once the driver has read what it needs. Files are written atomically
 (a retried task rewrites its file whole) and read without pickles.
