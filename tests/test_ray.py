@@ -90,3 +90,26 @@ def test_cluster_configs_parse_with_required_fields() -> None:
     workers = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert heads[0]["image"] and workers[0]["replicas"] >= 1
     assert all(w["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] for w in workers)
+
+
+def test_a_units_bad_input_error_comes_back_as_itself(ray_executor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A shard with label ids past the bundle's labels fails in a Ray task: the driver raises the
+    unit's own BundleError (file and rows), not Ray's wrapped traceback, and keeps no work folder."""
+    import json
+
+    import pytest
+
+    from xmc.core.sharded import fit_sharded
+    from xmc.errors import BundleError
+    from xmc.io.features import write_bundle
+
+    data = generate(SynthSpec(n_labels=20, n_features=200), 300)
+    write_bundle(tmp_path / "b", data.X, data.Y, max_rows=100)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["n_labels"] = int(data.Y.indices.max())  # the largest label id is now out of range
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as caught:
+        fit_sharded(tmp_path / "b", PARAMS, executor=ray_executor, work_dir=tmp_path / "w")
+    message = str(caught.value)
+    assert type(caught.value) is BundleError and "part-0000" in message and "index out of range" in message
+    assert "ray::" not in message and list((tmp_path / "w").iterdir()) == []

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from xmc.errors import ParamError
+from xmc.errors import ParamError, XMCError
 from xmc.log import peak_rss_mib, progress_bar
 from xmc.params import ExecutorParams
 
@@ -88,6 +88,35 @@ def _run_batch(fn: Callable[[Any, Any], Any], shared: Any, units: list[Any], ind
     rss = peak_rss_mib()
     return BatchResult(indices, results, time.perf_counter() - t0, rss, os.getpid(),
                        ray.get_runtime_context().get_node_id())
+
+
+def _result(ref: Any) -> BatchResult:
+    """A batch's result; a unit's own error (bad input: file, rows, field) is raised as itself,
+    not wrapped in Ray's task traceback, so the CLI prints one clear line."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as e:
+        if isinstance(e.cause, XMCError):
+            raise e.cause from None
+        raise
+
+
+def _abandon(refs: list[Any], timeout: float = 10.0) -> None:
+    """A map failed: cancel its other batches and collect what they left (Ray would otherwise print
+    each one's error again as 'unhandled' when the refs are dropped)."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref)
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: S110  their errors are the map's, already being raised
+            pass
 
 
 LOOPBACK = "127.0.0.1"
@@ -221,7 +250,11 @@ class RayExecutor:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    res: BatchResult = ray.get(ref)
+                    try:
+                        res: BatchResult = _result(ref)
+                    except BaseException:
+                        _abandon(list(pending))
+                        raise
                     for i, r in zip(res.indices, res.results, strict=True):
                         out[i] = r
                     peak, pids = max(peak, res.peak_rss_mib), pids | {res.pid}
