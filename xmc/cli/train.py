@@ -233,11 +233,9 @@ def _bundle_sample(args: argparse.Namespace, rows: int) -> tuple[Any, Any, list[
                                                                  dict[str, str | Path] | None, int, str]:
     """The first ``rows`` rows of a bundle's train split (0: none, just its shape), its names,
     vectorizer, row count and manifest digest: what the driver of a sharded fit reads of the data."""
-    import hashlib
-
     import scipy.sparse as sp
 
-    from xmc.io.features import load_part, split_parts
+    from xmc.io.features import bundle_digest, load_part, split_parts
 
     names, extra = _names(args)
     manifest, parts = split_parts(args.data, "train")
@@ -250,7 +248,7 @@ def _bundle_sample(args: argparse.Namespace, rows: int) -> tuple[Any, Any, list[
         X, Y = load_part(path, D, L, 0, min(n, left))
         Xs.append(X)
         Ys.append(Y)
-    digest = hashlib.sha256((Path(args.data) / "manifest.json").read_bytes()).hexdigest()
+    digest = bundle_digest(args.data)
     return (sp.vstack(Xs, format="csr"), sp.vstack(Ys, format="csr"), names, extra,
             sum(n for _, n in parts), digest)
 

@@ -256,13 +256,14 @@ class ReduceSpec:
 def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The shards' sums added: PIFA normalised into ``root/pifa.npz``; (counts, train counts) per label."""
     S: sp.csr_matrix | None = None
-    counts = train_counts = np.zeros(0, np.int64)
+    counts: np.ndarray | None = None
+    train_counts: np.ndarray | None = None
     for path in paths:  # one shard's sums at a time
         m = load_matrices(path)
         S = m["pifa"] if S is None else S + m["pifa"]
-        counts = m["counts"] if not len(counts) else counts + m["counts"]
-        train_counts = m["train_counts"] if not len(train_counts) else train_counts + m["train_counts"]
-    assert S is not None, "no shard"
+        counts = m["counts"] if counts is None else counts + m["counts"]
+        train_counts = m["train_counts"] if train_counts is None else train_counts + m["train_counts"]
+    assert S is not None and counts is not None and train_counts is not None, "no shard"
     save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)))
     return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64)
 

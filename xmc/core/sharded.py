@@ -18,7 +18,6 @@ With the same shards the model is the in-process ``fit``'s, weight for weight.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import uuid
@@ -65,7 +64,7 @@ from xmc.core.solver import resolve_device, use_dual_cd
 from xmc.core.train import spread_children
 from xmc.core.tree import LabelTree
 from xmc.errors import DataFormatError
-from xmc.io.features import split_parts
+from xmc.io.features import bundle_digest, split_parts
 from xmc.io.shards import load_csr, load_matrices, remove, save_matrices
 from xmc.params import PredictParams, SolverParams, TreeParams, XMCParams
 
@@ -124,7 +123,7 @@ class ShardedRows:
                      matcher: Sequence[sp.csc_matrix] | None, parents: np.ndarray | None,
                      routed: Path | None, desc: str, kept: AssembleUnit | None = None) -> sp.csc_matrix:
         """Shuffle the rows of layer t's parents into partitions, train a unit per partition,
-        assemble the layer (with ``kept``'s old columns) in storage and load it."""
+        assemble the layer (with ``kept``'s old columns) in storage; its stub comes back."""
         folder = self._folder(f"layer{t}")
         man = None
         if matcher is not None and solver.negatives == "tfn+man" and t > 0:
@@ -245,14 +244,12 @@ def fit_sharded(
         raise DataFormatError(f"{len(label_names)} label names for {n_labels} labels")
     if not use_dual_cd(params.solver, resolve_device(params.solver.device)):
         import torch  # noqa: F401  loaded here, so executors can bound its threads per unit
-    d = params.disentangle
-    spec = PrepareSpec(Path(), n_features, n_labels, params.normalize_rows, params.tree.seed,
-                       holdout_threshold(params.tree.seed, n_rows, d.validation_fraction))
     root = Path(work_dir or tempfile.gettempdir()) / f"xmc-fit-{uuid.uuid4().hex[:12]}"
     root.mkdir(parents=True)
+    threshold = holdout_threshold(params.tree.seed, n_rows, params.disentangle.validation_fraction)
+    spec = PrepareSpec(root, n_features, n_labels, params.normalize_rows, params.tree.seed, threshold)
     try:
-        prepared = executor.map(prepare_shard, replace(spec, root=root), shard_slices(parts, shard_rows),
-                                desc="shards")
+        prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
         reduce_spec = ReduceSpec(root)
         ((counts, train_counts),) = executor.map(reduce_sums, reduce_spec, [tuple(s.sums for s in prepared)],
                                                  desc="PIFA")
@@ -262,14 +259,13 @@ def fit_sharded(
         rows = ShardedRows(root, prepared, n_features, train_counts, executor)
         if not rows.train:
             raise DataFormatError("every training row was held out: lower validation_fraction", path=bundle)
-        digest = hashlib.sha256((Path(bundle) / "manifest.json").read_bytes()).hexdigest()
-
+        digest = bundle_digest(bundle) if checkpoint_dir is not None else ""
 
         def tree_of(tree_params: TreeParams) -> LabelTree:  # built where PIFA is, not on the driver
             (tree,) = executor.map(build_tree_unit, reduce_spec, [tree_params], desc="tree")
             return tree
 
-        inputs = FitInputs(tree_of, counts, n_features, n_rows, digest if checkpoint_dir is not None else "")
+        inputs = FitInputs(tree_of, counts, n_features, n_rows, digest)
         model = fit_trees(rows, inputs, params, label_names=label_names, checkpoint_dir=checkpoint_dir,
                           resume=resume, observer=observer)
         for member in model.trees:

@@ -141,51 +141,47 @@ def split_parts(bundle: str | Path, split: str = "train") -> tuple[dict[str, Any
     return manifest, parts
 
 
+def bundle_digest(bundle: str | Path) -> str:
+    """sha256 of the bundle's manifest, which lists every file's checksum and row count: the data's
+    fingerprint for checkpoints and MLflow when its rows are never loaded in one place."""
+    return hashlib.sha256((Path(bundle) / "manifest.json").read_bytes()).hexdigest()
+
+
 PART_BATCH_ROWS = 8192
 """Rows decoded at a time when a part file is read in slices: a slice costs its own rows' memory."""
 
 
+def _read_rows(path: str | Path, columns: list[str], start: int, stop: int | None) -> pa.Table:
+    """Rows ``[start, stop)`` of one part file's ``columns``, decoded ``PART_BATCH_ROWS`` at a time:
+    memory is the slice's, not the file's."""
+    try:
+        parquet = pq.ParquetFile(path)
+        batches, at = [], 0
+        for batch in parquet.iter_batches(batch_size=PART_BATCH_ROWS, columns=columns):
+            a, at = at, at + batch.num_rows
+            if at > start:
+                end = at if stop is None else min(at, stop)
+                batches.append(batch.slice(max(start - a, 0), end - max(start, a)))
+            if stop is not None and at >= stop:
+                break
+        schema = pa.schema([parquet.schema_arrow.field(c) for c in columns])
+        return pa.Table.from_batches(batches, schema=schema)
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise BundleError(f"{path}: unreadable parquet ({e})") from None
+
+
 def load_part(path: str | Path, n_features: int, n_labels: int, start: int = 0,
               stop: int | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """X and Y of rows ``[start, stop)`` of one part file (checked as ``load_split`` checks a split),
-    streamed in batches: memory is the slice's, not the file's."""
-    batches, at = [], 0
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PART_BATCH_ROWS,
-                                                       columns=["feat_idx", "feat_val", "label_idx"]):
-            a, b = at, at + batch.num_rows
-            at = b
-            if b <= start:
-                continue
-            end = b if stop is None else min(b, stop)
-            batches.append(batch.slice(max(start - a, 0), end - max(start, a)))
-            if stop is not None and b >= stop:
-                break
-        table = pa.Table.from_batches(batches) if batches else None
-    except (pa.ArrowException, OSError) as e:
-        raise BundleError(f"{path}: unreadable parquet ({e})") from None
-    what = f"{path} (rows {start}..{at if stop is None else stop})"
-    if table is None:
-        return (sp.csr_matrix((0, n_features), dtype=np.float32),
-                sp.csr_matrix((0, n_labels), dtype=np.float32))
+    """X and Y of rows ``[start, stop)`` of one part file (checked as ``load_split`` checks a split)."""
+    table = _read_rows(path, ["feat_idx", "feat_val", "label_idx"], start, stop)
+    what = f"{path} (rows {start}..{start + table.num_rows})"
     return (_csr(table.column("feat_idx"), table.column("feat_val"), n_features, what),
             _csr(table.column("label_idx"), None, n_labels, what))
 
 
 def read_doc_ids(path: str | Path, start: int = 0, stop: int | None = None) -> list[str]:
-    """The ``doc_id`` of rows ``[start, stop)`` of one part file (streamed as ``load_part``)."""
-    ids: list[str] = []
-    at = 0
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PART_BATCH_ROWS, columns=["doc_id"]):
-            a, at = at, at + batch.num_rows
-            if at > start:
-                ids += batch.column(0).to_pylist()[max(start - a, 0):(None if stop is None else stop - a)]
-            if stop is not None and at >= stop:
-                break
-    except (pa.ArrowException, OSError) as e:
-        raise BundleError(f"{path}: unreadable parquet ({e})") from None
-    return ids
+    """The ``doc_id`` of rows ``[start, stop)`` of one part file."""
+    return [str(v) for v in _read_rows(path, ["doc_id"], start, stop).column("doc_id").to_pylist()]
 
 
 def load_label_names(bundle: str | Path) -> list[str] | None:
