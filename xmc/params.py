@@ -21,6 +21,8 @@ PostProcessor = Literal["l2-hinge", "l3-hinge", "l4-hinge", "l5-hinge", "l6-hing
 CopyMerge = Literal["max", "mean"]
 Device = Literal["auto", "cpu", "cuda"]
 Algorithm = Literal["auto", "dual-cd", "newton-cg"]
+DenseKind = Literal["none", "prime"]
+DENSE_KINDS: tuple[str, ...] = ("none", "prime")
 
 NEGATIVES: tuple[str, ...] = ("tfn", "tfn+man")
 POST_PROCESSORS: tuple[str, ...] = ("l2-hinge", "l3-hinge", "l4-hinge", "l5-hinge", "l6-hinge", "l8-hinge",
@@ -177,6 +179,76 @@ class DisentangleParams:
                  "use a share in [0, 0.5), e.g. 0.1")
 
 
+@dataclass(frozen=True)
+class DenseParams:
+    """The dense component (PRIME: an encoder and label prototypes, ``xmc.core.dense``), fused with the tree.
+
+    Defaults chosen on hashed validation splits of the training data of Bibtex and debian-deps
+    (bench/results/prime.md): each figure there names the split it was measured on.
+    """
+
+    dense: DenseKind = "none"
+    """none: the label tree alone. prime: add a dense encoder and label prototypes; their scores are
+    fused with the tree's by a weight fitted on the held-out rows (fusion_fraction)."""
+    dense_dim: int = 512
+    """Width of the document embedding and of every prototype (Bibtex validation P@1 59.1 at 512 vs 57.1 at 256)."""
+    dense_epochs: int = 20
+    """Passes over the training rows; label centroids are refreshed before each."""
+    dense_batch_size: int = 128
+    """Documents per step; the batch's labels are each other's negatives."""
+    dense_lr: float = 0.003
+    """Peak learning rate of the one-cycle schedule (Adam; sparse Adam for the embedding rows)."""
+    feature_dropout: float = 0.4
+    """Share of each training document's features dropped per step (Bibtex validation P@1 +2.3 at 0.3)."""
+    margin_min: float = 0.1
+    """Smallest margin of the dynamic-margin triplet loss (PRIME: 0.1)."""
+    margin_max: float = 0.3
+    """Largest margin; the margin of a pair is the positive-negative gap clamped to [min, max] (PRIME: 0.3)."""
+    n_negatives: int = 50
+    """Hardest in-batch negatives per document in the loss."""
+    softmax_tau: float = 0.0
+    """Temperature that softmax-weights the violating negatives (PRIME: 0.1; 0 = equal weights, which
+    scored higher on Bibtex validation)."""
+    dual_loss: bool = True
+    """Also apply the loss label -> documents (each prototype against the batch's documents)."""
+    label_text: bool = True
+    """Label names through the encoder's own token embeddings (where the vocabulary covers them)."""
+    centroids: bool = True
+    """Each prototype starts from its label's centroid (mean embedding of its training documents)."""
+    free_vectors: bool = True
+    """A learnt free vector per label, plus a learnt bias (one more dimension of the inner product)."""
+    prototype_layers: int = 0
+    """Transformer layers of the Label Prototype Network over [text, centroid, free] (0 = their sum)."""
+    cluster_batches: bool = False
+    """Batches of documents whose labels share a tree cluster (in-batch negatives are confusable labels)."""
+    fusion_fraction: float = 0.1
+    """Share of training rows held out (when validation_fraction is 0) to fit the fusion weight and the
+    label-frequency prior; tree and dense model are both trained on the rest."""
+    dense_workers: int = 1
+    """Data-parallel training processes (>= 2: Ray Train, DDP over gloo on CPU, NCCL on GPU)."""
+
+    def __post_init__(self) -> None:
+        _require(self.dense in DENSE_KINDS, "dense", self.dense, f"use one of {DENSE_KINDS}")
+        for name in ("dense_dim", "dense_epochs", "dense_batch_size", "n_negatives", "dense_workers"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "use an integer >= 1")
+        _require(self.dense_lr > 0, "dense_lr", self.dense_lr, "use a rate > 0, e.g. 0.003")
+        _require(0 <= self.feature_dropout < 1, "feature_dropout", self.feature_dropout, "use a share in [0, 1)")
+        _require(0 <= self.margin_min <= self.margin_max, "margin_min", self.margin_min,
+                 "use 0 <= margin_min <= margin_max")
+        _require(self.softmax_tau >= 0, "softmax_tau", self.softmax_tau, "use >= 0 (0 = no weighting)")
+        _require(0 <= self.prototype_layers <= 4, "prototype_layers", self.prototype_layers, "use 0..4")
+        _require(0 < self.fusion_fraction < 0.5, "fusion_fraction", self.fusion_fraction,
+                 "use a share in (0, 0.5), e.g. 0.1")
+        _require(self.label_text or self.centroids or self.free_vectors, "free_vectors", self.free_vectors,
+                 "a prototype needs at least one of label_text, centroids, free_vectors")
+
+    def held_out_fraction(self, validation_fraction: float) -> float:
+        """The held-out share a model with this dense part trains beside (the tree's own, if set)."""
+        if self.dense == "none":
+            return validation_fraction
+        return validation_fraction or self.fusion_fraction
+
+
 EXECUTORS = ("local", "ray")
 ExecutorKind = Literal["local", "ray"]
 DATA_PLANES = ("auto", "driver", "shards")
@@ -231,6 +303,7 @@ class XMCParams:
     solver: SolverParams = field(default_factory=SolverParams)
     predict: PredictParams = field(default_factory=PredictParams)
     disentangle: DisentangleParams = field(default_factory=DisentangleParams)
+    dense: DenseParams = field(default_factory=DenseParams)
     normalize_rows: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,6 +341,7 @@ class XMCParams:
 
 GROUPS: dict[str, type] = {
     "tree": TreeParams, "solver": SolverParams, "predict": PredictParams, "disentangle": DisentangleParams,
+    "dense": DenseParams,
 }
 FIELD_GROUP: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in fields(cls)}
 FIELD_GROUP["normalize_rows"] = ""
@@ -322,23 +396,3 @@ def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
             raise ParamError(f"{key}={value!r} has the wrong type: expected {declared}")
         out[key] = value
     return out
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a params dataclass (used by the CLI's --help)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for prev, node in zip(body, body[1:], strict=False):
-        if (
-            isinstance(prev, ast.AnnAssign)
-            and isinstance(prev.target, ast.Name)
-            and isinstance(node, ast.Expr)
-            and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
-        ):
-            docs[prev.target.id] = node.value.value
-    return docs

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from xmc.errors import XMCError
 from xmc.log import crash_log_dir, one_line, setup_cli_logging, write_crash_log
-from xmc.params import GROUPS, XMCParams, field_docs
+from xmc.params import GROUPS, XMCParams
 
 T = TypeVar("T")
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": bool}
@@ -54,7 +54,8 @@ def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = t
     from xmc import params as P
 
     choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS, "Device": P.DEVICES,
-               "CopyMerge": P.COPY_MERGES, "Algorithm": P.ALGORITHMS, "Literal": ("float32", "float64")}
+               "CopyMerge": P.COPY_MERGES, "Algorithm": P.ALGORITHMS, "DenseKind": P.DENSE_KINDS,
+               "Literal": ("float32", "float64")}
     for name in groups:
         cls = GROUPS[name]
         group = parser.add_argument_group(f"{name} parameters (defaults from xmc.params.{cls.__name__})")
@@ -140,3 +141,23 @@ def job_main(
 
 def print_json(obj: dict[str, Any]) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a params dataclass (used by the CLI's --help)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:], strict=False):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = node.value.value
+    return docs

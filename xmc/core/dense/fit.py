@@ -1,0 +1,163 @@
+"""Fit the dense part of a model beside its trees: train, fix the prior and the fusion on held-out rows.
+
+Called by ``xmc.core.fit.fit`` once the trees are trained on the same rows. Per epoch the held-out
+P@1/P@5 of the dense part (prior gamma fitted at that epoch) is recorded and, when an observer
+listens (MLflow), logged with the loss; with a checkpoint folder each epoch's network is saved
+(``dense/epoch.npz``, arrays only) and a resumed fit continues after the last saved epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmc.core.dense.fusion import fit_fusion, fit_gamma
+from xmc.core.dense.model import DenseModel, dense_model_of
+from xmc.core.dense.train import DenseData, tensors, train_prime
+from xmc.core.solver import resolve_device
+from xmc.errors import ParamError
+from xmc.params import XMCParams
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "dense"
+"""Subfolder of a fit's checkpoint folder holding the dense network after its last finished epoch."""
+
+
+def label_text_rows(names: Sequence[str] | None, vectorizer: Any) -> sp.csr_matrix | None:
+    """Label names featurized like documents (``python3-numpy`` -> 'python3 numpy'), rows L2-normalised."""
+    if names is None or vectorizer is None:
+        return None
+    words = [re.sub(r"[^0-9A-Za-z]+", " ", n) for n in names]
+    T = sp.csr_matrix(vectorizer.transform(words), dtype=np.float32)
+    norms = np.sqrt(np.asarray(T.multiply(T).sum(axis=1)).ravel())
+    T.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(T.indptr)).astype(np.float32)
+    return T
+
+
+def fit_dense(
+    Xt: sp.csr_matrix, Yt: sp.csr_matrix, Xv: sp.csr_matrix, Yv: sp.csr_matrix, tree_model: Any,
+    params: XMCParams, *, label_text: sp.csr_matrix | None = None, checkpoint_dir: str | Path | None = None,
+    resume: bool = False, observer: Any = None, executor: Any = None,
+) -> tuple[DenseModel, dict[str, Any]]:
+    """Train PRIME on (Xt, Yt), then fit the prior and the fusion weight on (Xv, Yv) against the trees."""
+    p = params.dense
+    device = resolve_device(params.solver.device)
+    cluster = None
+    if p.cluster_batches:  # a label's leaf cluster in the first tree (its first copy's)
+        cluster = np.zeros(Yt.shape[1], dtype=np.int64)
+        cluster[tree_model.tree.copy_label[::-1]] = tree_model.tree.parents[-1][::-1]
+    data = DenseData(Xt, Yt, label_text if p.label_text else None, cluster)
+    counts = np.asarray(Yt.sum(axis=0)).ravel()
+    k = max(params.predict.topk, 10)
+    held_out = HeldOut(Xv, Yv, counts, k)
+    folder = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    t0 = time.perf_counter()
+    if p.dense_workers > 1:  # the executor's data-parallel trainer (Ray Train): an engine, not core's
+        trainer = getattr(executor, "train_dense", None)
+        if trainer is None:
+            raise ParamError(f"dense_workers={p.dense_workers} trains on Ray Train: use --executor ray "
+                             "(or dense_workers 1)")
+        net, history = trainer(data, held_out, params, device=device, checkpoint_dir=folder, resume=resume,
+                               observer=observer)
+    else:
+        net, start, history = None, 0, []
+        if resume and folder is not None and (folder / "epoch.npz").exists():
+            net, start, history = load_checkpoint(folder, Xt.shape[1], Yt.shape[1], params, device)
+
+        def on_epoch(epoch: int, loss: float, net: Any, C: Any) -> None:
+            record = epoch_record(net, data, held_out, params, device, epoch, loss)
+            history.append(record)
+            if observer is not None and hasattr(observer, "dense_epoch"):
+                observer.dense_epoch(record)
+            if folder is not None:
+                save_checkpoint(folder, net, epoch + 1, history)
+
+        net = train_prime(data, p, device=device, seed=params.tree.seed, net=net, start_epoch=start,
+                          on_epoch=on_epoch, progress=True)
+    model = snapshot(net, data, device)
+    gamma, _ = fit_gamma(Yv, raw_scores(model, Xv, device), counts, k)
+    model = model.with_fusion(0.0, 1.0, gamma, counts)
+    tree_pred = tree_model.predict(Xv, topk=k, components="tree")
+    idx, vals = model.topk(Xv, k, device=device)
+    fusion = fit_fusion(Yv, tree_pred, idx, vals, gamma, k)
+    model = model.with_fusion(fusion.alpha, fusion.beta, gamma, counts)
+    info = {"alpha": fusion.alpha, "beta": fusion.beta, "gamma": gamma, "held_out": fusion.record,
+            "epochs": history, "seconds": time.perf_counter() - t0, "device": device,
+            "workers": p.dense_workers}
+    return model, info
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out rows an epoch is scored on, with the training label counts of the prior."""
+
+    X: sp.csr_matrix
+    Y: sp.csr_matrix
+    counts: np.ndarray
+    k: int
+
+
+def epoch_record(net: Any, data: DenseData, held_out: HeldOut, params: XMCParams, device: str, epoch: int,
+                 loss: float) -> dict[str, float]:
+    """Loss and held-out dense P@1 (prior fitted at this epoch) after ``epoch``; logged per epoch."""
+    model = snapshot(net, data, device)
+    gamma, p1 = 0.0, 0.0
+    if held_out.X.shape[0]:
+        gamma, p1 = fit_gamma(held_out.Y, raw_scores(model, held_out.X, device), held_out.counts, held_out.k)
+    logger.info("prime epoch %d/%d: loss %.4f, held-out P@1 %.2f",
+                epoch + 1, params.dense.dense_epochs, loss, p1)
+    return {"epoch": epoch + 1, "loss": loss, "val_P@1": p1, "gamma": gamma}
+
+
+def snapshot(net: Any, data: DenseData, device: str) -> DenseModel:
+    """The dense model of the network as it stands (centroids refreshed over the training rows)."""
+    import torch
+
+    from xmc.core.dense.train import centroids
+
+    with torch.no_grad():
+        if net.prototypes.params.centroids:
+            C = centroids(net, data, device)
+        else:
+            C = torch.zeros(data.Y.shape[1], net.encoder.embedding.embedding_dim, device=device)
+    text = tensors(data.text, device) if data.text is not None else None
+    return dense_model_of(net, C, text)
+
+
+def raw_scores(model: DenseModel, X: sp.csr_matrix, device: str) -> np.ndarray:
+    """Dense (N x L) inner products of X's rows with every prototype (held-out rows: small N)."""
+    return model.embed(X, device) @ model.arrays["prototypes"].T
+
+
+def save_checkpoint(folder: Path, net: Any, epochs_done: int, history: list[dict[str, float]]) -> None:
+    """The network's weights after ``epochs_done`` epochs, as arrays (never pickle), written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    tmp = folder / "epoch.tmp.npz"
+    np.savez(tmp, **state)
+    (folder / "history.json").write_text(json.dumps({"epochs_done": epochs_done, "history": history}))
+    tmp.replace(folder / "epoch.npz")
+
+
+def load_checkpoint(folder: Path, n_features: int, n_labels: int, params: XMCParams, device: str
+                    ) -> tuple[Any, int, list[dict[str, float]]]:
+    """(net, epochs done, history) of a saved dense checkpoint."""
+    import torch
+
+    from xmc.core.dense.net import PrimeNet
+
+    meta = json.loads((folder / "history.json").read_text())
+    net = PrimeNet(n_features, n_labels, params.dense, device == "cpu")
+    with np.load(folder / "epoch.npz", allow_pickle=False) as z:
+        net.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files})
+    return net.to(device), int(meta["epochs_done"]), list(meta["history"])
