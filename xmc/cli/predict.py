@@ -48,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="labels per instance, >= 1 (default: model's topk)")
     p.add_argument("--beam-size", type=positive_int, default=None,
                    help="beam width, >= 1 (default: model's beam_size)")
+    from xmc.core.model import COMPONENTS
+
+    p.add_argument("--components", choices=COMPONENTS, default="all",
+                   help="score with the whole model (all), or one part of a hybrid: the trees alone (tree) "
+                        "or the dense part alone (dense) (default: all)")
     from xmc.ops.batch import DEFAULT_BATCH_ROWS
 
     p.add_argument("--batch-rows", type=positive_int, default=DEFAULT_BATCH_ROWS,
@@ -101,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
 
         model_topk = XMCModel.load(args.model).params.predict.topk if args.topk is None else args.topk
         report = predict_parquet(args.model, args.input, args.out, topk=model_topk,
-                                 batch_rows=args.batch_rows, beam_size=args.beam_size)
+                                 batch_rows=args.batch_rows, beam_size=args.beam_size,
+                                 components=args.components)
         print(f"xmc predict: {report.rows} instances in {report.batches} batches, {report.seconds:.2f}s "
               f"-> {args.out}", file=sys.stderr)
         return 0
@@ -113,9 +119,11 @@ def _run(args: argparse.Namespace) -> int:
 
         records = read_records(args.input, require_labels=False)
         ids = [rec.id for rec in records]
-        pred = model.predict_texts([rec.text for rec in records], topk=args.topk, beam_size=args.beam_size)
+        pred = model.predict_texts([rec.text for rec in records], topk=args.topk, beam_size=args.beam_size,
+                                   components=args.components)
     else:
-        pred = model.predict(load_features(args.x), topk=args.topk, beam_size=args.beam_size)
+        pred = model.predict(load_features(args.x), topk=args.topk, beam_size=args.beam_size,
+                             components=args.components)
     seconds = time.perf_counter() - t0
     if args.out.endswith(".jsonl"):
         k = min(args.topk or model.params.predict.topk, model.n_labels)
@@ -145,7 +153,7 @@ def _run_bundle(args: argparse.Namespace) -> int:
 
     executor = make_executor(ExecutorParams(executor=args.executor, ray_address=args.ray_address))
     report = predict_bundle(args.model, args.data, args.split, args.out, executor, topk=args.topk,
-                            beam_size=args.beam_size)
+                            beam_size=args.beam_size, components=args.components)
     metrics = report["metrics"]
     scored = "  ".join(f"{k} {metrics[k]:.2f}" for k in ("P@1", "P@3", "P@5")) if metrics else "no labels"
     print(f"xmc predict: {report['rows']} instances in {report['seconds']:.2f}s on {executor.describe()} "

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
                                 observer=observer)
         else:
             model = fit(X, Y, params, label_names=names, executor=executor,
-                        checkpoint_dir=args.checkpoint_dir, resume=args.resume, observer=observer)
+                        checkpoint_dir=args.checkpoint_dir, resume=args.resume, observer=observer,
+                        label_text=_label_text(params, names, extra_dirs))
         fit_s = time.perf_counter() - t0
         model.info["seconds_fit"] = fit_s
         model.info["peak_rss_mib"] = memory_record(executor)
@@ -196,6 +197,16 @@ def memory_record(executor: Any) -> dict[str, float]:
     if stats:
         out["workers"] = max(float(s.get("worker_peak_rss_mib", 0.0)) for s in stats)
     return out
+
+
+def _label_text(params: Any, names: list[str] | None, extra_dirs: dict[str, str | Path] | None) -> Any:
+    """A hybrid's label names as feature rows, through the bundle's vectorizer (None: no vocabulary)."""
+    if params.dense.dense == "none" or not extra_dirs or "vectorizer" not in extra_dirs:
+        return None
+    from xmc.core.dense.fit import label_text_rows
+    from xmc.io.vectorizer import TextVectorizer
+
+    return label_text_rows(names, TextVectorizer.load(extra_dirs["vectorizer"]))
 
 
 def _names(args: argparse.Namespace) -> tuple[list[str] | None, dict[str, str | Path] | None]:

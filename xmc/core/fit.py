@@ -64,6 +64,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     observer: RoundObserver | None = None,
+    label_text: sp.csr_matrix | None = None,
 ) -> XMCModel:
     """Build the label tree from PIFA embeddings, train every layer, then run the rounds.
 
@@ -77,6 +78,9 @@ def fit(
     from seed + t, the same held-out rows for all), each with its own rounds, checkpoint folder
     ``tree_<t>/`` and observer records tagged ``"tree": t``; every tree's units go through the
     executor, so a cluster is kept busy within a tree and the driver holds one X for all trees.
+    With ``dense`` = prime a dense part (``xmc.core.dense``) is trained on the same rows after the
+    trees, and fused with them by constants fitted on the held-out rows (``fusion_fraction`` of the
+    rows when ``validation_fraction`` is 0); ``label_text`` are the label names as feature rows.
     """
     params = params or XMCParams()
     check_xy(X, Y)
@@ -87,11 +91,19 @@ def fit(
         import torch  # noqa: F401  loaded here, so executors can bound its threads per unit
     Xp = prepare_features(X, params, X.shape[1])
     Y = csr(Y)
-    Xt, Yt, Xv, Yv = split_validation(Xp, Y, params.disentangle.validation_fraction, params.tree.seed)
+    held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
+    Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
     inputs = FitInputs(partial(build_tree, pifa(Xt, Yt)), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64),
                        X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
-    return fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
-                     checkpoint_dir=checkpoint_dir, resume=resume, observer=observer)
+    model = fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
+                      checkpoint_dir=checkpoint_dir, resume=resume, observer=observer)
+    if params.dense.dense == "prime":
+        from xmc.core.dense.fit import fit_dense
+
+        model.dense, model.info["dense"] = fit_dense(
+            Xt, Yt, Xv, Yv, model, params, label_text=label_text, checkpoint_dir=checkpoint_dir,
+            resume=resume, observer=observer, executor=executor)
+    return model
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc._version import __version__
+from xmc.core.dense.fusion import fuse
 from xmc.core.predict import predict_ensemble
 from xmc.core.sparse import csr, normalize_rows
 from xmc.core.tree import LabelTree
@@ -27,6 +28,10 @@ from xmc.params import XMCParams
 
 VECTORIZER_DIR = "vectorizer"
 """Folder of a model bundle holding the fitted text vectorizer (models trained from raw text)."""
+DENSE_DIR = "dense"
+"""Folder of a hybrid model's bundle holding its dense part (``xmc.core.dense.model``, arrays only)."""
+COMPONENTS: tuple[str, ...] = ("all", "tree", "dense")
+"""What ``predict`` scores with: the whole model, or one part of a hybrid."""
 TREES_DIR = "trees"
 """Folder of an ensemble's bundle holding trees 1..T-1, each a complete model bundle ``trees/<t>/``."""
 
@@ -69,6 +74,8 @@ class XMCModel:
     """The text -> features transform of a model trained from raw text (None: feature input only)."""
     members: list[XMCModel] = field(default_factory=list)
     """Trees 1..T-1 of an ensemble (``params.tree.n_trees`` = T); this model's own tree is tree 0."""
+    dense: Any = None
+    """The dense part of a hybrid (``xmc.core.dense.model.DenseModel``) fused with the trees; None: trees."""
 
     @property
     def trees(self) -> list[XMCModel]:
@@ -84,10 +91,19 @@ class XMCModel:
         return prepare_features(X, self.params, self.n_features)
 
     def predict(
-        self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None
+        self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None,
+        components: str = "all",
     ) -> sp.csr_matrix:
-        """(N x n_labels) CSR holding each row's top-k label scores."""
+        """(N x n_labels) CSR holding each row's top-k label scores.
+
+        ``components``: all (the model as trained: trees, fused with the dense part where there is
+        one), tree (the trees alone), dense (the dense part alone; an error if there is none).
+        """
         check_xy(X)
+        if components not in COMPONENTS:
+            raise ParamError(f"components={components!r} is invalid: use one of {COMPONENTS}")
+        if components == "dense" and self.dense is None:
+            raise ParamError("components='dense': this model has no dense part (train with --dense prime)")
         for name, value in (("topk", topk), ("beam_size", beam_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)
                                       or value < 1):
@@ -95,18 +111,33 @@ class XMCModel:
         if self.info.get(RANKERS_PENDING):
             raise BundleError("this model's rankers are not trained yet (a checkpoint taken between "
                               "rounds): resume the training run to finish it")
-        return predict_ensemble(self.preprocess(X), [(m.tree, m.weights) for m in self.trees],
-                                self.params.predict, bias=self.params.solver.bias, topk=topk,
-                                beam_size=beam_size)
+        Xp = self.preprocess(X)
+        k = topk or self.params.predict.topk
+        dense_only = components == "all" and self.dense is not None and self.dense.alpha >= 1
+        if components == "dense" or dense_only:
+            return self.dense.predict(Xp, k, self.dense_device())
+        tree_k = max(k, 10) if components == "all" and self.dense is not None else k
+        tree = predict_ensemble(Xp, [(m.tree, m.weights) for m in self.trees], self.params.predict,
+                                bias=self.params.solver.bias, topk=tree_k, beam_size=beam_size)
+        if components == "tree" or self.dense is None or self.dense.alpha <= 0:
+            return tree if tree_k == k else fuse(tree, tree, 0.0, k)
+        return fuse(tree, self.dense.predict(Xp, tree_k, self.dense_device()), self.dense.alpha, k)
+
+    def dense_device(self) -> str:
+        from xmc.core.solver import resolve_device
+
+        return resolve_device(self.params.solver.device)
 
     def predict_texts(
-        self, texts: Iterable[str], *, topk: int | None = None, beam_size: int | None = None
+        self, texts: Iterable[str], *, topk: int | None = None, beam_size: int | None = None,
+        components: str = "all",
     ) -> sp.csr_matrix:
         """Top-k label scores of raw texts, featurized by the model's own vectorizer."""
         if self.vectorizer is None:
             raise BundleError("this model has no text vectorizer (it was trained on feature matrices, "
                               "not on raw text): pass feature rows instead")
-        return self.predict(self.vectorizer.transform(texts), topk=topk, beam_size=beam_size)
+        return self.predict(self.vectorizer.transform(texts), topk=topk, beam_size=beam_size,
+                            components=components)
 
     def save(self, path: str | Path, *, extra_dirs: dict[str, str | Path] | None = None) -> None:
         """Write the model folder with its vectorizer (if any); ``extra_dirs`` are copied in, checksummed."""
@@ -115,6 +146,9 @@ class XMCModel:
             if self.vectorizer is not None and VECTORIZER_DIR not in extra:
                 self.vectorizer.save(Path(tmp) / VECTORIZER_DIR)
                 extra[VECTORIZER_DIR] = Path(tmp) / VECTORIZER_DIR
+            if self.dense is not None:
+                self.dense.save(Path(tmp) / DENSE_DIR)
+                extra[DENSE_DIR] = Path(tmp) / DENSE_DIR
             for t, member in enumerate(self.members, start=1):
                 member.save(Path(tmp) / TREES_DIR / str(t))
             if self.members:
@@ -148,9 +182,14 @@ class XMCModel:
                     or not np.array_equal(m.label_counts, parts["label_counts"]):
                 raise BundleError(f"{path}/{TREES_DIR}/{t}: a tree of another training set "
                                   "(features, labels or counts differ from tree 0)")
+        dense = None
+        if (Path(path) / DENSE_DIR).is_dir():
+            from xmc.core.dense.model import DenseModel
+
+            dense = DenseModel.load(Path(path) / DENSE_DIR, parts["n_features"], parts["tree"].n_labels)
         return cls(params, parts["tree"], parts["weights"], parts["n_features"],
                    parts["label_counts"], parts["n_train"], parts["label_names"],
-                   info, vectorizer, members)
+                   info, vectorizer, members, dense)
 
 
 def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:

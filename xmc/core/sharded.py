@@ -246,6 +246,11 @@ def fit_sharded(
         import torch  # noqa: F401  loaded here, so executors can bound its threads per unit
     root = Path(work_dir or tempfile.gettempdir()) / f"xmc-fit-{uuid.uuid4().hex[:12]}"
     root.mkdir(parents=True)
+    if params.dense.dense != "none":
+        from xmc.errors import ParamError
+
+        raise ParamError("--dense prime trains on the driver's rows: use --data-plane driver (or the local "
+                         "executor) for a hybrid model")
     threshold = holdout_threshold(params.tree.seed, n_rows, params.disentangle.validation_fraction)
     spec = PrepareSpec(root, n_features, n_labels, params.normalize_rows, params.tree.seed, threshold)
     try:

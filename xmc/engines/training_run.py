@@ -203,6 +203,19 @@ class TrainingRun:
             self.client.log_batch(self.run_id, metrics=[Metric(prefix + k, v, ts, r) for k, v in new.items()])
         done.update(new)
 
+    def dense_epoch(self, record: dict[str, Any]) -> None:
+        """A PRIME epoch's loss and held-out P@1 on the parent run as ``dense/...``, step = epoch."""
+        from mlflow.entities import Metric
+        from mlflow.exceptions import MlflowException
+
+        ts, step = now_ms(), int(record["epoch"])
+        metrics = [Metric(f"dense/{metric_key(k)}", float(v), ts, step)
+                   for k, v in record.items() if k != "epoch"]
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        except MlflowException as e:
+            log.warning(f"MLflow: dense epoch {step} not logged ({e.message})")
+
     def _end_child(self, status: str) -> None:
         if self.open_child is None:
             return
@@ -250,6 +263,11 @@ class TrainingRun:
                    "best_round": float(model.info.get("best_round", 0)),
                    **{f"{split_name}_{metric_key(k)}": v for k, v in final.items()},
                    "peak_rss_bytes": peak_rss_mib() * 2**20}
+        dense = model.info.get("dense")
+        if dense:  # the fusion constants and the held-out P@k of tree, dense part and hybrid
+            summary.update({f"dense/{k}": float(dense[k]) for k in ("alpha", "beta", "gamma", "seconds")})
+            summary.update({f"dense/held_out_{metric_key(k)}": float(v)
+                            for k, v in dense["held_out"].items()})
         ts = now_ms()
         client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in summary.items()])
         with tempfile.TemporaryDirectory(prefix="xmc-mlflow-") as tmp:

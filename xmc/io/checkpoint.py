@@ -4,6 +4,7 @@ interrupted training run continues (``--resume``) from the last finished round w
     <folder>/state.json     last finished round, best round, round records, params, data fingerprint
     <folder>/round_<r>/     model bundle after round r (only the last and the best are kept)
     <folder>/tree_<t>/      an ensemble's tree t: a checkpoint folder of its own, as above
+    <folder>/dense/         a hybrid's dense network after its last finished epoch (xmc.core.dense.fit)
 
 A checkpoint is only resumed for the same params and the same training data (fingerprint of
 the feature and label matrices); anything else is an error, never a silent mix.
@@ -54,8 +55,8 @@ class RoundState:
 
 
 def _is_checkpoint(folder: Path) -> bool:
-    """A folder holding only what checkpoints write (state.json, round_<r>/, tree_<t>/, temp siblings)."""
-    return all(p.name == "state.json" or p.name.startswith((".", "round_", "tree_"))
+    """A folder holding only what checkpoints write (state.json, round_<r>/, tree_<t>/, dense/, temps)."""
+    return all(p.name in ("state.json", "dense") or p.name.startswith((".", "round_", "tree_"))
                for p in folder.iterdir())
 
 

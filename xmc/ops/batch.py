@@ -71,7 +71,7 @@ class BatchReport:
 
 def predict_parquet(
     model_dir: str | Path, input_path: str | Path, out: str | Path, *, topk: int,
-    batch_rows: int = DEFAULT_BATCH_ROWS, beam_size: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS, beam_size: int | None = None, components: str = "all",
 ) -> BatchReport:
     """Score the ``{id, text}`` rows of a parquet file; write ``{id, labels, scores}`` parquet atomically."""
     import pyarrow as pa
@@ -108,7 +108,8 @@ def predict_parquet(
             if bad is not None:
                 raise DataFormatError(f"row {rows + bad + 1}: text is {texts[bad]!r}, expected a string",
                                       path=input_path, line=rows + bad + 1, field="text")
-            idx, vals = topk_rows(model.predict_texts(texts, topk=topk, beam_size=beam_size),
+            idx, vals = topk_rows(model.predict_texts(texts, topk=topk, beam_size=beam_size,
+                                                         components=components),
                                   topk)
             keep = idx >= 0
             labels = [[names[j] if names else str(j) for j in idx[i][keep[i]].tolist()]

@@ -37,6 +37,7 @@ class ShardPredictSpec:
     n_labels: int
     topk: int
     beam_size: int | None
+    components: str = "all"
 
 
 @lru_cache(maxsize=2)
@@ -54,7 +55,7 @@ def predict_shard(spec: ShardPredictSpec, part: PartSlice) -> dict[str, float]:
     X, Y = load_part(part.path, spec.n_features, spec.n_labels, part.start, part.stop)
     ids = read_doc_ids(part.path, part.start, part.stop)
     model = _model(spec.model)
-    pred = model.predict(X, topk=spec.topk, beam_size=spec.beam_size)
+    pred = model.predict(X, topk=spec.topk, beam_size=spec.beam_size, components=spec.components)
     idx, vals = topk_rows(pred, spec.topk)
     keep = idx >= 0
     names = model.label_names
@@ -70,7 +71,7 @@ def predict_shard(spec: ShardPredictSpec, part: PartSlice) -> dict[str, float]:
 
 def predict_bundle(model_dir: str | Path, bundle: str | Path, split: str, out: str | Path,
                    executor: Executor, *, topk: int | None = None,
-                   beam_size: int | None = None) -> dict[str, Any]:
+                   beam_size: int | None = None, components: str = "all") -> dict[str, Any]:
     """Predict a bundle split shard by shard into the folder ``out``; returns its manifest."""
     model = XMCModel.load(model_dir)  # checked here once: a bad folder fails before any task
     manifest, parts = split_parts(bundle, split)
@@ -81,10 +82,11 @@ def predict_bundle(model_dir: str | Path, bundle: str | Path, split: str, out: s
     t0 = time.perf_counter()
     with atomic_dir(out, owned=manifest_format_is(FORMAT), what="an xmc predictions folder") as tmp:
         spec = ShardPredictSpec(str(Path(model_dir).resolve()), tmp, model.n_features, model.n_labels, k,
-                                beam_size)
+                                beam_size, components)
         sums = [s for s in executor.map(predict_shard, spec, shard_slices(parts), desc="predict") if s]
         report = {"format": FORMAT, "model": str(model_dir), "bundle": str(bundle), "split": split,
-                  "rows": sum(n for _, n in parts), "topk": k, "seconds": round(time.perf_counter() - t0, 3),
+                  "rows": sum(n for _, n in parts), "topk": k, "components": components,
+                  "seconds": round(time.perf_counter() - t0, 3),
                   "metrics": metrics_of_sums(reduce(add_sums, sums)) if sums else None}
         (tmp / "manifest.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
