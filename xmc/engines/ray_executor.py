@@ -191,6 +191,12 @@ class RayExecutor:
             self._started_here = True
         self._remote = ray.remote(_run_batch)
 
+    def train_dense(self, *args: Any, **kwargs: Any) -> Any:
+        """The dense part of a hybrid trained data-parallel on this Ray (``xmc.engines.ray_train``)."""
+        from xmc.engines.ray_train import train_prime_ray
+
+        return train_prime_ray(*args, **kwargs)
+
     def describe(self) -> str:
         import ray
 
