@@ -1,0 +1,166 @@
+"""PRIME, the dense part of a hybrid model: loss, training, fusion, bundle, resume (real Bibtex rows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from xmc import XMCParams
+from xmc.core.dense.loss import dynamic_margin_triplet
+from xmc.core.fit import fit
+from xmc.core.metrics import evaluate
+from xmc.core.model import XMCModel
+from xmc.errors import BundleError, ParamError
+
+SMALL = {"dense": "prime", "dense_dim": 64, "dense_epochs": 3, "dense_batch_size": 64}
+
+
+def test_dynamic_margin_triplet_by_hand() -> None:
+    """One anchor, positive 0.5: a negative at 0.45 (gap 0.05 -> margin 0.1) costs 0.05; one at 0.1
+    (gap 0.4 -> margin clamped to 0.3) costs nothing; a second anchor without target is skipped."""
+    S = torch.tensor([[0.5, 0.45, 0.1], [0.9, 0.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    loss = dynamic_margin_triplet(S, targets, n_negatives=2, margin_min=0.1, margin_max=0.3)
+    assert loss.item() == pytest.approx(0.05, abs=1e-6)
+    # a fixed margin (min = max = 0.3) charges both negatives: 0.25 + 0.0 (0.1 - 0.5 + 0.3 < 0)
+    fixed = dynamic_margin_triplet(S, targets, n_negatives=2, margin_min=0.3, margin_max=0.3)
+    assert fixed.item() == pytest.approx(0.25, abs=1e-6)
+    S.requires_grad_(True)
+    dynamic_margin_triplet(S, targets, n_negatives=2, margin_min=0.1, margin_max=0.3).backward()
+    assert S.grad is not None and S.grad[0, 0] < 0 < S.grad[0, 1]  # pulls the positive up, the negative down
+
+
+@pytest.fixture(scope="module")
+def hybrid(bibtex: dict[str, sp.csr_matrix]) -> XMCModel:
+    return fit(bibtex["X.trn"], bibtex["Y.trn"], XMCParams().replace(**SMALL))
+
+
+def test_hybrid_learns_and_never_costs_held_out_precision(hybrid: XMCModel, bibtex: dict[str, sp.csr_matrix]
+                                                          ) -> None:
+    info = hybrid.info["dense"]
+    assert [e["epoch"] for e in info["epochs"]] == [1, 2, 3]
+    held = info["held_out"]
+    assert held["hybrid_P@1"] >= held["tree_P@1"]  # alpha = 0 (the tree alone) is on the grid
+    # the dense part alone is far above the most-frequent-labels ranking (Bibtex: ~17 P@1)
+    X, Y = bibtex["X.tst"], bibtex["Y.tst"]
+    dense = evaluate(Y, hybrid.predict(X, topk=5, components="dense"), (1,))["P@1"]
+    freq = np.argsort(-hybrid.label_counts)[:5]
+    prior = evaluate(Y, sp.csr_matrix((np.tile([5.0, 4, 3, 2, 1], X.shape[0]), np.tile(freq, X.shape[0]),
+                                       np.arange(0, 5 * X.shape[0] + 1, 5)), shape=Y.shape), (1,))["P@1"]
+    assert dense > prior + 25, (dense, prior)
+    tree = hybrid.predict(X[:300], topk=5, components="tree")
+    both = hybrid.predict(X[:300], topk=5)
+    if info["alpha"] == 0:
+        assert (both != tree).nnz == 0
+    else:
+        assert (both != tree).nnz > 0
+
+
+def test_hybrid_bundle_round_trip_and_corruption(hybrid: XMCModel, bibtex: dict[str, sp.csr_matrix],
+                                                 tmp_path: Path) -> None:
+    hybrid.save(tmp_path / "m")
+    again = XMCModel.load(tmp_path / "m")
+    X = bibtex["X.tst"][:200]
+    for part in ("tree", "dense", "all"):
+        a, b = hybrid.predict(X, topk=5, components=part), again.predict(X, topk=5, components=part)
+        assert (a != b).nnz == 0, part
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert "dense/dense.npz" in manifest["files"]  # checksummed like every weight file
+    with np.load(tmp_path / "m" / "dense" / "dense.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["prototypes"][0, 0] = np.nan
+    np.savez(tmp_path / "m" / "dense" / "dense.npz", **arrays)
+    with pytest.raises(BundleError, match="dense"):
+        XMCModel.load(tmp_path / "m")
+
+
+def test_components_on_a_tree_model_and_bad_values(bibtex_model: XMCModel, bibtex: dict[str, sp.csr_matrix]
+                                                   ) -> None:
+    X = bibtex["X.tst"][:20]
+    assert (bibtex_model.predict(X, components="tree") != bibtex_model.predict(X)).nnz == 0
+    with pytest.raises(ParamError, match="no dense part"):
+        bibtex_model.predict(X, components="dense")
+    with pytest.raises(ParamError, match="components"):
+        bibtex_model.predict(X, components="both")
+    with pytest.raises(ParamError, match="dense_workers"):
+        XMCParams().replace(dense="prime", dense_workers=0)
+
+
+class StopAtEpoch:
+    """An observer that interrupts the fit when it hears of epoch ``stop`` (before it is checkpointed)."""
+
+    def __init__(self, stop: int) -> None:
+        self.stop, self.heard = stop, []
+
+    def round_started(self, r: int, tree: int = 0) -> None: ...
+
+    def round_finished(self, record: dict) -> None: ...
+
+    def dense_epoch(self, record: dict) -> None:
+        self.heard.append(record["epoch"])
+        if record["epoch"] == self.stop:
+            raise KeyboardInterrupt
+
+
+def test_dense_checkpoint_resumes_after_the_last_epoch(bibtex: dict[str, sp.csr_matrix],
+                                                       tmp_path: Path) -> None:
+    X, Y = bibtex["X.trn"][:1500], bibtex["Y.trn"][:1500]
+    params = XMCParams().replace(**SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        fit(X, Y, params, checkpoint_dir=tmp_path, observer=StopAtEpoch(3))
+    saved = json.loads((tmp_path / "dense" / "history.json").read_text())
+    assert saved["epochs_done"] == 2
+    heard = StopAtEpoch(0)
+    model = fit(X, Y, params, checkpoint_dir=tmp_path, resume=True, observer=heard)
+    assert heard.heard == [3]  # only epoch 3 ran
+    assert [e["epoch"] for e in model.info["dense"]["epochs"]] == [1, 2, 3]
+    assert model.info["dense"]["epochs"][:2] == saved["history"]
+
+
+def test_label_text_rows_use_the_vectorizer_vocabulary() -> None:
+    from xmc.core.dense.fit import label_text_rows
+
+    class Vocab:  # the one method label_text_rows reads of a TextVectorizer
+        def transform(self, texts: list[str]) -> sp.csr_matrix:
+            words = {"python3": 0, "numpy": 1, "lib": 2}
+            rows = [[words[w] for w in t.lower().split() if w in words] for t in texts]
+            ids = np.array([i for r in rows for i in r], dtype=np.int64)
+            indptr = np.cumsum([0, *map(len, rows)])
+            return sp.csr_matrix((np.ones(len(ids)), ids, indptr), shape=(len(texts), 3))
+
+    T = label_text_rows(["python3-numpy", "zzz"], Vocab())
+    assert T is not None and T[0].indices.tolist() == [0, 1] and T[1].nnz == 0
+    assert np.isclose(np.linalg.norm(T[0].toarray()), 1.0)
+    assert label_text_rows(None, Vocab()) is None
+
+
+def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bib = Path(__file__).resolve().parents[1] / "data" / "bibtex"
+
+    def xmc(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "xmc.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m", "--dense", "prime",
+            "--dense-epochs", "1", "--dense-dim", "32", "--json")
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert {"alpha", "gamma", "held_out", "epochs"} <= set(record["dense"])
+    scores = {}
+    for part in ("tree", "dense", "all"):
+        r = xmc("predict", "--model", "m", "--x", str(bib / "X.tst.npz"), "--topk", "5", "--components", part,
+                "--out", f"{part}.npz")
+        assert r.returncode == 0, r.stderr
+        scores[part] = sp.load_npz(tmp_path / f"{part}.npz")
+        assert scores[part].getnnz(axis=1).max() == 5
+    assert (scores["tree"] != scores["dense"]).nnz > 0  # two different rankers
+    r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m2", "--dense", "dense-ish")
+    assert r.returncode == 2 and "dense" in r.stderr
