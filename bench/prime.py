@@ -74,7 +74,7 @@ def run(name: str, data: tuple[Any, ...], dense: dict[str, Any], executor: Any =
     t0 = time.perf_counter()
     model = fit(X, Y, params, label_text=text, executor=executor)
     seconds = time.perf_counter() - t0
-    row: dict[str, Any] = {"set": name, "dense": dense, "fit_s": round(seconds, 1),
+    row: dict[str, Any] = {"set": name, "change": dense, "fit_s": round(seconds, 1),
                            "dense_s": round(model.info["dense"]["seconds"], 1),
                            "peak_rss_mib": round(peak_mib()),
                            "alpha": model.info["dense"]["alpha"], "gamma": model.info["dense"]["gamma"],
@@ -91,6 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="bibtex,debian")
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--variants", default="", help="with --ablations: only these (comma-separated names)")
     ap.add_argument("--workers", default="", help="e.g. 1,2: Ray Train workers compared on the first set")
     ap.add_argument("--epochs", type=int, default=0, help="dense_epochs override (0 = the default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -101,6 +102,8 @@ def main() -> None:
     for name in args.sets.split(","):
         data = load_set(name)
         runs = ABLATIONS if args.ablations else {"default": {}}
+        if args.variants:
+            runs = {k: v for k, v in runs.items() if k in args.variants.split(",")}
         for label, change in runs.items():
             rows.append({"variant": label, **run(name, data, {**base, **change})})
         if args.workers:

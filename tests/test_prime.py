@@ -164,3 +164,26 @@ def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path) ->
     assert (scores["tree"] != scores["dense"]).nnz > 0  # two different rankers
     r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m2", "--dense", "dense-ish")
     assert r.returncode == 2 and "dense" in r.stderr
+
+
+def test_sense_prototypes_one_row_per_copy_routed_pairs_and_round_trip(tmp_path: Path) -> None:
+    from xmc.core.dense.senses import copy_rows
+    from xmc.research.synth import SynthSpec, generate
+
+    data = generate(SynthSpec(n_labels=120, n_features=3000), 3000)
+    params = XMCParams().replace(**{**SMALL, "sense_prototypes": True, "max_leaf_size": 16})
+    model = fit(data.X, data.Y, params)
+    copy_label = model.tree.copy_label
+    assert len(copy_label) > model.n_labels  # the round made copies
+    assert np.array_equal(model.dense.arrays["copy_label"], copy_label)
+    assert model.dense.arrays["prototypes"].shape[0] == len(copy_label)
+    X = model.preprocess(data.X[:500])
+    Yc = copy_rows(X, data.Y[:500], model.tree, model.weights, params)
+    assert Yc.nnz == data.Y[:500].nnz  # every pair kept, each on exactly one copy
+    back = sp.csr_matrix((Yc.data, copy_label[Yc.indices], Yc.indptr), shape=data.Y[:500].shape)
+    assert (back != sp.csr_matrix(data.Y[:500])).nnz == 0  # ... a copy of its own label
+    pred = model.predict(data.X[:200], topk=5, components="dense")
+    assert pred.shape[1] == model.n_labels and pred.getnnz(axis=1).max() == 5  # copies merged to labels
+    model.save(tmp_path / "m")
+    again = XMCModel.load(tmp_path / "m")
+    assert (again.predict(data.X[:200], topk=5, components="dense") != pred).nnz == 0

@@ -207,8 +207,7 @@ class DenseParams:
     n_negatives: int = 50
     """Hardest in-batch negatives per document in the loss."""
     softmax_tau: float = 0.0
-    """Temperature that softmax-weights the violating negatives (PRIME: 0.1; 0 = equal weights, which
-    scored higher on Bibtex validation)."""
+    """Temperature softmax-weighting the violating negatives (PRIME: 0.1; 0 = equal weights)."""
     dual_loss: bool = True
     """Also apply the loss label -> documents (each prototype against the batch's documents)."""
     label_text: bool = True
@@ -221,9 +220,10 @@ class DenseParams:
     """Transformer layers of the Label Prototype Network over [text, centroid, free] (0 = their sum)."""
     cluster_batches: bool = False
     """Batches of documents whose labels share a tree cluster (in-batch negatives are confusable labels)."""
+    sense_prototypes: bool = False
+    """One prototype per label copy of the tree, its centroid over the documents routed to that copy."""
     fusion_fraction: float = 0.1
-    """Share of training rows held out (when validation_fraction is 0) to fit the fusion weight and the
-    label-frequency prior; tree and dense model are both trained on the rest."""
+    """Rows held out (when validation_fraction is 0) to fit the fusion and the prior; both parts train on the rest."""
     dense_workers: int = 1
     """Data-parallel training processes (>= 2: Ray Train, DDP over gloo on CPU, NCCL on GPU)."""
 

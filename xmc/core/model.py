@@ -113,15 +113,16 @@ class XMCModel:
                               "rounds): resume the training run to finish it")
         Xp = self.preprocess(X)
         k = topk or self.params.predict.topk
-        dense_only = components == "all" and self.dense is not None and self.dense.alpha >= 1
-        if components == "dense" or dense_only:
+        if components == "dense":
             return self.dense.predict(Xp, k, self.dense_device())
-        tree_k = max(k, 10) if components == "all" and self.dense is not None else k
+        fused = components == "all" and self.dense is not None and self.dense.alpha > 0
+        tree_k = max(k, 10) if fused else k
         tree = predict_ensemble(Xp, [(m.tree, m.weights) for m in self.trees], self.params.predict,
                                 bias=self.params.solver.bias, topk=tree_k, beam_size=beam_size)
-        if components == "tree" or self.dense is None or self.dense.alpha <= 0:
-            return tree if tree_k == k else fuse(tree, tree, 0.0, k)
-        return fuse(tree, self.dense.predict(Xp, tree_k, self.dense_device()), self.dense.alpha, k)
+        if not fused:
+            return tree
+        idx, scores = self.dense.topk(Xp, tree_k, device=self.dense_device())
+        return fuse(tree, idx, scores, self.dense.alpha, self.dense.beta, k)
 
     def dense_device(self) -> str:
         from xmc.core.solver import resolve_device

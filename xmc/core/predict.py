@@ -252,6 +252,18 @@ def match(
                         keep=keep)
 
 
+def leaf_beam_scores(
+    X: sp.csr_matrix, tree: LabelTree, weights: Sequence[sp.csc_matrix], params: PredictParams, *,
+    bias: float,
+) -> sp.csr_matrix:
+    """(N x nodes of the last given layer) path scores of each row's beam (0 outside it)."""
+    layers = scoring_layers(tree, weights)
+    beam_size = min(params.beam_size, _widest(tree))
+    n_nodes = len(tree.parents[len(layers) - 1])
+    return _stack([from_topk(idx, np.where(idx >= 0, score, 0.0), n_nodes)
+                   for idx, score in _scored_chunks(X, layers, params, bias, beam_size)], n_nodes)
+
+
 def match_layers(
     X: sp.csr_matrix,
     tree: LabelTree,

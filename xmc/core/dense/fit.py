@@ -85,6 +85,14 @@ def fit_dense(
         net = train_prime(data, p, device=device, seed=params.tree.seed, net=net, start_epoch=start,
                           on_epoch=on_epoch, progress=True)
     model = snapshot(net, data, device)
+    if p.sense_prototypes and len(tree_model.tree.copy_label) > Yt.shape[1]:
+        from xmc.core.dense.senses import copy_prototypes, copy_rows
+
+        Yc = copy_rows(Xt, Yt, tree_model.tree, tree_model.weights, params)
+        owner = tree_model.tree.copy_label.astype(np.int64)
+        text = tensors(data.text, device) if data.text is not None else None
+        P = copy_prototypes(net, Xt, Yc, owner, text, device).cpu().numpy().astype(np.float32)
+        model = DenseModel({**model.arrays, "prototypes": P, "copy_label": owner}, model.n_labels)
     gamma, _ = fit_gamma(Yv, raw_scores(model, Xv, device), counts, k)
     model = model.with_fusion(0.0, 1.0, gamma, counts)
     tree_pred = tree_model.predict(Xv, topk=k, components="tree")
@@ -135,8 +143,15 @@ def snapshot(net: Any, data: DenseData, device: str) -> DenseModel:
 
 
 def raw_scores(model: DenseModel, X: sp.csr_matrix, device: str) -> np.ndarray:
-    """Dense (N x L) inner products of X's rows with every prototype (held-out rows: small N)."""
-    return model.embed(X, device) @ model.arrays["prototypes"].T
+    """Dense (N x L) scores of X's rows against every label (held-out rows: small N); a label with
+    several prototype rows scores their max."""
+    S = model.embed(X, device) @ model.arrays["prototypes"].T
+    if "copy_label" not in model.arrays:
+        return S
+    out = np.full((S.shape[0], model.n_labels), -np.inf, dtype=S.dtype)
+    for j, label in enumerate(model.row_label):  # few copies per label: a column loop over rows
+        np.maximum(out[:, label], S[:, j], out=out[:, label])
+    return out
 
 
 def save_checkpoint(folder: Path, net: Any, epochs_done: int, history: list[dict[str, float]]) -> None:

@@ -4,6 +4,8 @@
     mlp_*       the encoder's residual MLP
     prototypes  (L x (d+1))  final unit prototypes with their bias column; the bias already holds
                              the label-frequency prior ``gamma * ln(1 + n_l)``
+    copy_label  (C,)         optional (disentangled prototypes, ``xmc.core.dense.senses``): the
+                             label of each prototype row; a label scores the max over its rows
     fusion      alpha (weight of the dense score), beta (its sharpness), gamma (the prior)
 
 In-batch negatives meet a label in proportion to its frequency, so a frequent label is pushed down
@@ -51,9 +53,14 @@ class DenseModel:
     def n_features(self) -> int:
         return int(self.arrays["embedding"].shape[0])
 
+    n_labels: int
+
     @property
-    def n_labels(self) -> int:
-        return int(self.arrays["prototypes"].shape[0])
+    def row_label(self) -> np.ndarray:
+        """The label of each prototype row (one row per label, or per label copy)."""
+        if "copy_label" in self.arrays:
+            return self.arrays["copy_label"].astype(np.int64)
+        return np.arange(self.n_labels, dtype=np.int64)
 
     @property
     def alpha(self) -> float:
@@ -71,9 +78,9 @@ class DenseModel:
         """A copy whose bias column carries the prior gamma * ln(1 + n_l) (replacing any earlier one)."""
         arrays = dict(self.arrays)
         P = arrays["prototypes"].copy()
-        P[:, -1] += (gamma - self.gamma) * np.log1p(label_counts).astype(np.float32)
+        P[:, -1] += (gamma - self.gamma) * np.log1p(label_counts[self.row_label]).astype(np.float32)
         arrays["prototypes"], arrays["fusion"] = P, np.array([alpha, beta, gamma], dtype=np.float64)
-        return DenseModel(arrays)
+        return DenseModel(arrays, self.n_labels)
 
     def embed(self, X: sp.csr_matrix, device: str = "cpu") -> np.ndarray:
         """Unit document embeddings extended by the constant 1 (N x (d + 1)), float32."""
@@ -101,9 +108,21 @@ class DenseModel:
 
         k = min(k, self.n_labels)
         P = torch.from_numpy(self.arrays["prototypes"]).to(device)
+        copies = "copy_label" in self.arrays
+        if copies:  # a label's score is the max over its rows: scored as one (docs x labels) block
+            owner = torch.from_numpy(self.row_label).to(device)
+            doc_chunk = max(1, min(doc_chunk, 2**25 // max(P.shape[0], 1)))
+            label_chunk = P.shape[0]
         idx_parts, val_parts = [], []
         for a in range(0, X.shape[0], doc_chunk):
             E = torch.from_numpy(self.embed(X[a:a + doc_chunk], device)).to(device)
+            if copies:
+                S = torch.full((E.shape[0], self.n_labels), -torch.inf, device=device)
+                S = S.scatter_reduce(1, owner.expand(E.shape[0], -1), E @ P.T, reduce="amax")
+                v, i = S.topk(k, dim=1)
+                idx_parts.append(i.cpu().numpy())
+                val_parts.append(v.cpu().numpy())
+                continue
             best_v = torch.full((E.shape[0], 0), -np.inf, device=device)
             best_i = torch.zeros((E.shape[0], 0), dtype=torch.int64, device=device)
             for c in range(0, self.n_labels, label_chunk):
@@ -116,7 +135,7 @@ class DenseModel:
         return np.concatenate(idx_parts), np.concatenate(val_parts)
 
     def predict(self, X: sp.csr_matrix, k: int, device: str = "cpu") -> sp.csr_matrix:
-        """(N x L) CSR of each row's top-k dense scores mapped to (0, 1] (``probabilities``)."""
+        """(N x L) CSR of each row's top-k dense scores mapped to (0, 1]: ``exp(beta * (s - s_top))``."""
         idx, val = self.topk(X, k, device=device)
         return from_topk(idx, probabilities(val, self.beta), self.n_labels)
 
@@ -137,14 +156,21 @@ class DenseModel:
         if missing:
             raise BundleError(f"{path}: missing array(s) {missing}")
         D, d = arrays["embedding"].shape
+        rows = n_labels
+        if "copy_label" in arrays:
+            owner = arrays["copy_label"]
+            if owner.ndim != 1 or not np.issubdtype(owner.dtype, np.integer) or len(owner) < n_labels \
+                    or (len(owner) and (owner.min() < 0 or owner.max() >= n_labels)):
+                raise BundleError(f"{path}: copy_label must be >= {n_labels} label ids in [0, {n_labels})")
+            rows = len(owner)
         shapes = {"embedding": (n_features, d), "mlp_0_weight": (d, d), "mlp_0_bias": (d,),
-                  "mlp_2_weight": (d, d), "mlp_2_bias": (d,), "prototypes": (n_labels, d + 1), "fusion": (3,)}
+                  "mlp_2_weight": (d, d), "mlp_2_bias": (d,), "prototypes": (rows, d + 1), "fusion": (3,)}
         for key, shape in shapes.items():
             if arrays[key].shape != shape:
                 raise BundleError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}")
             if not np.all(np.isfinite(arrays[key])):
                 raise BundleError(f"{path}: {key} holds NaN or inf: the model is corrupt")
-        return cls(arrays)
+        return cls(arrays, n_labels)
 
 
 def probabilities(scores: np.ndarray, beta: float) -> np.ndarray:
@@ -168,7 +194,7 @@ def dense_model_of(net: PrimeNet, C: torch.Tensor, text: Triple | None = None) -
             arrays[f"mlp_{i}_bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
         arrays["prototypes"] = all_prototypes(net, C, text).cpu().numpy().astype(np.float32)
     arrays["fusion"] = np.zeros(3, dtype=np.float64)
-    return DenseModel(arrays)
+    return DenseModel(arrays, net.prototypes.n_labels)
 
 
 def all_prototypes(net: PrimeNet, C: torch.Tensor, text: Triple | None = None, chunk: int = 8192

@@ -7,8 +7,9 @@ labels share a tree cluster: confusable negatives). The loss runs both ways (doc
 labels -> documents). Embedding rows get sparse gradients and sparse Adam on CPU: a dense Adam
 step over a 56K x 512 table was 0.33 s of every step on debian-deps.
 
-With ``world`` > 1 (torch.distributed initialised by Ray Train) rank r takes the r-th share of the
-same seeded permutation, every rank takes the same number of steps, and DDP averages gradients.
+With ``world`` > 1 (torch.distributed initialised by Ray Train) rank r takes the r-th share of each
+batch of the same seeded permutation (``dense_batch_size / world`` rows), every rank takes the same
+number of steps, and DDP averages gradients.
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ def train_prime(
     net = net or PrimeNet(data.X.shape[1], L, params, sparse)
     net.to(device)
     model = wrap(net) if wrap is not None else net
-    steps = max(1, n // (params.dense_batch_size * world))
+    # the global batch stays dense_batch_size (each rank takes its share of it), so 1 and W workers
+    # take the same optimizer steps; only where the in-batch negatives come from differs
+    local = max(1, params.dense_batch_size // world)
+    steps = max(1, n // (local * world))
     opts, scheds = optimizers(net, params, steps * params.dense_epochs, sparse)
     for s in scheds:  # a resumed run continues the schedule where the checkpoint left it
         for _ in range(start_epoch * steps):
@@ -136,9 +140,8 @@ def train_prime(
         t0 = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])
         C = centroids(net, data, device, rank, world) if params.centroids else None
-        order = batch_order(data, params, rng)[: steps * params.dense_batch_size * world]
-        mine = order.reshape(steps, world, params.dense_batch_size)[:, rank] if world > 1 \
-            else order.reshape(steps, params.dense_batch_size)
+        order = batch_order(data, params, rng)[: steps * local * world]
+        mine = order.reshape(steps, world, local)[:, rank]
         drop_rng = np.random.default_rng([seed, epoch, rank, 1])
         total = 0.0
         for b in _progress(mine, progress, epoch):
