@@ -10,7 +10,7 @@ RUN_DIR ?= runs/bibtex
 DATA := data/bibtex
 STORE = sqlite:///$(abspath $(RUN_DIR))/mlflow.db
 
-.PHONY: setup demo ui serve test lint bench bench-peers bench-scale clean
+.PHONY: setup demo ui serve test lint bench bench-peers bench-scale bench-prime clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ bench-peers: setup  # ours vs PECOS, omikuji, napkinXC (their own venv, bench/.p
 
 bench-scale: setup  # fit time, predict throughput, peak memory vs N and L (long: see README, Performance)
 	$(PY) bench/scale.py
+
+bench-prime: setup  # the hybrid (--dense prime) beside its own tree, ablations, Ray Train 1 vs 2 workers (long)
+	$(PY) bench/prime.py --sets bibtex --ablations --workers 1,2
+	$(PY) bench/prime.py --sets debian
+	$(PY) bench/prime_senses.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import RESULTS, ROOT, SYSTEMS, THREADS, WORK, Outcome, System, prepare, run
+from harness import OPT_IN, RESULTS, ROOT, SYSTEMS, THREADS, WORK, Outcome, System, prepare, run
 from tfidf import ReferenceTfidf, label_matrix
 
 from xmc import XMCParams, __version__  # noqa: F401
@@ -183,7 +183,7 @@ def resolve_sets(spec: str) -> list[str]:
 
 def systems_for(ds: Dataset, names: list[str]) -> list[System]:
     """The chosen systems; on a small-leaf dataset also the peers at our leaf and ours at leaf 100."""
-    chosen = [SYSTEMS[n] for n in names]
+    chosen = [{**SYSTEMS, **OPT_IN}[n] for n in names]
     if not ds.small_leaf:
         return chosen
     if "xmc-disentangled" in names:
@@ -351,9 +351,9 @@ def main() -> None:
     except ValueError as e:
         ap.error(str(e))
     names = args.systems.split(",")
-    unknown = [n for n in names if n not in SYSTEMS]
+    unknown = [n for n in names if n not in SYSTEMS and n not in OPT_IN]
     if unknown:
-        ap.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+        ap.error(f"unknown systems {unknown}; choose from {[*SYSTEMS, *OPT_IN]}")
     args.out.mkdir(parents=True, exist_ok=True)
     runs: list[Outcome] = []
     about: dict[str, str] = {}
@@ -382,7 +382,8 @@ def main() -> None:
     lines = verdicts(table) + not_leading(table)
     md = markdown(table, about, header) + "\n" + "\n".join(f"- {v}" for v in lines) + "\n"
     (args.out / "peers.md").write_text(md)
-    systems = {s.name: s.about for s in [*SYSTEMS.values(), *SMALL_LEAF_PEERS.values(), OURS_DEFAULT_LEAF]}
+    systems = {s.name: s.about for s in [*SYSTEMS.values(), *OPT_IN.values(), *SMALL_LEAF_PEERS.values(),
+                                         OURS_DEFAULT_LEAF]}
     (args.out / "peers.json").write_text(json.dumps(
         {"header": header, "about": about, "systems": systems, "table": table, "verdicts": lines,
          "runs": [r.to_dict() for r in runs]}, indent=2))

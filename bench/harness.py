@@ -67,6 +67,11 @@ SYSTEMS = {s.name: s for s in [
     System("napkinxc-plt", "napkinxc", {}, "napkinXC PLT defaults (2-way k-means, leaf 100)"),
 ]}
 """The table's rows, ours first. Small-leaf datasets pass their leaf size to ours (``Dataset.ours``)."""
+OPT_IN = {s.name: s for s in [
+    System("xmc-prime", "xmc", {"rounds": 1, "dense": "prime"},
+           "ours + the PRIME dense part fused with the tree (--dense prime); opt-in: its fit takes minutes"),
+]}
+"""Systems run only when named in ``--systems`` (not in the default table: too slow for every run)."""
 
 
 @dataclass(frozen=True)

@@ -149,11 +149,18 @@ def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path) ->
         return subprocess.run([sys.executable, "-m", "xmc.cli", *args], cwd=tmp_path, capture_output=True,
                               text=True, timeout=600)
 
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m", "--dense", "prime",
-            "--dense-epochs", "1", "--dense-dim", "32", "--json")
+            "--dense-epochs", "2", "--dense-dim", "32", "--json", "--tracking-uri", store, "--experiment", "prime")
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
     assert {"alpha", "gamma", "held_out", "epochs"} <= set(record["dense"])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    history = client.get_metric_history(record["mlflow"]["run_id"], "dense/loss")
+    assert sorted(m.step for m in history) == [1, 2]  # one point per epoch
+    assert "dense/alpha" in client.get_run(record["mlflow"]["run_id"]).data.metrics
     scores = {}
     for part in ("tree", "dense", "all"):
         r = xmc("predict", "--model", "m", "--x", str(bib / "X.tst.npz"), "--topk", "5", "--components", part,

@@ -125,9 +125,11 @@ class XMCModel:
         return fuse(tree, idx, scores, self.dense.alpha, self.dense.beta, k)
 
     def dense_device(self) -> str:
+        """Where the dense part scores: the GPU when one is seen (a model trained on CUDA still
+        serves on a CPU-only machine), unless the model's device is 'cpu'."""
         from xmc.core.solver import resolve_device
 
-        return resolve_device(self.params.solver.device)
+        return "cpu" if self.params.solver.device == "cpu" else resolve_device("auto")
 
     def predict_texts(
         self, texts: Iterable[str], *, topk: int | None = None, beam_size: int | None = None,

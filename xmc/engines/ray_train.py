@@ -47,7 +47,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             net, start, history = load_checkpoint(Path(folder), data.X.shape[1], data.Y.shape[1], params,
                                                   device)
 
-    def on_epoch(epoch: int, loss: float, net: Any, C: Any) -> None:
+    def on_epoch(epoch: int, loss: float, net: Any) -> None:
         record = epoch_record(net, data, held_out, params, device, epoch, loss)
         history.append(record)
         with tempfile.TemporaryDirectory() as tmp:

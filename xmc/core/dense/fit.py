@@ -74,7 +74,7 @@ def fit_dense(
         if resume and folder is not None and (folder / "epoch.npz").exists():
             net, start, history = load_checkpoint(folder, Xt.shape[1], Yt.shape[1], params, device)
 
-        def on_epoch(epoch: int, loss: float, net: Any, C: Any) -> None:
+        def on_epoch(epoch: int, loss: float, net: Any) -> None:
             record = epoch_record(net, data, held_out, params, device, epoch, loss)
             history.append(record)
             if observer is not None and hasattr(observer, "dense_epoch"):

@@ -15,7 +15,6 @@ number of steps, and DDP averages gradients.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,8 @@ from xmc.core.dense.net import PrimeNet
 from xmc.log import progress_bar
 from xmc.params import DenseParams
 
-EpochHook = Callable[[int, float, PrimeNet, torch.Tensor], None]
-"""Called after each epoch with (epoch, mean loss, net, centroids): metrics, checkpoints."""
+EpochHook = Callable[[int, float, PrimeNet], None]
+"""Called after each epoch with (epoch, this rank's mean loss, net): metrics, checkpoints."""
 
 
 @dataclass
@@ -133,11 +132,9 @@ def train_prime(
     for s in scheds:  # a resumed run continues the schedule where the checkpoint left it
         for _ in range(start_epoch * steps):
             s.step()
-    text = tensors(data.text, device) if data.text is not None and params.label_text else None
-    T = data.text
+    T = data.text if params.label_text else None
     gen = torch.Generator(device=device).manual_seed(seed + rank)
     for epoch in range(start_epoch, params.dense_epochs):
-        t0 = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])
         C = centroids(net, data, device, rank, world) if params.centroids else None
         order = batch_order(data, params, rng)[: steps * local * world]
@@ -151,7 +148,7 @@ def train_prime(
                 labels = np.zeros(1, dtype=np.int64)
             targets = torch.from_numpy(Yb[:, labels].toarray().astype(np.float32)).to(device)
             lab = torch.from_numpy(labels.astype(np.int64)).to(device)
-            t = tensors(T[labels], device) if text is not None and T is not None else None
+            t = tensors(T[labels], device) if T is not None else None
             S = model(tensors(dropped(data.X[b], params.feature_dropout, drop_rng), device), lab, t,
                       C[lab] if C is not None else None)
             loss = triplet(S, targets, params, gen)
@@ -166,9 +163,7 @@ def train_prime(
                 s.step()
             total += float(loss.detach())
         if on_epoch is not None:
-            on_epoch(epoch, total / max(len(mine), 1), net,
-                     C if C is not None else torch.zeros(L, params.dense_dim, device=device))
-        del t0
+            on_epoch(epoch, total / max(len(mine), 1), net)
     return net
 
 
