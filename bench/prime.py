@@ -6,9 +6,9 @@ For each real set one hybrid model is trained with the product's defaults plus `
 (the tree trained on the same rows, held-out rows apart for the fusion): ``components`` tree, dense
 and all are scored on the test split, so "tree" is the same tree the hybrid fuses. With
 ``--ablations`` each of label text, centroids, free vectors, the dynamic margin, cluster batches
-and the prototype transformer is switched in turn (the dense part's test P@1 is what moves).
+and the prototype transformer is switched from its default in turn (the dense part's test P@1 is what moves).
 With ``--workers 1,2`` the dense part is trained by 1 and by 2 Ray Train workers (DDP, gloo).
-Prints a markdown table; writes prime.md / prime.json under --out. Peak RSS is this process's
+Prints a markdown table; writes prime_<sets>[_ablations].{md,json} under --out. Peak RSS is this process's
 (the fit runs in it), read after each fit.
 """
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "default": {},
-    "no label text": {"label_text": False},
+    "label text on": {"label_text": True},
     "no centroids": {"centroids": False},
     "no free vectors": {"free_vectors": False},
     "fixed margin 0.3": {"margin_min": 0.3},
@@ -130,7 +130,8 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
     table = "\n".join(lines)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "prime" if len({r["variant"] for r in rows}) <= 1 else "prime_ablations"
+    stem = "prime_" + "_".join(sorted({r["set"] for r in rows}))
+    stem += "_ablations" if len({r["variant"] for r in rows}) > 1 else ""
     (out / f"{stem}.md").write_text("# bench/prime.py\n\n" + table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
