@@ -151,7 +151,8 @@ def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path) ->
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m", "--dense", "prime",
-            "--dense-epochs", "2", "--dense-dim", "32", "--json", "--tracking-uri", store, "--experiment", "prime")
+            "--dense-epochs", "2", "--dense-dim", "32", "--json", "--tracking-uri", store,
+            "--experiment", "prime")
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
     assert {"alpha", "gamma", "held_out", "epochs"} <= set(record["dense"])
