@@ -34,7 +34,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
 
 
-def _load_npz(folder: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def load_npz(folder: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The arrays ``keys`` of ``folder/name``, every one read in full; any failure is a BundleError."""
     try:
         with np.load(folder / name, allow_pickle=False) as z:
@@ -119,7 +119,7 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{where}: bad sizes (layers, n_features, n_labels, n_train)")
     required = ("tree.npz", "labels.npz", *(f"layer_{t}.npz" for t in range(len(layer_meta))))
     verify_checksums(folder, manifest.get("files"), required=required)
-    tz = _load_npz(folder, "tree.npz", ("copy_label", *(f"parent_{t}" for t in range(len(layer_meta)))))
+    tz = load_npz(folder, "tree.npz", ("copy_label", *(f"parent_{t}" for t in range(len(layer_meta)))))
     try:
         parents = tuple(tz[f"parent_{t}"].astype(np.int64) for t in range(len(layer_meta)))
         tree = LabelTree(parents, tz["copy_label"].astype(np.int64), n_labels)
@@ -128,7 +128,7 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
     weights = []
     for t in range(len(layer_meta)):
         name = f"layer_{t}.npz"
-        z = _load_npz(folder, name, ("data", "indices", "indptr", "shape"))
+        z = load_npz(folder, name, ("data", "indices", "indptr", "shape"))
         expected = (n_features + 1, len(parents[t]))
         shape = tuple(int(v) for v in np.asarray(z["shape"]).ravel())
         if shape != expected or n_children[t] != expected[1]:
@@ -140,7 +140,7 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
             raise BundleError(f"{folder / name}: invalid sparse matrix ({e})") from None
         _finite(folder, name, W.data)
         weights.append(W)
-    counts = _load_npz(folder, "labels.npz", ("label_counts",))["label_counts"]
+    counts = load_npz(folder, "labels.npz", ("label_counts",))["label_counts"]
     if counts.shape != (n_labels,) or not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
         raise BundleError(f"{folder}/labels.npz: label_counts must be {n_labels} counts >= 0, "
                           f"got shape {tuple(int(v) for v in counts.shape)} of {counts.dtype}")

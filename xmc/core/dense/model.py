@@ -146,15 +146,10 @@ class DenseModel:
     @classmethod
     def load(cls, folder: str | Path, n_features: int, n_labels: int) -> DenseModel:
         """Read and check every array's presence, shape and finiteness."""
+        from xmc.io.model_bundle import load_npz
+
         path = Path(folder) / FILE
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as e:  # zipfile, zlib and numpy raise their own types on a truncated file
-            raise BundleError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-        missing = [k for k in ARRAYS if k not in arrays]
-        if missing:
-            raise BundleError(f"{path}: missing array(s) {missing}")
+        arrays = load_npz(Path(folder), FILE, ARRAYS)
         D, d = arrays["embedding"].shape
         rows = n_labels
         if "copy_label" in arrays:
