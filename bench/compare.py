@@ -3,9 +3,9 @@
     python bench/compare.py [--seeds 3] [--sets real|synthetic|all|NAME,NAME...]
                             [--systems ...] [--out bench/results]
 
-Sets: real (bibtex; debian-deps through our own featurizer; debian-deps-tfidf, a reference
-TF-IDF that no system chose), derived (bibtex-composite) and synthetic (synth-*). The default
-runs all but synth-100k.
+Sets: real (bibtex; debian-deps and pypi-tags through our own featurizer; *-tfidf, the same
+corpus as a reference TF-IDF that no system chose), derived (bibtex-composite) and synthetic
+(synth-*). The default runs all but synth-100k.
 
 Every system trains and predicts in a process of its own on the same prepared files (rows
 L2-normalised, same splits) and is scored by the same code; see bench/harness.py. Peers run in
@@ -43,6 +43,7 @@ from xmc.research.synth import SynthSpec, generate
 
 BIBTEX = ROOT / "data" / "bibtex"
 DEBIAN = ROOT / "data" / "debian-deps"
+PYPI = ROOT / "data" / "pypi-tags"
 SMALL_LEAF = 16
 """Bibtex's leaf size for our model (issue 3's setting: 159 labels make leaf 100 a 2-leaf tree)."""
 SMALL_LEAF_PEERS = {
@@ -86,61 +87,73 @@ def composite() -> tuple[Any, ...]:
             "(xmc.research.composite, seed 0)")
 
 
-def read_corpus(split: str) -> list[dict[str, Any]]:
-    """debian-deps records {id, text, labels} of one split (data/debian-deps, the reference build)."""
-    with gzip.open(DEBIAN / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
+TEXT_CORPORA = {"debian-deps": DEBIAN, "pypi-tags": PYPI}
+"""Raw-text corpora the repository carries (records {id, text, labels}, reference builds)."""
+
+
+def read_corpus(split: str, corpus: str = "debian-deps") -> list[dict[str, Any]]:
+    """The records {id, text, labels} of one split of a text corpus (data/<corpus>)."""
+    with gzip.open(TEXT_CORPORA[corpus] / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def featurized_bundle() -> Path:
-    """``xmc featurize`` (its defaults) on debian-deps' train split; redone when the input changes."""
-    bundle = WORK / "featurized" / "debian-deps"
-    train = DEBIAN / "train.jsonl.gz"
+def featurized_bundle(corpus: str = "debian-deps") -> Path:
+    """``xmc featurize`` (its defaults) on a corpus' train split; redone when the input changes."""
+    bundle = WORK / "featurized" / corpus
+    train = TEXT_CORPORA[corpus] / "train.jsonl.gz"
+    stamp_file = bundle.parent / f"{corpus}.stamp"
     stamp = hashlib.sha256(train.read_bytes()).hexdigest()
-    if (bundle / "manifest.json").exists() and (bundle.parent / "debian-deps.stamp").exists() \
-            and (bundle.parent / "debian-deps.stamp").read_text() == stamp:
+    if (bundle / "manifest.json").exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return bundle
     print(f"featurizing {train} with `xmc featurize` (Spark, its default settings)", flush=True)
     cmd = [sys.executable, "-m", "xmc.cli", "featurize", "--input", str(train), "--out", str(bundle)]
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    log = bundle.parent / "debian-deps.log"
+    log = bundle.parent / f"{corpus}.log"
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"xmc featurize failed (exit {done.returncode}), see {log}:\n" + "\n".join(tail))
-    (bundle.parent / "debian-deps.stamp").write_text(stamp)
+    stamp_file.write_text(stamp)
     return bundle
 
 
-def debian_featurized() -> tuple[Any, ...]:
+def featurized(corpus: str) -> Callable[[], tuple[Any, ...]]:
     """Our product's path: `xmc featurize` fits the text transform on train; the test split goes
     through the vectorizer saved in the bundle (what `xmc predict --input` does). Every system
     then trains on the bundle's CSR: the same features for all."""
-    from xmc.io.features import load_label_names, load_split
-    from xmc.io.vectorizer import TextVectorizer
+    def build() -> tuple[Any, ...]:
+        from xmc.io.features import load_label_names, load_split
+        from xmc.io.vectorizer import TextVectorizer
 
-    bundle = featurized_bundle()
-    split = load_split(bundle, "train")
-    names = load_label_names(bundle) or []
-    test = read_corpus("test")
-    Xt = TextVectorizer.load(bundle / "vectorizer").transform(r["text"] for r in test)
-    Yt = label_matrix([r["labels"] for r in test], {n: i for i, n in enumerate(names)})
-    return (split.X, split.Y, Xt, Yt,
-            "debian-deps (data/debian-deps), features by `xmc featurize` at its defaults (words, min_df 2, "
-            "sublinear tf, L2); test labels unseen in train dropped (they count as misses)")
+        bundle = featurized_bundle(corpus)
+        split = load_split(bundle, "train")
+        names = load_label_names(bundle) or []
+        test = read_corpus("test", corpus)
+        Xt = TextVectorizer.load(bundle / "vectorizer").transform(r["text"] for r in test)
+        Yt = label_matrix([r["labels"] for r in test], {n: i for i, n in enumerate(names)})
+        return (split.X, split.Y, Xt, Yt,
+                f"{corpus} (data/{corpus}), features by `xmc featurize` at its defaults (word 1-2-grams, "
+                "min_df 2, sublinear tf, L2); test labels unseen in train dropped (they count as misses)")
+    return build
 
 
-def debian_tfidf() -> tuple[Any, ...]:
+def reference_tfidf(corpus: str) -> Callable[[], tuple[Any, ...]]:
     """A reference TF-IDF (bench/tfidf.py: scikit-learn's 1-2-gram defaults) fitted on train."""
-    train, test = read_corpus("train"), read_corpus("test")
-    vec = ReferenceTfidf.fit([r["text"] for r in train])
-    names = sorted({label for r in train for label in r["labels"]})
-    index = {n: i for i, n in enumerate(names)}
-    return (vec.transform(r["text"] for r in train), label_matrix([r["labels"] for r in train], index),
-            vec.transform(r["text"] for r in test), label_matrix([r["labels"] for r in test], index),
-            "debian-deps (data/debian-deps), reference TF-IDF of word 1-2-grams (bench/tfidf.py), fitted on "
-            "train; test labels unseen in train dropped (they count as misses)")
+    def build() -> tuple[Any, ...]:
+        train, test = read_corpus("train", corpus), read_corpus("test", corpus)
+        vec = ReferenceTfidf.fit([r["text"] for r in train])
+        names = sorted({label for r in train for label in r["labels"]})
+        index = {n: i for i, n in enumerate(names)}
+        return (vec.transform(r["text"] for r in train), label_matrix([r["labels"] for r in train], index),
+                vec.transform(r["text"] for r in test), label_matrix([r["labels"] for r in test], index),
+                f"{corpus} (data/{corpus}), reference TF-IDF of word 1-2-grams (bench/tfidf.py), fitted on "
+                "train; test labels unseen in train dropped (they count as misses)")
+    return build
+
+
+debian_featurized = featurized("debian-deps")
+"""debian-deps through `xmc featurize` (bench/prime.py reads it too)."""
 
 
 def synthetic(n_labels: int, n_features: int, n_train: int, n_test: int) -> Callable[[], tuple[Any, ...]]:
@@ -154,7 +167,9 @@ def synthetic(n_labels: int, n_features: int, n_train: int, n_test: int) -> Call
 DATASETS = {d.name: d for d in [
     Dataset("bibtex", bibtex, small_leaf=True),
     Dataset("debian-deps", debian_featurized),
-    Dataset("debian-deps-tfidf", debian_tfidf),
+    Dataset("debian-deps-tfidf", reference_tfidf("debian-deps")),
+    Dataset("pypi-tags", featurized("pypi-tags")),
+    Dataset("pypi-tags-tfidf", reference_tfidf("pypi-tags")),
     Dataset("bibtex-composite", composite, small_leaf=True, kind="derived"),
     Dataset("synth-1k", synthetic(1_000, 20_000, 20_000, 5_000), kind="synthetic"),
     Dataset("synth-10k", synthetic(10_000, 50_000, 100_000, 10_000), kind="synthetic"),

@@ -12,9 +12,9 @@ import compare  # noqa: E402
 
 
 def test_groups_resolve_in_order_without_repeats() -> None:
-    assert compare.resolve_sets("real") == ["bibtex", "debian-deps", "debian-deps-tfidf"]
-    assert compare.resolve_sets("bibtex,real,synth-1k") == ["bibtex", "debian-deps", "debian-deps-tfidf",
-                                                            "synth-1k"]
+    real = ["bibtex", "debian-deps", "debian-deps-tfidf", "pypi-tags", "pypi-tags-tfidf"]
+    assert compare.resolve_sets("real") == real
+    assert compare.resolve_sets("bibtex,real,synth-1k") == [*real, "synth-1k"]
     assert "synth-100k" not in compare.resolve_sets("all")
     assert {compare.DATASETS[d].kind for d in compare.resolve_sets("all")} == {"real", "derived", "synthetic"}
     with pytest.raises(ValueError, match="unknown set"):
