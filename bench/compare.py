@@ -98,11 +98,15 @@ def read_corpus(split: str, corpus: str = "debian-deps") -> list[dict[str, Any]]
 
 
 def featurized_bundle(corpus: str = "debian-deps") -> Path:
-    """``xmc featurize`` (its defaults) on a corpus' train split; redone when the input changes."""
+    """``xmc featurize`` (its defaults) on a corpus' train split; redone when the input or a
+    featurize default changes."""
+    from xmc.engines.spark.params import FeaturizeParams
+
     bundle = WORK / "featurized" / corpus
     train = TEXT_CORPORA[corpus] / "train.jsonl.gz"
     stamp_file = bundle.parent / f"{corpus}.stamp"
-    stamp = hashlib.sha256(train.read_bytes()).hexdigest()
+    defaults = json.dumps(FeaturizeParams().to_dict(), sort_keys=True).encode()
+    stamp = hashlib.sha256(train.read_bytes() + defaults).hexdigest()
     if (bundle / "manifest.json").exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return bundle
     print(f"featurizing {train} with `xmc featurize` (Spark, its default settings)", flush=True)
@@ -133,8 +137,9 @@ def featurized(corpus: str) -> Callable[[], tuple[Any, ...]]:
         Xt = TextVectorizer.load(bundle / "vectorizer").transform(r["text"] for r in test)
         Yt = label_matrix([r["labels"] for r in test], {n: i for i, n in enumerate(names)})
         return (split.X, split.Y, Xt, Yt,
-                f"{corpus} (data/{corpus}), features by `xmc featurize` at its defaults (word 1-2-grams, "
-                "min_df 2, sublinear tf, L2); test labels unseen in train dropped (they count as misses)")
+                f"{corpus} (data/{corpus}), features by `xmc featurize` at its defaults (words with "
+                "min_df 1, word pairs with min_df 2, sublinear tf, L2); test labels unseen in train dropped "
+                "(they count as misses)")
     return build
 
 

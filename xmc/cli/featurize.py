@@ -18,7 +18,7 @@ Runs on an embedded local[*] Spark by default; `--master spark://HOST:7077` or
 runs it on a cluster. Bad records fail the job with their file, line and field, unless
 --skip-bad (then they are counted and reported in the manifest).
 Example:
-  xmc featurize --input train.jsonl --out runs/bundle --min-df 2 --ngram-max 2 --test-fraction 0.1
+  xmc featurize --input train.jsonl --out runs/bundle --test-fraction 0.1
 """
 
 

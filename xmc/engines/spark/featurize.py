@@ -192,8 +192,9 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
     vocab = run.keep(fit_vocabulary(train, n_train, p), small=True)
     vectorizer = vectorizer_of(vocab, n_train, p, stop)
     if vectorizer.n_features == 0:
-        raise DataFormatError(f"empty vocabulary: no term is in min_df={p.min_df} training documents; "
-                              "lower --min-df", path=paths[0])
+        raise DataFormatError(f"empty vocabulary: no word is in min_df={p.min_df} training documents "
+                              f"(no word pair in min_df_bigram={p.min_df_bigram}); lower --min-df",
+                              path=paths[0])
     vectorizer.save(run.tmp / "vectorizer")
     run.lap("vocabulary")
     label_vocab = run.keep(label_vocabulary(train), small=True)

@@ -1,7 +1,8 @@
 """TF-IDF in Spark: Spark ML tokenizer, stop words and n-grams, then vocabulary and weights in Spark SQL.
 
 The vocabulary is chosen here rather than by ``CountVectorizer`` because ours must be
-deterministic and bounded by document frequency: terms with ``df >= min_df``, the
+deterministic and bounded by document frequency: words with ``df >= min_df`` and word pairs
+with ``df >= min_df_bigram`` (a pair is the only term with a space), the
 ``max_features`` most frequent by df, ordered by (df desc, term). Weights are computed on
 exploded (document, term) rows and gathered back into sorted index/value arrays, which is what
 the bundle stores; ``xmc.io.vectorizer.TextVectorizer`` repeats the same arithmetic for new text.
@@ -51,7 +52,8 @@ def fit_vocabulary(train: DataFrame, n_docs: int, params: FeaturizeParams) -> Da
     """
     df = (train.select(F.explode(F.array_distinct("terms")).alias("term"))
           .groupBy("term").agg(F.count(F.lit(1)).alias("df"))
-          .filter(F.col("df") >= params.min_df))
+          .filter(F.col("df") >= F.when(F.col("term").contains(" "), params.min_df_bigram)  # a pair: "a b"
+                  .otherwise(params.min_df)))
     top = df.orderBy(F.desc("df"), F.asc("term")).limit(params.max_features)
     order = Window.orderBy(F.desc("df"), F.asc("term"))
     return top.select(
