@@ -368,7 +368,7 @@ def test_default_vocabulary_keeps_a_word_seen_once_but_not_a_pair_seen_once(
     spark: Any, tmp_path: Path
 ) -> None:
     """The defaults (min_df 1, min_df_bigram 2): a rare word still matches new text; a one-off
-    word pair does not enter the vocabulary; --min-df-bigram 1 lets it in."""
+    word pair does not enter the vocabulary (one featurization: each costs the suite ~12 s)."""
     path = tmp_path / "c.jsonl"
     write_jsonl(path, [{"id": "a", "text": "zebra crossing sign", "labels": ["road"]},
                        {"id": "b", "text": "zebra crossing light", "labels": ["road"]}])
@@ -376,6 +376,5 @@ def test_default_vocabulary_keeps_a_word_seen_once_but_not_a_pair_seen_once(
     vocab = set(TextVectorizer.load(tmp_path / "d" / "vectorizer").vocab)
     assert {"sign", "light", "zebra crossing"} <= vocab  # words seen once; the pair seen twice
     assert not {"crossing sign", "crossing light"} & vocab  # pairs seen once
-    _featurize(spark, [path], tmp_path / "p", min_df_bigram=1)
-    pairs = set(TextVectorizer.load(tmp_path / "p" / "vectorizer").vocab)
-    assert {"crossing sign", "crossing light"} <= pairs
+    with pytest.raises(Exception, match="min_df_bigram=0"):
+        FeaturizeParams(min_df_bigram=0)
