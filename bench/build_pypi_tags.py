@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import gzip
-import hashlib
 import json
 import random
 import re
@@ -40,10 +39,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from build_debian_deps import is_test  # the same split rule: sha1(name)[0] < 52 is test
+
 INDEX_URL = "https://pypi.org/simple/"
 PROJECT_URL = "https://pypi.org/pypi/{name}/json"
-TEST_BYTE_BELOW = 52
-"""A project is in test when the first byte of sha1(name) is below this (52/256 = 20.3 %)."""
 LABEL_PREFIXES = ("Topic ::", "Framework ::")
 """The trove classifiers that describe what a project is about (the rest: licence, versions, status)."""
 
@@ -104,16 +103,13 @@ def document(record: dict[str, Any]) -> tuple[str, list[str]] | None:
     return f"{re.sub(r'[-_.]+', ' ', record['name'])} . {summary}", labels
 
 
-def is_test(name: str) -> bool:
-    """The split by name: a project stays on its side whatever else a sample holds."""
-    return hashlib.sha1(name.encode("utf-8")).digest()[0] < TEST_BYTE_BELOW
-
-
 def build(dump: Path, out: Path, min_label_count: int) -> dict[str, Any]:
     """Write out/train.jsonl.gz, out/test.jsonl.gz and out/stats.json from the dump."""
     docs: dict[str, tuple[str, list[str]]] = {}
+    n_dump = 0
     with dump.open() as lines:
         for line in lines:
+            n_dump += 1
             record = json.loads(line)["record"]
             if record is None:
                 continue
@@ -145,7 +141,7 @@ def build(dump: Path, out: Path, min_label_count: int) -> dict[str, Any]:
         "words_per_doc": round(sum(len(r["text"].split()) for r in every) / max(len(every), 1), 2),
         "min_label_count": min_label_count,
         "top_labels": Counter(label for r in splits["train"] for label in r["labels"]).most_common(10),
-        "projects_in_dump": sum(1 for _ in dump.open()),
+        "projects_in_dump": n_dump,
         "projects_with_labels": len(docs),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
