@@ -29,6 +29,20 @@ def free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
+def spark():  # type: ignore[no-untyped-def]
+    """One local Spark (2 cores, two shuffle partitions) for every test that featurizes in-process."""
+    from xmc.engines.spark.session import spark_session
+
+    session, created = spark_session("local[2]", {
+        "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+        "spark.driver.memory": "1g"})
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    if created:
+        session.stop()
+
+
+@pytest.fixture(scope="session")
 def bibtex() -> dict[str, sp.csr_matrix]:
     return {name: sp.load_npz(BIBTEX / f"{name}.npz").tocsr()
             for name in ("X.trn", "Y.trn", "X.tst", "Y.tst")}

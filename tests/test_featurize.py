@@ -1,7 +1,7 @@
 """Spark featurization on the real local Spark: equivalence with numpy references, bad input,
 XC input, and the CLI path featurize -> train --data -> predict --input.
 
-One session-scoped SparkSession (local[2], two shuffle partitions) serves every test here.
+One session-scoped SparkSession (local[2], two shuffle partitions; tests/conftest.py) serves every test here.
 """
 
 from __future__ import annotations
@@ -33,19 +33,6 @@ from xmc.io.features import (
 from xmc.io.readers import LabelVocab, read_records, read_xc, write_jsonl
 from xmc.io.vectorizer import TextVectorizer, python_pattern, utf16_len
 from xmc.research.synth import SynthSpec, write
-
-
-@pytest.fixture(scope="session")
-def spark():  # type: ignore[no-untyped-def]
-    from xmc.engines.spark.session import spark_session
-
-    session, created = spark_session("local[2]", {
-        "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
-        "spark.driver.memory": "1g"})
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    if created:
-        session.stop()
 
 
 def _featurize(spark: Any, inputs: list[Path], out: Path, **params: Any) -> dict[str, Any]:

@@ -175,9 +175,9 @@ class XMCModel:
             raise BundleError(f"{path}/manifest.json: bad field 'info' (expected an object)")
         folder = Path(path) / VECTORIZER_DIR
         vectorizer = TextVectorizer.load(folder) if folder.is_dir() else None
-        if vectorizer is not None and len(vectorizer.vocab) > parts["n_features"]:
-            raise BundleError(f"{folder}: {len(vectorizer.vocab)} terms for a model of {parts['n_features']} "
-                              "features")
+        if vectorizer is not None and vectorizer.n_features > parts["n_features"]:
+            raise BundleError(f"{folder}: {vectorizer.n_features} features for a model of "
+                              f"{parts['n_features']} features")
         members = [cls.load(Path(path) / TREES_DIR / str(t)) for t in range(1, params.tree.n_trees)]
         for t, m in enumerate(members, start=1):
             if (m.n_features, m.n_labels, m.n_train) != (parts["n_features"], parts["tree"].n_labels,

@@ -331,8 +331,10 @@ def input_example(vectorizer: Any, X: sp.spmatrix) -> Any:
     X = csr(X)
     rows = np.flatnonzero(np.diff(X.indptr))
     row = X[int(rows[0])] if len(rows) else X[0]
-    order = np.argsort(-row.data, kind="stable")[:EXAMPLE_TERMS]
-    ids, vals = row.indices[order], row.data[order]
+    words = row.indices < (vectorizer.n_terms if vectorizer is not None else X.shape[1])
+    data, indices = row.data[words], row.indices[words]  # a text encoder's columns follow the words
+    order = np.argsort(-data, kind="stable")[:EXAMPLE_TERMS]
+    ids, vals = indices[order], data[order]
     if vectorizer is not None:
         vocab = vectorizer.vocab
         return [" ".join(vocab[j] for j in sorted(ids.tolist()))]
@@ -371,7 +373,8 @@ def log_pyfunc(mlflow: Any, model_dir: Path, tmp: Path, registered_name: str | N
                example: Any) -> Any:
     """Log the model folder as a pyfunc (logged as code, no pickle) with an input example."""
     requirements = []
-    for pkg in REQUIREMENTS:
+    encoder = (model_dir / "vectorizer" / "encoder").is_dir()  # serving embeds text with transformers
+    for pkg in (*REQUIREMENTS, *(("transformers",) if encoder else ())):
         try:
             requirements.append(f"{pkg}=={metadata.version(pkg)}")
         except metadata.PackageNotFoundError:

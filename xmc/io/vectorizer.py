@@ -7,6 +7,8 @@ settings; ``TextVectorizer`` applies the same transform to new documents on one 
     -> terms = tokens (+ adjacent token pairs "a b" when ngram_max = 2) -> counts of vocabulary terms
     -> tf = 1 + ln(count) (sublinear) or count -> tf * idf, idf = ln((1 + N) / (1 + df)) + 1
     -> L2-normalised row
+    [-> with a pretrained text encoder (``xmc.io.text_encoder``): its unit embedding, times
+        ``encoder_weight``, appended as ``dim`` more columns; the row is L2-normalised again]
 
 Spark tokenizes with Java regexes, whose ``(?U)\\w`` differs from Python's ``\\w`` (Python leaves out
 combining marks, so it would cut Hindi or decomposed accents into pieces). ``\\w`` in the token
@@ -31,6 +33,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.errors import BundleError
+from xmc.io.text_encoder import TextEncoder
+
+ENCODER_DIR = "encoder"
 
 FORMAT = "xmc-vectorizer"
 SCHEMA_VERSION = 1
@@ -106,6 +111,10 @@ class TextVectorizer:
     sublinear_tf: bool = True
     l2_normalize: bool = True
     n_docs: int = 0
+    encoder: TextEncoder | None = None
+    """A frozen pretrained text encoder whose embedding follows the TF-IDF columns, or None."""
+    encoder_weight: float = 1.0
+    """Weight of the (unit) embedding against the (unit) TF-IDF part before the row is re-normalised."""
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,8 +128,14 @@ class TextVectorizer:
         self._stop = frozenset(w.lower() for w in self.stop_words)
 
     @property
-    def n_features(self) -> int:
+    def n_terms(self) -> int:
+        """Columns of the TF-IDF part (the vocabulary)."""
         return len(self.vocab)
+
+    @property
+    def n_features(self) -> int:
+        """Columns of a row: the vocabulary, then the encoder's embedding."""
+        return len(self.vocab) + (self.encoder.dim if self.encoder is not None else 0)
 
     def tokens(self, text: str) -> list[str]:
         """Tokens after lowercasing, the length filter and stop-word removal (Spark's order)."""
@@ -141,6 +156,14 @@ class TextVectorizer:
 
     def transform(self, texts: Iterable[str]) -> sp.csr_matrix:
         """(N x n_features) float32 CSR; terms outside the vocabulary are ignored."""
+        if self.encoder is None:
+            return self.tfidf(texts)
+        texts = list(texts)
+        return with_embedding(self.tfidf(texts), self.encoder.encode(texts), self.encoder_weight,
+                              self.l2_normalize)
+
+    def tfidf(self, texts: Iterable[str]) -> sp.csr_matrix:
+        """(N x n_terms) float32 CSR of the TF-IDF part."""
         indptr = [0]
         cols: list[np.ndarray] = []
         vals: list[np.ndarray] = []
@@ -159,7 +182,7 @@ class TextVectorizer:
         n = len(indptr) - 1
         col = np.concatenate(cols).astype(np.int32) if cols else np.zeros(0, np.int32)
         val = np.concatenate(vals).astype(np.float32) if vals else np.zeros(0, np.float32)
-        return sp.csr_matrix((val, col, np.asarray(indptr, np.int64)), shape=(n, self.n_features))
+        return sp.csr_matrix((val, col, np.asarray(indptr, np.int64)), shape=(n, self.n_terms))
 
     def config(self) -> dict[str, Any]:
         return {"lowercase": self.lowercase, "token_pattern": self.token_pattern,
@@ -171,8 +194,13 @@ class TextVectorizer:
         """``vectorizer.json`` (settings), ``vocab.json`` (terms by index), ``idf.npz``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "n_features": self.n_features,
+        # n_features here counts the terms (vocab.json); an encoder's columns follow them
+        meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "n_features": self.n_terms,
                 "idf": "ln((1 + n_docs) / (1 + df)) + 1", **self.config()}
+        if self.encoder is not None:
+            meta["text_encoder"] = {"folder": ENCODER_DIR, "dim": self.encoder.dim,
+                                    "weight": self.encoder_weight}
+            self.encoder.save(folder / ENCODER_DIR)
         (folder / "vectorizer.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
         np.savez(folder / "idf.npz", idf=self.idf)
@@ -200,9 +228,29 @@ class TextVectorizer:
         keys = ("lowercase", "token_pattern", "min_token_length", "ngram_max", "sublinear_tf",
                 "l2_normalize", "n_docs")
         try:
-            return cls(vocab, idf, stop_words=tuple(meta["stop_words"]), **{k: meta[k] for k in keys})
+            vectorizer = cls(vocab, idf, stop_words=tuple(meta["stop_words"]), **{k: meta[k] for k in keys})
+            if "text_encoder" in meta:
+                vectorizer.encoder = TextEncoder.load(folder / ENCODER_DIR)
+                vectorizer.encoder_weight = float(meta["text_encoder"]["weight"])
+                if vectorizer.encoder.dim != meta["text_encoder"]["dim"]:
+                    raise BundleError(f"{folder}: the text encoder is {vectorizer.encoder.dim} wide, "
+                                      f"vectorizer.json says {meta['text_encoder']['dim']}")
+            return vectorizer
         except BundleError:
             raise
         except Exception as e:  # a field missing or of the wrong type, a token pattern that does not compile
             raise BundleError(f"{folder}/vectorizer.json: bad field ({type(e).__name__}: {e})") from None
 
+
+
+def with_embedding(X: sp.csr_matrix, E: np.ndarray, weight: float, l2_normalize: bool) -> sp.csr_matrix:
+    """[X, weight * E] row by row, each row divided by its norm when ``l2_normalize`` (Spark's
+    ``xmc.engines.spark.text.with_embedding`` computes the same)."""
+    X = sp.csr_matrix(X, dtype=np.float32)
+    scale = np.ones(X.shape[0])
+    if l2_normalize:
+        sq = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
+        scale = 1.0 / np.sqrt(sq + weight * weight * np.sum(np.asarray(E, np.float64) ** 2, axis=1))
+    left = sp.diags(scale) @ X
+    right = sp.csr_matrix((weight * scale)[:, None] * E)
+    return sp.csr_matrix(sp.hstack([left, right], format="csr"), dtype=np.float32)

@@ -43,11 +43,21 @@ from xmc.engines.spark.read import (
     read_parquet,
     scan_lines,
 )
-from xmc.engines.spark.text import add_terms, fit_vocabulary, stop_words, tfidf, vectorizer_of
+from xmc.engines.spark.text import (
+    add_terms,
+    embed_column,
+    fit_vocabulary,
+    stop_words,
+    tfidf,
+    vectorizer_of,
+    with_embedding,
+)
 from xmc.engines.spark.xc import check_row_count, read_xc_rows
 from xmc.errors import DataFormatError
 from xmc.io.features import FORMAT, SCHEMA_VERSION, SHARD_COLUMNS, input_fingerprint
 from xmc.io.files import atomic_dir, check_target, manifest_format_is, sha256
+from xmc.io.text_encoder import TextEncoder
+from xmc.io.vectorizer import ENCODER_DIR
 
 BUCKETS = 10_000
 SPLIT_RULE = ("bucket = crc32(utf8(id)) % 10000; test if bucket < 10000 * test_fraction, "
@@ -127,6 +137,11 @@ def check_inputs(paths: Sequence[str], out: str | Path, params: FeaturizeParams)
         if "://" not in p and Path(p).exists() and Path(p).resolve() == Path(out).resolve():
             raise DataFormatError("the input is also --out: it would be replaced", path=p)
     fmt = detect_format(paths, params.input_format)
+    if params.text_encoder and fmt == "xc":
+        raise DataFormatError("text_encoder embeds raw text, and XC input is BoW with no text: drop "
+                              "--text-encoder or featurize {id, text, labels} records", path=paths[0])
+    if params.text_encoder:  # the folder and its weights, checked before any Spark work
+        TextEncoder.from_pretrained(params.text_encoder, params.text_encoder_max_length)
     preflight(paths, fmt)
     return fmt
 
@@ -160,7 +175,7 @@ def featurize(
             "spark": {"version": spark.version, "master": spark.sparkContext.master},
             "seconds": {**run.seconds, "total": round(time.perf_counter() - start, 3)},
             "files": {f.relative_to(tmp).as_posix(): sha256(f) for f in sorted(tmp.rglob("*"))
-                      if f.is_file() and f.parent in (tmp, tmp / "vectorizer")},
+                      if f.is_file() and (f.parent == tmp or f.relative_to(tmp).parts[0] == "vectorizer")},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
@@ -183,7 +198,8 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
     # partitions grows with the corpus, so each task's memory stays bounded.
     parts = max(run.spark.sparkContext.defaultParallelism,
                 math.ceil((report.records - report.total) / p.docs_per_partition))
-    docs = run.keep(add_terms(good, p, stop).drop("text").repartition(parts, "key"))
+    terms = add_terms(good, p, stop)
+    docs = run.keep((terms if p.text_encoder else terms.drop("text")).repartition(parts, "key"))
     train = docs.filter(F.col("split") == "train")
     n_train = train.count()
     run.release(parsed)  # the documents are materialised: their text is no longer needed
@@ -191,10 +207,13 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
         raise DataFormatError("no training documents (every record is bad or in valid/test)", path=paths[0])
     vocab = run.keep(fit_vocabulary(train, n_train, p), small=True)
     vectorizer = vectorizer_of(vocab, n_train, p, stop)
-    if vectorizer.n_features == 0:
+    if vectorizer.n_terms == 0:
         raise DataFormatError(f"empty vocabulary: no word is in min_df={p.min_df} training documents "
                               f"(no word pair in min_df_bigram={p.min_df_bigram}); lower --min-df",
                               path=paths[0])
+    if p.text_encoder:  # saved first: the executors' embedding step reads the bundle's own copy
+        vectorizer.encoder = TextEncoder.from_pretrained(p.text_encoder, p.text_encoder_max_length)
+        vectorizer.encoder_weight = p.text_encoder_weight
     vectorizer.save(run.tmp / "vectorizer")
     run.lap("vocabulary")
     label_vocab = run.keep(label_vocabulary(train), small=True)
@@ -204,11 +223,19 @@ def _text(run: _Run, paths: list[str], fmt: str) -> dict[str, Any]:
     np.savez(run.tmp / "label_stats.npz", freq=table.column("freq").to_numpy().astype(np.int64))
     log.info(f"{n_train} training documents, {vectorizer.n_features} features, {len(names)} labels")
     labels = encode_labels(docs, label_vocab)
-    rows = (docs.select(*ORDER, F.col("id").alias("doc_id"), "split")
+    embedding = ([embed_column(str(run.tmp / "vectorizer" / ENCODER_DIR)).alias("embedding")]
+                 if p.text_encoder else [])
+    rows = (docs.select(*ORDER, F.col("id").alias("doc_id"), "split", *embedding)
             .join(tfidf(docs, vocab, p), "key", "left").join(labels, "key", "left"))
-    rows = _fill_empty(rows)
+    rows = _fill_empty(rows, *(["embedding"] if embedding else []))
+    if embedding:
+        rows = with_embedding(rows, vectorizer.n_terms, p.text_encoder_weight, p.l2_normalize)
     body = _write(run, rows, vectorizer.n_features, len(names))
-    return {"features": "tfidf", "normalization": "l2" if p.l2_normalize else "none",
+    n_terms, n_features = vectorizer.n_terms, vectorizer.n_features
+    encoder = ({"text_encoder": {"source": p.text_encoder, "dim": n_features - n_terms,
+                                 "columns": [n_terms, n_features]}} if p.text_encoder else {})
+    return {"features": "tfidf" + (" + text encoder" if p.text_encoder else ""), **encoder,
+            "normalization": "l2" if p.l2_normalize else "none",
             "tf": "1 + ln(count)" if p.sublinear_tf else "count", "idf": "ln((1 + N) / (1 + df)) + 1",
             "vectorizer": "vectorizer", **body, "bad_records": report.to_dict()}
 
@@ -233,10 +260,10 @@ def _xc(run: _Run, paths: list[str]) -> dict[str, Any]:
     return {"features": "given (XC BoW)", "normalization": "none", **body, "bad_records": report.to_dict()}
 
 
-def _fill_empty(rows: DataFrame) -> DataFrame:
+def _fill_empty(rows: DataFrame, *extra: str) -> DataFrame:
     """Documents with no known term or no label keep their row, with empty arrays."""
     return rows.select(
-        *ORDER, "doc_id", "split",
+        *ORDER, "doc_id", "split", *extra,
         F.coalesce("feat_idx", F.array().cast("array<int>")).alias("feat_idx"),
         F.coalesce("feat_val", F.array().cast("array<float>")).alias("feat_val"),
         F.coalesce("label_idx", F.array().cast("array<int>")).alias("label_idx"),

@@ -57,6 +57,12 @@ class FeaturizeParams:
     """Term frequency tf -> 1 + ln(tf): a word repeated 10 times is not 10 times the evidence."""
     l2_normalize: bool = True
     """L2-normalise each document's TF-IDF row (so long documents do not dominate)."""
+    text_encoder: str = ""
+    """A local pretrained text encoder: a Hugging Face or sentence-transformers model folder (config.json, model.safetensors, tokenizer). Its pooled unit embedding of each document is appended to the TF-IDF row as extra columns, frozen, and saved in the bundle so prediction embeds new text the same way ('' = none; needs pip install 'xmc[text]')."""
+    text_encoder_weight: float = 1.0
+    """Weight of the embedding against the TF-IDF part (both unit-norm) before the row is L2-normalised again."""
+    text_encoder_max_length: int = 128
+    """Tokens of each document the text encoder reads (longer text is truncated)."""
     docs_per_partition: int = 5000
     """Documents per task in the per-document steps: fewer = less memory per task, more tasks."""
     cooc_topk: int = 10
@@ -91,6 +97,10 @@ class FeaturizeParams:
             _require(math.isfinite(value) and 0 <= value < 1, name, value, "use a share in [0, 1)")
         _require(self.valid_fraction + self.test_fraction < 1, "valid_fraction + test_fraction",
                  self.valid_fraction + self.test_fraction, "leave some documents for training (sum < 1)")
+        _require(math.isfinite(self.text_encoder_weight) and self.text_encoder_weight > 0, "text_encoder_weight",
+                 self.text_encoder_weight, "use a weight > 0, e.g. 1.0")
+        _require(self.text_encoder_max_length >= 1, "text_encoder_max_length", self.text_encoder_max_length,
+                 "use >= 1 tokens, e.g. 128")
         _require(self.max_examples >= 1, "max_examples", self.max_examples, "use >= 1")
 
     def to_dict(self) -> dict[str, Any]:

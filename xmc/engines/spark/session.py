@@ -79,7 +79,7 @@ def spark_session(
     An active session (notebook, test fixture) is reused as is. Otherwise ``master`` wins, then
     spark-submit's choice, then ``local[*]`` with ``LOCAL_DEFAULTS``; ``conf`` overrides those.
     Python workers must run this interpreter (else they start the system python without our
-    packages); the featurizer itself runs no Python on executors.
+    packages); the featurizer runs Python on executors only to embed text with a --text-encoder.
     """
     from pyspark.sql import SparkSession
 

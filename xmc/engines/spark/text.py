@@ -10,9 +10,11 @@ the bundle stores; ``xmc.io.vectorizer.TextVectorizer`` repeats the same arithme
 
 from __future__ import annotations
 
+import pandas as pd  # the text encoder's pandas UDF resolves its type hints at module level
 from pyspark.ml.feature import NGram, RegexTokenizer, StopWordsRemover
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, FloatType
 
 from xmc.engines.spark.params import FeaturizeParams
 from xmc.io.vectorizer import TextVectorizer, java_pattern
@@ -89,3 +91,34 @@ def vectorizer_of(vocab: DataFrame, n_docs: int, params: FeaturizeParams, stop: 
         token_pattern=params.token_pattern, min_token_length=params.min_token_length,
         stop_words=tuple(stop), ngram_max=params.ngram_max, sublinear_tf=params.sublinear_tf,
         l2_normalize=params.l2_normalize, n_docs=n_docs)
+
+
+def embed_column(encoder_folder: str) -> Column:
+    """``text`` -> ``array<float>``: the text encoder saved in ``encoder_folder`` (the bundle's own
+    copy, which executors read as they read and write the bundle) embeds each Arrow batch in the
+    executors' Python workers, one torch thread per task; the model loads once per worker."""
+    @F.pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
+    def embed(text: pd.Series) -> pd.Series:
+        from xmc.io.text_encoder import cached
+
+        return pd.Series(list(cached(encoder_folder).encode(text.tolist())))
+
+    return embed(F.col("text"))
+
+
+def with_embedding(rows: DataFrame, n_terms: int, weight: float, l2_normalize: bool) -> DataFrame:
+    """Rows whose ``feat_idx``/``feat_val`` are followed by the ``embedding`` times ``weight`` in the
+    columns ``n_terms``, ``n_terms + 1``, ...; re-normalised to unit length when asked (as
+    ``xmc.io.vectorizer.with_embedding`` does for new text)."""
+    def sq(a: str) -> Column:
+        return F.aggregate(a, F.lit(0.0), lambda acc, x: acc + x.cast("double") * x.cast("double"))
+
+    scale = (F.lit(1.0) / F.sqrt(sq("feat_val") + F.lit(weight * weight) * sq("embedding"))
+             if l2_normalize else F.lit(1.0))
+    dims = F.sequence(F.lit(n_terms), F.lit(n_terms) + F.size("embedding") - 1)
+    return rows.withColumn("_scale", scale).select(
+        *[c for c in rows.columns if c not in ("feat_idx", "feat_val", "embedding")],
+        F.concat("feat_idx", dims).alias("feat_idx"),
+        F.concat(F.transform("feat_val", lambda x: (x * F.col("_scale")).cast("float")),
+                 F.transform("embedding", lambda x: (x * F.lit(weight) * F.col("_scale")).cast("float"))
+                 ).alias("feat_val"))
