@@ -1,6 +1,6 @@
 """PRIME beside the tree: dense-only, tree-only and hybrid test P@k of one model per set, and ablations.
 
-    python bench/prime.py [--sets bibtex,debian] [--ablations] [--workers 1,2] [--out bench/results]
+    python bench/prime.py [--sets bibtex,debian,pypi-tags] [--ablations] [--workers 1,2] [--out bench/results]
 
 For each real set one hybrid model is trained with the product's defaults plus ``--dense prime``
 (the tree trained on the same rows, held-out rows apart for the fusion): ``components`` tree, dense
@@ -48,14 +48,17 @@ def load_set(name: str) -> tuple[Any, ...]:
         return (read_npz(d / "X.trn.npz"), read_npz(d / "Y.trn.npz", binary=True),
                 read_npz(d / "X.tst.npz"), read_npz(d / "Y.tst.npz", binary=True), None,
                 "Bibtex (data/bibtex, XC features: no vocabulary)")
-    from compare import debian_featurized, featurized_bundle
+    from compare import TEXT_CORPORA, featurized, featurized_bundle
 
     from xmc.core.dense.fit import label_text_rows
     from xmc.io.features import load_label_names
     from xmc.io.vectorizer import TextVectorizer
 
-    X, Y, Xt, Yt, desc = debian_featurized()
-    bundle = featurized_bundle()
+    corpus = {"debian": "debian-deps"}.get(name, name)
+    if corpus not in TEXT_CORPORA:
+        raise SystemExit(f"unknown set {name!r}: use bibtex, debian or one of {sorted(TEXT_CORPORA)}")
+    X, Y, Xt, Yt, desc = featurized(corpus)()
+    bundle = featurized_bundle(corpus)
     text = label_text_rows(load_label_names(bundle), TextVectorizer.load(bundle / "vectorizer"))
     return X, Y, Xt, Yt, text, desc
 
