@@ -51,6 +51,18 @@ def test_row_without_labels_scores_zero_and_empty_prediction() -> None:
     assert m["P@1"] == 0 and m["nDCG@1"] == 0
 
 
+def test_evaluating_leaves_the_callers_unsorted_float64_scores_intact() -> None:
+    """Scores with unsorted column indices (as top-k lists give them) in float64: the float32
+    canonical copy evaluate() makes must not reorder the caller's indices under its values."""
+    Y = sp.csr_matrix(np.eye(3, dtype=np.float32))
+    pred = sp.csr_matrix((np.array([0.9, 0.1] * 3), np.array([0, 1, 1, 2, 2, 0]), np.arange(0, 7, 2)),
+                         shape=(3, 3))
+    before = pred.toarray()
+    assert evaluate(Y, pred, (1,))["P@1"] == 100.0
+    assert np.array_equal(pred.toarray(), before)
+    assert evaluate(Y, pred, (1,))["P@1"] == 100.0
+
+
 def test_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="truth is"):
         evaluate(Y, P[:, :3])

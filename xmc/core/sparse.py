@@ -9,6 +9,11 @@ import scipy.sparse as sp
 def csr(A: sp.spmatrix | sp.sparray, dtype: type = np.float32) -> sp.csr_matrix:
     """Canonical CSR: given dtype, sorted indices, duplicates summed, explicit zeros dropped."""
     M = sp.csr_matrix(A, dtype=dtype)
+    if (M is not A and sp.issparse(A) and A.format == "csr" and not M.has_canonical_format
+            and np.shares_memory(M.indices, A.indices)):
+        # a dtype change copies the values but shares the index arrays: sorting M in place would
+        # reorder A's indices under A's old values (the caller's matrix silently corrupted)
+        M = M.copy()
     M.sum_duplicates()
     M.eliminate_zeros()
     M.sort_indices()
