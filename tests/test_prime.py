@@ -143,6 +143,42 @@ def test_dense_checkpoint_resumes_after_the_last_epoch(bibtex: dict[str, sp.csr_
     assert heard.heard == [3]  # only epoch 3 ran
     assert [e["epoch"] for e in model.info["dense"]["epochs"]] == [1, 2, 3]
     assert model.info["dense"]["epochs"][:2] == saved["history"]
+    assert (tmp_path / "dense" / "best.npz").exists()  # the best epoch so far survives a resume too
+    from xmc.core.dense.fit import best_epoch_of
+
+    assert model.info["dense"]["best_epoch"] == best_epoch_of(model.info["dense"]["epochs"]) >= 1
+
+
+def test_the_best_epoch_is_kept_and_patience_stops_training() -> None:
+    """The criterion is held-out (P@1 + P@5) / 2 averaged over the last 3 epochs, so a one-epoch spike
+    (epoch 3 here) does not win; training stops ``patience`` epochs after the best smoothed epoch,
+    whose weights are the ones kept. Without held-out rows the last epoch is kept."""
+    from xmc.core.dense.fit import BestEpoch, best_epoch_of
+
+    scores = [10.0, 30.0, 32.0, 60.0, 31.0, 33.0, 34.0, 20.0, 20.0, 20.0]
+    # trailing means: 10, 20, 24, 40.7, 41, 41.3, 32.7, 29, 24.7, 20: best at epoch index 5
+    net = torch.nn.Linear(2, 1)
+    best = BestEpoch(patience=2, scored=True)
+    stopped = -1
+    for epoch, s in enumerate(scores):
+        with torch.no_grad():
+            net.weight.fill_(float(epoch))
+        best.update({"epoch": epoch + 1, "val_P@1": s, "val_P@5": s}, net)
+        if best.stop():
+            stopped = epoch
+            break
+    assert stopped == 7 and best.epoch == 5
+    assert best_epoch_of(best.history) == 6
+    best.load_into(net)
+    assert float(net.weight[0, 0]) == 5.0
+    unscored = BestEpoch(patience=2, scored=False)
+    for epoch in range(4):
+        with torch.no_grad():
+            net.weight.fill_(float(epoch))
+        unscored.update({"epoch": epoch + 1, "val_P@1": 0.0, "val_P@5": 0.0}, net)
+        assert not unscored.stop()
+    unscored.load_into(net)
+    assert float(net.weight[0, 0]) == 3.0
 
 
 def test_label_text_rows_use_the_vectorizer_vocabulary() -> None:

@@ -5,8 +5,9 @@ same seeded permutation, its own share of every epoch's batches, gradients avera
 centroids summed over the ranks. After each epoch rank 0 reports the epoch's record (loss and
 held-out P@1, computed where the weights are) with a checkpoint: the network's arrays (``.npz``,
 never pickle) and the history so far. A fit whose ``--checkpoint-dir`` holds such a checkpoint
-resumes after its last epoch. The driver gets the final network and replays the records to the
-fit's observer (MLflow), one step per epoch.
+resumes after its last epoch. Every rank stops alike after ``dense_patience`` epochs without a
+better smoothed held-out score; the driver gets the best epoch's network (``best.npz``) and replays
+the records to the fit's observer (MLflow), one step per epoch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from xmc.core.dense.fit import epoch_record, load_checkpoint, save_checkpoint
+    from xmc.core.dense.fit import BestEpoch, epoch_record, load_checkpoint, save_checkpoint
     from xmc.core.dense.train import train_prime
 
     ctx = ray.train.get_context()
@@ -41,20 +42,25 @@ def _worker_loop(config: dict[str, Any]) -> None:
     device = config["device"]
     net, start = None, 0
     history: list[dict[str, float]] = []
+    # every rank holds the same weights (DDP) and scores the same held-out rows: same stop decision
+    best = BestEpoch(params.dense.dense_patience, held_out.X.shape[0] > 0)
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as folder:
             net, start, history = load_checkpoint(Path(folder), data.X.shape[1], data.Y.shape[1], params,
                                                   device)
+            best.restore(history, Path(folder), device)
 
-    def on_epoch(epoch: int, loss: float, net: Any) -> None:
+    def on_epoch(epoch: int, loss: float, net: Any) -> bool:
         record = epoch_record(net, data, held_out, params, device, epoch, loss)
         history.append(record)
+        best.update(record, net)
         with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_checkpoint(Path(tmp), net, epoch + 1, history)
+            if rank == 0:  # each reported checkpoint is whole: the last epoch and the best one
+                save_checkpoint(Path(tmp), net, epoch + 1, history, best.state)
             ray.train.report({**record, "epochs_done": epoch + 1},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+        return best.stop()
 
     train_prime(data, params.dense, device=device, seed=params.tree.seed, rank=rank, world=world, net=net,
                 start_epoch=start, on_epoch=on_epoch, wrap=lambda m: ray.train.torch.prepare_model(m),
@@ -70,7 +76,7 @@ def train_prime_ray(
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from xmc.core.dense.fit import load_checkpoint
+    from xmc.core.dense.fit import BestEpoch, load_checkpoint
 
     workers = params.dense.dense_workers
     cpus = max(1, int(ray.available_resources().get("CPU", workers)) // workers)
@@ -95,10 +101,14 @@ def train_prime_ray(
             raise RuntimeError("Ray Train finished without a checkpoint of the dense network")
         with result.checkpoint.as_directory() as folder:
             net, _, history = load_checkpoint(Path(folder), data.X.shape[1], data.Y.shape[1], params, device)
+            best = BestEpoch(0, True)
+            best.restore(history, Path(folder), device)
             if checkpoint_dir is not None:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                for name in ("epoch.npz", "history.json"):
-                    shutil.copy(Path(folder) / name, checkpoint_dir / name)
+                for name in ("best.npz", "history.json", "epoch.npz"):
+                    if (Path(folder) / name).exists():
+                        shutil.copy(Path(folder) / name, checkpoint_dir / name)
+        best.load_into(net)  # the best epoch's network, as the in-process fit keeps
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     if observer is not None and hasattr(observer, "dense_epoch"):

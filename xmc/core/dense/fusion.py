@@ -102,19 +102,21 @@ def _p(Y: sp.csr_matrix, pred: sp.csr_matrix) -> tuple[float, float]:
     return e["P@1"], e["P@5"]
 
 
-def fit_gamma(Y: sp.csr_matrix, raw: np.ndarray, label_counts: np.ndarray, k: int) -> tuple[float, float]:
-    """(gamma, dense P@1) best on held-out rows; ``raw`` is their dense score matrix without a prior."""
+def fit_gamma(Y: sp.csr_matrix, raw: np.ndarray, label_counts: np.ndarray, k: int
+              ) -> tuple[float, float, float]:
+    """(gamma, dense P@1, dense P@5) at the gamma best for held-out P@1; ``raw`` is the held-out rows'
+    dense score matrix without a prior."""
     import torch
 
     prior = torch.from_numpy(np.log1p(label_counts).astype(np.float32))
     R = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-    best = (-1.0, 0.0)
+    best = (-1.0, 0.0, 0.0)
     for g in GAMMAS:
         vals, idx = (R + g * prior).topk(min(k, R.shape[1]), dim=1)
-        p1 = _p(Y, from_topk(idx.numpy(), vals.numpy(), R.shape[1]))[0]
+        p1, p5 = _p(Y, from_topk(idx.numpy(), vals.numpy(), R.shape[1]))
         if p1 > best[0] + 1e-9:
-            best = (p1, g)
-    return best[1], best[0]
+            best = (p1, g, p5)
+    return best[1], best[0], best[2]
 
 
 def fit_fusion(Y: sp.csr_matrix, tree: sp.csr_matrix, dense_idx: np.ndarray, dense_scores: np.ndarray,

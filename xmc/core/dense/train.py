@@ -29,8 +29,9 @@ from xmc.core.dense.net import PrimeNet
 from xmc.log import progress_bar
 from xmc.params import DenseParams
 
-EpochHook = Callable[[int, float, PrimeNet], None]
-"""Called after each epoch with (epoch, this rank's mean loss, net): metrics, checkpoints."""
+EpochHook = Callable[[int, float, PrimeNet], bool]
+"""Called after each epoch with (epoch, this rank's mean loss, net): metrics, checkpoints. Returns
+True to stop training there (early stopping; every rank decides alike from the same held-out rows)."""
 
 
 @dataclass
@@ -162,8 +163,8 @@ def train_prime(
             for s in scheds:
                 s.step()
             total += float(loss.detach())
-        if on_epoch is not None:
-            on_epoch(epoch, total / max(len(mine), 1), net)
+        if on_epoch is not None and on_epoch(epoch, total / max(len(mine), 1), net):
+            break
     return net
 
 
