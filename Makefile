@@ -58,7 +58,7 @@ bench-scale: setup  # fit time, predict throughput, peak memory vs N and L (long
 
 bench-prime: setup  # the hybrid (--dense prime) beside its own tree, ablations, Ray Train 1 vs 2 workers (long)
 	$(PY) bench/prime.py --sets bibtex --ablations --workers 1,2
-	$(PY) bench/prime.py --sets debian
+	$(PY) bench/prime.py --sets bibtex,pypi-tags,debian
 	$(PY) bench/prime_senses.py
 
 clean:
