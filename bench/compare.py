@@ -337,12 +337,15 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     names = sorted({n for rows in table.values() for n in rows}, key=lambda n: (not n.startswith("xmc-"), n))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     width = 0.8 / len(names)
+    # one colour per system: the default 10-colour cycle gave two of 12 systems the same blue
+    colours = plt.get_cmap("tab20").colors
     for i, name in enumerate(names):
         xs = np.arange(len(table)) + i * width
         get = [(rows.get(name, {}).get("P@1", np.nan), rows.get(name, {}).get("P@1_sd", 0.0),
                 rows.get(name, {}).get("fit_s", np.nan)) for rows in table.values()]
-        axes[0].bar(xs, [g[0] for g in get], width, yerr=[g[1] for g in get], label=name)
-        axes[1].bar(xs, [g[2] for g in get], width, label=name)
+        colour = colours[i % len(colours)]
+        axes[0].bar(xs, [g[0] for g in get], width, yerr=[g[1] for g in get], label=name, color=colour)
+        axes[1].bar(xs, [g[2] for g in get], width, label=name, color=colour)
     for ax, title in zip(axes, ("P@1 (%), mean over seeds", "fit seconds (log)"), strict=True):
         ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, list(table), rotation=15)
         ax.set_title(title)
