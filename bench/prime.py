@@ -37,6 +37,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "prototype transformer (1 layer)": {"prototype_layers": 1},
     "PRIME's softmax weighting (tau 0.1)": {"softmax_tau": 0.1},
     "every epoch (patience 0; the best epoch still kept)": {"dense_patience": 0},
+    "sense prototypes (one per label copy)": {"sense_prototypes": True},
 }
 
 
