@@ -105,9 +105,8 @@ def fit_dense(
     fusion = fit_fusion(Yv, tree_pred, idx, vals, gamma, k)
     model = model.with_fusion(fusion.alpha, fusion.beta, gamma, counts)
     info = {"alpha": fusion.alpha, "beta": fusion.beta, "gamma": gamma, "held_out": fusion.record,
-            "epochs": history, "best_epoch": best_epoch_of(history), "seconds": time.perf_counter() - t0,
-            "device": device,
-            "workers": p.dense_workers}
+            "epochs": history, "best_epoch": best_epoch_of(history, held_out.X.shape[0] > 0),
+            "seconds": time.perf_counter() - t0, "device": device, "workers": p.dense_workers}
     return model, info
 
 
@@ -173,12 +172,13 @@ def smoothed(history: list[dict[str, float]]) -> list[float]:
     return [float(np.mean(scores[max(0, i - SMOOTHING + 1): i + 1])) for i in range(len(scores))]
 
 
-def best_epoch_of(history: list[dict[str, float]]) -> int:
-    """The (1-based) epoch of the best smoothed held-out score, the first of ties; 0 if no epoch."""
+def best_epoch_of(history: list[dict[str, float]], scored: bool = True) -> int:
+    """The (1-based) epoch of the best smoothed held-out score, the first of ties (without held-out
+    rows: the last epoch, the one kept); 0 if no epoch."""
     if not history:
         return 0
     s = smoothed(history)
-    return int(history[int(np.argmax(s))]["epoch"])
+    return int(history[int(np.argmax(s)) if scored else -1]["epoch"])
 
 
 class BestEpoch:
