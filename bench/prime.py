@@ -32,7 +32,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "label text on": {"label_text": True},
     "no centroids": {"centroids": False},
     "no free vectors": {"free_vectors": False},
-    "fixed margin 0.3": {"margin_min": 0.3},
+    "dynamic margin (PRIME's 0.1 to 0.3)": {"margin_min": 0.1},
     "cluster batches on": {"cluster_batches": True},
     "prototype transformer (1 layer)": {"prototype_layers": 1},
     "PRIME's softmax weighting (tau 0.1)": {"softmax_tau": 0.1},
