@@ -9,7 +9,9 @@ step over a 56K x 512 table was 0.33 s of every step on debian-deps.
 
 With ``world`` > 1 (torch.distributed initialised by Ray Train) rank r takes the r-th share of each
 batch of the same seeded permutation (``dense_batch_size / world`` rows), every rank takes the same
-number of steps, and DDP averages gradients.
+number of steps, and DDP averages gradients. A rank's documents are scored against the labels of
+the whole global batch (no communication: every rank holds the rows and the permutation), so their
+negatives are one process's; with only its own rows' labels, 2 workers fell 1.1 P@1 behind 1 on Bibtex.
 """
 
 from __future__ import annotations
@@ -139,12 +141,15 @@ def train_prime(
         rng = np.random.default_rng([seed, epoch])
         C = centroids(net, data, device, rank, world) if params.centroids else None
         order = batch_order(data, params, rng)[: steps * local * world]
+        batches = order.reshape(steps, world * local)
         mine = order.reshape(steps, world, local)[:, rank]
         drop_rng = np.random.default_rng([seed, epoch, rank, 1])
         total = 0.0
-        for b in _progress(mine, progress, epoch):
+        for step, b in enumerate(_progress(mine, progress, epoch)):
             Yb = data.Y[b]
-            labels = np.unique(Yb.indices)
+            # the labels of the whole global batch, as one process sees them: every rank holds all
+            # rows and the same permutation, so its documents meet the same in-batch negatives
+            labels = np.unique(data.Y[batches[step]].indices)
             if len(labels) == 0:
                 labels = np.zeros(1, dtype=np.int64)
             targets = torch.from_numpy(Yb[:, labels].toarray().astype(np.float32)).to(device)
