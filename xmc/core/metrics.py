@@ -29,7 +29,7 @@ def propensity(label_counts: np.ndarray, n_train: int, a: float = PROPENSITY_A,
     return 1.0 / (1.0 + c * np.exp(-a * np.log(np.asarray(label_counts, np.float64) + b)))
 
 
-def _hits(Y: sp.csr_matrix, idx: np.ndarray) -> np.ndarray:
+def label_hits(Y: sp.csr_matrix, idx: np.ndarray) -> np.ndarray:
     """(n x k) 0/1: is the predicted label idx[i, r] a true label of row i? (-1 = no prediction)."""
     n_labels = Y.shape[1]
     rows, cols = Y.nonzero()
@@ -68,7 +68,7 @@ def metric_sums(
         raise ValueError(f"truth is {Y.shape} but predictions are {pred.shape}")
     kmax = max(ks)
     idx, _ = topk_rows(pred, kmax)
-    hits = _hits(Y, idx)
+    hits = label_hits(Y, idx)
     n_pos = np.diff(Y.indptr).astype(np.float64)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
     out: dict[str, float] = {"n": float(Y.shape[0])}

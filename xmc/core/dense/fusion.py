@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.core.metrics import evaluate
-from xmc.core.sparse import from_topk, topk_rows
+from xmc.core.metrics import evaluate, label_hits
+from xmc.core.sparse import csr, from_topk, topk_rows
 
 GAMMAS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -90,10 +90,7 @@ def fuse(tree: sp.csr_matrix, dense_idx: np.ndarray, dense_scores: np.ndarray, a
 def per_row(Y: sp.csr_matrix, pred: sp.csr_matrix) -> np.ndarray:
     """Each row's (P@1 + P@5) / 2, in points: the quantity the fusion maximises, row by row."""
     idx, _ = topk_rows(sp.csr_matrix(pred), 5)
-    valid = idx >= 0
-    rows = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
-    hits = np.zeros(idx.shape)
-    hits[valid] = np.asarray(sp.csr_matrix(Y)[rows[valid], idx[valid]]).ravel() > 0
+    hits = label_hits(csr(Y), idx)  # evaluate()'s own hit test, kept per row
     return 100.0 * (hits[:, 0] + hits.sum(axis=1) / 5) / 2
 
 
@@ -123,19 +120,20 @@ def fit_fusion(Y: sp.csr_matrix, tree: sp.csr_matrix, dense_idx: np.ndarray, den
                gamma: float, k: int) -> Fusion:
     """(alpha, beta) for the best held-out (P@1 + P@5) / 2 that keeps P@1, given both top-k lists."""
     L = tree.shape[1]
-    base = _p(Y, fuse(tree, dense_idx, dense_scores, 0.0, 1.0, k))
+    tree_alone = fuse(tree, dense_idx, dense_scores, 0.0, 1.0, k)
+    base = _p(Y, tree_alone)
     dense_p = _p(Y, from_topk(dense_idx, dense_scores, L))
-    best = (base, 0.0, BETAS[0])
+    best = (base, 0.0, BETAS[0], tree_alone)
     for beta in BETAS:
         for alpha in ALPHAS:
-            got = _p(Y, fuse(tree, dense_idx, dense_scores, alpha, beta, k))
+            hybrid = fuse(tree, dense_idx, dense_scores, alpha, beta, k)
+            got = _p(Y, hybrid)
             if got[0] >= base[0] and sum(got) > sum(best[0]):
-                best = (got, alpha, beta)
-    (p1, p5), alpha, beta = best
+                best = (got, alpha, beta, hybrid)
+    (p1, p5), alpha, beta, chosen = best
     gain, se = 0.0, 0.0
     if alpha > 0:
-        d = per_row(Y, fuse(tree, dense_idx, dense_scores, alpha, beta, k)) \
-            - per_row(Y, fuse(tree, dense_idx, dense_scores, 0.0, 1.0, k))
+        d = per_row(Y, chosen) - per_row(Y, tree_alone)
         gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else np.inf
     if gain < MIN_GAIN or gain < Z * se:
         (p1, p5), alpha = base, 0.0
