@@ -16,6 +16,8 @@ product ``[e, 1] . [p, b_l]``, so retrieval stays an exact maximum inner product
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,8 +100,11 @@ class PrimeNet(nn.Module):
         self.prototypes = PrototypeNetwork(n_labels, params.dense_dim, params, sparse)
 
     def forward(self, x: tuple[torch.Tensor, ...], labels: torch.Tensor,
-                text: tuple[torch.Tensor, ...] | None, centroid: torch.Tensor | None) -> torch.Tensor:
-        """Scores (documents x labels) of a batch against the prototypes of ``labels``."""
-        E = with_one(self.encoder(*x))
+                text: tuple[torch.Tensor, ...] | None, centroid: torch.Tensor | None,
+                share: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Scores (documents x labels) of a batch against the prototypes of ``labels``; ``share``
+        turns a data-parallel rank's embeddings into the whole global batch's (``train.gathered``)."""
+        E = self.encoder(*x)
+        E = with_one(share(E) if share is not None else E)
         t = self.encoder.bag(*text) if text is not None else None
         return E @ self.prototypes(labels, t, centroid).T
