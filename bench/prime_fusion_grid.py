@@ -45,13 +45,14 @@ def grid(name: str) -> list[dict[str, Any]]:
     _, _, Xv, Yv = split_validation(Xp, csr(Y), held, params.tree.seed)  # the fit's own held-out rows
     k = max(params.predict.topk, 10)
     rows = []
-    for split, (A, B) in {"held-out": (Xv, Yv), "test": (prepare_features(Xt, params, X.shape[1]), Yt)}.items():
+    splits = {"held-out": (Xv, Yv), "test": (prepare_features(Xt, params, X.shape[1]), Yt)}
+    for split, (A, B) in splits.items():
         tree = model.predict(A, topk=k, components="tree")
         idx, vals = model.dense.topk(A, k)
         for beta in BETAS:
             for alpha in (0.0,) + ALPHAS:
-                e = evaluate(B, fuse(tree, idx, vals, alpha, beta, k), (1, 5), label_counts=model.label_counts,
-                             n_train=model.n_train)
+                hybrid = fuse(tree, idx, vals, alpha, beta, k)
+                e = evaluate(B, hybrid, (1, 5), label_counts=model.label_counts, n_train=model.n_train)
                 rows.append({"set": name, "split": split, "alpha": alpha, "beta": beta,
                              **{m: round(e[m], 2) for m in METRICS}, "chosen": alpha == model.dense.alpha})
     return rows
@@ -64,8 +65,8 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
     lines = ["# bench/prime_fusion_grid.py", "",
              "Gains over the tree alone (alpha 0) of each fusion weight, in points.", "",
              "| set | split | alpha | beta | P@1 | P@5 | PSP@5 |", "|---|---|---|---|---|---|---|"]
-    summary = ["", "| set | split | tree P@1 / PSP@5 | best PSP@5 gain with P@1 >= tree - 0.1 (alpha, beta) |",
-               "|---|---|---|---|"]
+    summary = ["", "| set | split | tree P@1 / PSP@5 | best PSP@5 gain with P@1 >= tree - 0.1 "
+               "(alpha, beta) |", "|---|---|---|---|"]
     for key in dict.fromkeys((r["set"], r["split"]) for r in rows):
         part = [r for r in rows if (r["set"], r["split"]) == key]
         tree = next(r for r in part if r["alpha"] == 0)

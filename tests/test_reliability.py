@@ -5,6 +5,7 @@ vouches for every file it holds. (Property-based variants: tests/test_fuzz.py.)"
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -147,6 +148,30 @@ def test_unexpected_error_is_one_line_and_a_log(monkeypatch: pytest.MonkeyPatch,
     log = Path(lines[0].split("full traceback in ")[1].rstrip(")"))
     assert log.parent == tmp_path / "logs" and "Traceback" in log.read_text()
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_an_unwritable_output_path_is_the_users_to_fix_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               small: dict[str, Path], capsys: Any) -> None:
+    """--out under /sys (the kernel refuses a new folder there, even to root): exit 2, the path and
+    what to do on one line, no crash log; a full disk (/dev/full, the kernel's ENOSPC) likewise."""
+    from xmc.cli.common import run_main
+
+    monkeypatch.setenv("XMC_LOG_DIR", str(tmp_path / "logs"))
+    out = Path("/sys/xmc-test-out/p.npz")
+    rc, err = run_cli(["predict", "--model", str(small["model"]), "--x", str(small["X"]), "--out", str(out)],
+                      capsys)
+    assert rc == 2 and "/sys/xmc-test-out" in err and "choose a path you can write" in err, err
+    assert not out.parent.exists() and not (tmp_path / "logs").exists()
+
+    def fill(_: Any) -> int:
+        with open("/dev/full", "w") as f:
+            f.write("x" * 65536)
+            f.flush()
+        return 0
+
+    assert run_main(fill, argparse.Namespace()) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "free space" in err and not (tmp_path / "logs").exists()
 
 
 # ---- crash consistency: temp siblings, foreign targets, nightly folders ----

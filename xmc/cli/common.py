@@ -8,6 +8,7 @@ code's defaults. Only flags the user typed override a ``--config`` file.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -109,7 +110,8 @@ def run_main(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     """Run a command under the CLI's failure contract (docs/operations.md, "Failure behaviour").
 
     Input we do not accept (an ``XMCError``: file, line, field or flag named) prints one message
-    and exits 2. Anything else is our bug or the machine's: one line with the error and the path
+    and exits 2, as does a path the user chose that cannot be written (permission, read-only, full
+    disk: ``USER_FIXABLE``). Anything else is our bug or the machine's: one line with the error and the path
     of a log file holding the full traceback, exit 1; never a bare traceback on the user's screen.
     """
     setup_cli_logging()
@@ -121,11 +123,36 @@ def run_main(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except KeyboardInterrupt:
         print("xmc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        if e.errno not in USER_FIXABLE:
+            return internal_error(e)
+        print(f"xmc: error: {os_error_message(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as e:  # the one place an unexpected error is caught: logged in full, summarised
-        log = write_crash_log(e)
-        where = f"full traceback in {log}" if log else f"no log written to {crash_log_dir()}"
-        print(f"xmc: internal error: {one_line(e)} ({where})", file=sys.stderr)
-        return EXIT_INTERNAL
+        return internal_error(e)
+
+
+USER_FIXABLE = {errno.EACCES: "choose a path you can write, or change its permissions",
+                errno.EPERM: "choose a path you can write, or change its permissions",
+                errno.EROFS: "the file system is read-only: choose another path",
+                errno.ENOSPC: "free space on that disk, or write somewhere else",
+                errno.EDQUOT: "your disk quota is used up: free space, or write somewhere else"}
+"""Errors of the machine that name a path the user chose and can fix: exit 2 with the path and
+what to do, not an internal error and a crash log."""
+
+
+def os_error_message(e: OSError) -> str:
+    """'PATH: No space left on device (free space ...)': the path, the system's words, the fix."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e} ({USER_FIXABLE.get(e.errno or 0, '')})"
+
+
+def internal_error(e: BaseException) -> int:
+    """Our bug or the machine's: the traceback to a log file, one line on stderr, exit 1."""
+    log = write_crash_log(e)
+    where = f"full traceback in {log}" if log else f"no log written to {crash_log_dir()}"
+    print(f"xmc: internal error: {one_line(e)} ({where})", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def job_main(

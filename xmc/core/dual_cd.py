@@ -31,7 +31,6 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-
 BLOCK = 64
 """Labels solved together: their weights ``W[f, :]`` (8 bytes each) stay a few cache lines per feature."""
 
