@@ -57,13 +57,18 @@ def from_pairs(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray,
 
 
 def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
-    import torch
-
     from xmc import XMCParams
     from xmc.core.fit import fit
+    from xmc.core.solver import resolve_device, use_dual_cd
 
-    torch.set_num_threads(threads)
-    model = fit(X, Y, XMCParams().replace(**p))
+    params = XMCParams().replace(**p)
+    # torch only where the fit runs it (PRIME, Newton-CG, a GPU), as the product loads it: importing
+    # it for every run had put ~300 MiB of torch into our peak RSS on sets where it never ran
+    if params.dense.dense != "none" or not use_dual_cd(params.solver, resolve_device(params.solver.device)):
+        import torch
+
+        torch.set_num_threads(threads)
+    model = fit(X, Y, params)
     model.save(work / "model")
     return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK), TOPK)), work / "model"
 
