@@ -53,7 +53,9 @@ def test_gate_promotes_only_a_clear_winner_within_latency_and_size() -> None:
 def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     cfg = tmp_path / "night.json"
     cases = {
-        '{"margin": "big"}': "[margin] 'big' has the wrong type: expected float",
+        '{"margin": "big"}': "[margin] margin='big' has the wrong type: expected float",
+        '{"executor": {"num_workers": "2"}}': "[executor] num_workers='2' has the wrong type: expected int",
+        '{"executor": {"workers": 2}}': "[executor] unknown executor parameter 'workers'",
         '{"colour": 1}': "[colour] unknown field",
         '{"train": {"rounds": -1}}': "[train]",
         '{"metric": "P@2"}': "metric='P@2' is invalid",

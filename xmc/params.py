@@ -335,10 +335,10 @@ class XMCParams:
             else:
                 groups[group][key] = value
         new_groups = {
-            name: dataclasses.replace(getattr(self, name), **_coerce(GROUPS[name], vals))
+            name: dataclasses.replace(getattr(self, name), **coerce_fields(GROUPS[name], vals))
             for name, vals in groups.items()
         }
-        return dataclasses.replace(self, **new_groups, **_coerce(XMCParams, top))
+        return dataclasses.replace(self, **new_groups, **coerce_fields(XMCParams, top))
 
 
 GROUPS: dict[str, type] = {
@@ -379,7 +379,7 @@ def flatten(data: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Check JSON/CLI values against the field's declared type before the dataclass sees them."""
     types = {f.name: f.type for f in fields(cls)}
     out: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xmc.errors import ParamError
-from xmc.params import _coerce, read_json_object
+from xmc.params import coerce_fields, read_json_object
 
 InputFormat = Literal["auto", "jsonl", "parquet", "xc"]
 StopWords = Literal["none", "english"]
@@ -112,7 +112,7 @@ class FeaturizeParams:
         for key in values:
             if key not in known:
                 raise ParamError(f"unknown featurize parameter {key!r}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **_coerce(FeaturizeParams, values))
+        return dataclasses.replace(self, **coerce_fields(FeaturizeParams, values))
 
     @classmethod
     def from_json(cls, path: str | Path) -> FeaturizeParams:

@@ -16,7 +16,7 @@ from typing import Any
 
 from xmc.engines.spark.params import FeaturizeParams
 from xmc.errors import ParamError, XMCError
-from xmc.params import ExecutorParams, XMCParams
+from xmc.params import ExecutorParams, XMCParams, coerce_fields
 
 NIGHTLY_VALIDATION_FRACTION = 0.1
 """Share of the night's training rows held out by default: rounds scored and stopped on it."""
@@ -184,32 +184,27 @@ def params_from_dict(
 
 
 def _coerce(key: str, declared: str, value: Any, base: Path | None) -> Any:
+    """One field of the config: nested objects through their own params' checks, scalars through
+    ``xmc.params.coerce_fields`` (the type check every config and flag goes through), paths made
+    absolute against the config's folder."""
+    if declared in ("XMCParams", "FeaturizeParams", "ExecutorParams") and not isinstance(value, dict):
+        raise ParamError(f"expected an object of {declared.removesuffix('Params').lower()} parameters")
     if declared == "XMCParams":
-        if not isinstance(value, dict):
-            raise ParamError("expected an object of model parameters")
         train = XMCParams.from_dict(value)
         given = "validation_fraction" in value or "validation_fraction" in (value.get("disentangle") or {})
         return train if given else train.replace(validation_fraction=NIGHTLY_VALIDATION_FRACTION)
     if declared == "FeaturizeParams":
-        if not isinstance(value, dict):
-            raise ParamError("expected an object of featurize parameters")
         return FeaturizeParams().replace(**value)
     if declared == "ExecutorParams":
-        if not isinstance(value, dict):
-            raise ParamError("expected an object of executor parameters")
-        try:
-            return ExecutorParams(**value)
-        except TypeError as e:
-            raise ParamError(f"unknown executor parameter ({e})") from None
-    if declared == "float" and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if declared == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if declared == "str" and isinstance(value, str):
-        if key in _PATH_FIELDS and value and base is not None and "://" not in value:
-            return str(base / value)
-        return value
-    raise ParamError(f"{value!r} has the wrong type: expected {declared}")
+        known = {f.name for f in fields(ExecutorParams)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ParamError(f"unknown executor parameter {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return ExecutorParams(**coerce_fields(ExecutorParams, value))
+    value = coerce_fields(NightlyParams, {key: value})[key]
+    if key in _PATH_FIELDS and value and base is not None and "://" not in value:
+        return str(base / value)
+    return value
 
 
 @contextlib.contextmanager
