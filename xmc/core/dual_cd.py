@@ -41,7 +41,7 @@ debian-deps 3.2 / 3.0 / 3.1 / 3.6 / 9.9 s, its reference TF-IDF (203K features) 
 @njit(cache=True, nogil=True)
 def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_norms: np.ndarray,
                  y: np.ndarray, d: int, cost: float, tol: float, max_iter: int, seed: int) -> np.ndarray:
-    """W (d x m) of the labels whose +-1 targets are the columns of ``y`` (n x m)."""
+    """W (d x m) of the labels whose +-1 targets (int8) are the columns of ``y`` (n x m)."""
     n, m = y.shape
     W = np.zeros((d, m), dtype=np.float64)
     alpha = np.zeros((n, m), dtype=np.float64)
@@ -76,14 +76,15 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
                 if frozen[j]:
                     continue
                 a = alpha[i, j]
-                G = y[i, j] * z[j] - 1.0 + diag * a
+                yij = float(y[i, j])
+                G = yij * z[j] - 1.0 + diag * a
                 PG = 0.0 if a == 0.0 and G > 0.0 else G  # projected: a stays at its bound 0
                 pg_max[j] = max(pg_max[j], PG)
                 pg_min[j] = min(pg_min[j], PG)
                 if abs(PG) > 1e-12:
                     new = max(a - G / q, 0.0)
                     alpha[i, j] = new
-                    step[j] = (new - a) * y[i, j]
+                    step[j] = (new - a) * yij
                     moved = True
             if moved:
                 for p in range(indptr[i], indptr[i + 1]):
@@ -105,11 +106,11 @@ def solve_dual_cd(X: sp.csr_matrix, Y: np.ndarray, cost: float, tol: float, max_
     in blocks of ``BLOCK`` labels (memory: rows x BLOCK dual variables)."""
     X = sp.csr_matrix(X, dtype=np.float64)
     sq_norms = np.asarray(X.multiply(X).sum(axis=1)).ravel()
-    targets = np.where(np.asarray(Y) > 0, 1.0, -1.0)
+    Y = np.asarray(Y)
     indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
-    W = np.zeros((X.shape[1], targets.shape[1]), dtype=np.float32)
-    for a in range(0, targets.shape[1], BLOCK):
-        W[:, a:a + BLOCK] = _solve_block(indptr, indices, X.data, sq_norms,
-                                         np.ascontiguousarray(targets[:, a:a + BLOCK]), X.shape[1],
+    W = np.zeros((X.shape[1], Y.shape[1]), dtype=np.float32)
+    for a in range(0, Y.shape[1], BLOCK):  # +-1 targets one block at a time (int8: n x BLOCK bytes)
+        y = np.where(Y[:, a:a + BLOCK] > 0, 1, -1).astype(np.int8)
+        W[:, a:a + BLOCK] = _solve_block(indptr, indices, X.data, sq_norms, y, X.shape[1],
                                          float(cost), float(tol), int(max_iter), int(seed))
     return W
