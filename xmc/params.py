@@ -122,10 +122,7 @@ class PredictParams:
     """Map from a linear score z to (0, 1]: 'lp-hinge' exp(-max(0, 1-z)^p) or 'sigmoid'; path scores
     multiply. l6: validation P@1 +0.25 on debian-deps and +0.07 on Bibtex over PECOS's l3."""
     chunk_size: int = 2048
-    """Instances scored at once; bounds prediction memory. The last layer's padded candidate block
-    is chunk x beam x widest leaf: at 8192, debian-deps' test prediction peaked at 1,423 MiB RSS and
-    took 5.0 s; at 2048, 775 MiB and 3.2-3.8 s (4096: 1,160 MiB, 4.6 s; 1024: 584 MiB, 3.8 s), with
-    the same predictions."""
+    """Instances scored at once: bounds prediction memory (debian-deps: 775 MiB peak; 1,423 at 8192)."""
     copy_merge: CopyMerge = "max"
     """How the scores of a label's retrieved copies combine: 'max' or 'mean'."""
 
