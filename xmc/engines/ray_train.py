@@ -1,8 +1,9 @@
 """PRIME on Ray Train: data-parallel training (DDP over gloo on CPU, NCCL on GPU), a checkpoint per epoch.
 
 Each of ``dense_workers`` Ray Train workers runs ``xmc.core.dense.train.train_prime`` as one rank:
-same seeded permutation, its own share of every epoch's batches, gradients averaged by DDP, label
-centroids summed over the ranks. After each epoch rank 0 reports the epoch's record (loss and
+same seeded permutation, its own share of every global batch encoded, the embeddings all-gathered
+so every rank computes one process's loss, gradients averaged by DDP (one process's step, split),
+label centroids summed over the ranks. After each epoch rank 0 reports the epoch's record (loss and
 held-out P@1, computed where the weights are) with a checkpoint: the network's arrays (``.npz``,
 never pickle) and the history so far. A fit whose ``--checkpoint-dir`` holds such a checkpoint
 resumes after its last epoch. Every rank stops alike after ``dense_patience`` epochs without a
