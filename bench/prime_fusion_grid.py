@@ -54,7 +54,7 @@ def grid(name: str) -> list[dict[str, Any]]:
                 hybrid = fuse(tree, idx, vals, alpha, beta, k)
                 e = evaluate(B, hybrid, (1, 5), label_counts=model.label_counts, n_train=model.n_train)
                 rows.append({"set": name, "split": split, "alpha": alpha, "beta": beta,
-                             **{m: round(e[m], 2) for m in METRICS}, "chosen": alpha == model.dense.alpha})
+                             **{m: round(e[m], 2) for m in METRICS}})
     return rows
 
 
