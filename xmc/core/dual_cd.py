@@ -19,6 +19,11 @@ faster than solving label after label, at the same objective (relative differenc
 liblinear's shrinking is left out: on those leaves it removed no rows before convergence (visits per
 label and row equalled the passes), and a shared order has no per-label active set.
 
+The weights, the row values and the scores are float32 (the dual variables float64): the inner
+loops then move half the bytes and vectorise twice as wide, 25-30 % faster on pypi-tags' leaves at
+the same objective (relative difference 1e-7). liblinear's shrinking was tried with matcher-aware
+negatives too, per (row, label) so a label's result stays its own: no faster (docs/performance.md).
+
 Stopping: liblinear's, per label: the spread of its projected gradients over a pass
 ``max PG - min PG <= tol`` freezes it; the block stops when every label is frozen, or after
 ``max_iter`` passes. The order is a seeded permutation per pass, so the result does not depend on
@@ -43,10 +48,10 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
                  y: np.ndarray, d: int, cost: float, tol: float, max_iter: int, seed: int) -> np.ndarray:
     """W (d x m) of the labels whose +-1 targets (int8) are the columns of ``y`` (n x m)."""
     n, m = y.shape
-    W = np.zeros((d, m), dtype=np.float64)
+    W = np.zeros((d, m), dtype=np.float32)
     alpha = np.zeros((n, m), dtype=np.float64)
-    z = np.empty(m, dtype=np.float64)
-    step = np.empty(m, dtype=np.float64)
+    z = np.empty(m, dtype=np.float32)
+    step = np.empty(m, dtype=np.float32)
     pg_max = np.empty(m, dtype=np.float64)
     pg_min = np.empty(m, dtype=np.float64)
     frozen = np.zeros(m, dtype=np.bool_)
@@ -84,7 +89,7 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
                 if abs(PG) > 1e-12:
                     new = max(a - G / q, 0.0)
                     alpha[i, j] = new
-                    step[j] = (new - a) * yij
+                    step[j] = np.float32((new - a) * yij)
                     moved = True
             if moved:
                 for p in range(indptr[i], indptr[i + 1]):
@@ -97,15 +102,16 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
             done = done and frozen[j]
         if done:
             break
-    return W.astype(np.float32)
+    return W
 
 
 def solve_dual_cd(X: sp.csr_matrix, Y: np.ndarray, cost: float, tol: float, max_iter: int,
                   seed: int = 0) -> np.ndarray:
     """Weights (d x m) of m L2-loss SVMs on the rows of ``X`` (bias column included by the caller),
     in blocks of ``BLOCK`` labels (memory: rows x BLOCK dual variables)."""
-    X = sp.csr_matrix(X, dtype=np.float64)
-    sq_norms = np.asarray(X.multiply(X).sum(axis=1)).ravel()
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X64 = X.astype(np.float64)
+    sq_norms = np.asarray(X64.multiply(X64).sum(axis=1)).ravel()
     Y = np.asarray(Y)
     indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
     W = np.zeros((X.shape[1], Y.shape[1]), dtype=np.float32)
