@@ -143,7 +143,7 @@ def test_matcher_aware_negatives_of_a_round_come_from_the_new_matchers_beam() ->
     from xmc.core.train import train_layers
 
     X, Y = multi_sense()
-    params = XMCParams().replace(max_leaf_size=4, rounds=0, negatives="tfn+man", beam_size=3)
+    params = XMCParams().replace(max_leaf_size=4, rounds=0, negatives="tfn+man", man_top=0, beam_size=3)
     base = fit(X, Y, params)
     Xn, Yc, ex = base.preprocess(X), sp.csr_matrix(Y), LocalExecutor(show_progress=False)
     tree, weights, _ = disentangle_round(
@@ -180,8 +180,9 @@ def test_man_top_takes_negatives_from_the_best_nodes_of_the_beam() -> None:
     base = fit(X, Y, params)
     Xn, Yc = base.preprocess(X), sp.csr_matrix(Y)
     rows = {}
-    man = replace(params.solver, negatives="tfn+man")
-    for name, solver in (("tfn", params.solver), ("top1", replace(man, man_top=1)), ("beam", man)):
+    man = replace(params.solver, negatives="tfn+man", man_top=0)
+    tfn = replace(params.solver, negatives="tfn")
+    for name, solver in (("tfn", tfn), ("top1", replace(man, man_top=1)), ("beam", man)):
         ex = RecordingExecutor()
         train_layers(Xn, Yc, base.tree, solver, params.predict, ex, layers=[base.tree.n_layers - 1],
                      weights=base.weights)

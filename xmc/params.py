@@ -85,9 +85,9 @@ class SolverParams:
     """Newton steps per cluster at most."""
     max_cg_iter: int = 50
     """Conjugate-gradient steps per Newton step at most."""
-    negatives: Negatives = "tfn"
-    """Negatives of a node: 'tfn' (instances of its siblings) or 'tfn+man' (also those the matcher routes to it)."""
-    man_top: int = 0
+    negatives: Negatives = "tfn+man"
+    """Negatives of a node: 'tfn' (instances of its siblings) or 'tfn+man' (also those the matcher routes to it; docs/performance.md)."""
+    man_top: int = 3
     """Matcher-aware negatives come from the best this many nodes of each instance's beam (0 = the whole beam)."""
     device: Device = "auto"
     """Where torch runs the solver: 'cuda' when available under 'auto'."""
