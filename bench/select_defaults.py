@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from compare import RESULTS, bibtex, composite, featurized_bundle, reference_tfidf  # bench/ is on sys.path when run as a script
+from compare import (  # bench/ is on sys.path when run as a script
+    RESULTS,
+    bibtex,
+    composite,
+    featurized_bundle,
+    reference_tfidf,
+)
 
 from xmc import XMCParams
 from xmc.core.fit import fit
