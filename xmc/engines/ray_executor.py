@@ -192,10 +192,11 @@ class RayExecutor:
         self._remote = ray.remote(_run_batch)
 
     def train_dense(self, *args: Any, **kwargs: Any) -> Any:
-        """The dense part of a hybrid trained data-parallel on this Ray (``xmc.engines.ray_train``)."""
+        """The dense part of a hybrid trained data-parallel on this Ray (``xmc.engines.ray_train``); a
+        worker group that dies is restarted from its last epoch up to ``max_retries`` times."""
         from xmc.engines.ray_train import train_prime_ray
 
-        return train_prime_ray(*args, **kwargs)
+        return train_prime_ray(*args, max_failures=self.params.max_retries, **kwargs)
 
     def describe(self) -> str:
         import ray

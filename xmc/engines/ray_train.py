@@ -8,7 +8,9 @@ held-out P@1, computed where the weights are) with a checkpoint: the network's a
 never pickle) and the history so far. A fit whose ``--checkpoint-dir`` holds such a checkpoint
 resumes after its last epoch. Every rank stops alike after ``dense_patience`` epochs without a
 better smoothed held-out score; the driver gets the best epoch's network (``best.npz``) and replays
-the records to the fit's observer (MLflow), one step per epoch.
+the records to the fit's observer (MLflow), one step per epoch. A worker that dies (a crashed
+process, a lost node) makes Ray Train restart the group from the last reported epoch, up to
+``max_failures`` times: the ranks resume from that checkpoint as a resumed fit does.
 """
 
 from __future__ import annotations
@@ -70,11 +72,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 def train_prime_ray(
     data: DenseData, held_out: Any, params: XMCParams, *, device: str, checkpoint_dir: Path | None,
-    resume: bool, observer: Any = None,
+    resume: bool, observer: Any = None, max_failures: int = 0,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """(trained net, epoch records) from ``dense_workers`` Ray Train workers on the connected Ray."""
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from xmc.core.dense.fit import BestEpoch, load_checkpoint
@@ -94,7 +96,8 @@ def train_prime_ray(
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=device == "cuda",
                                          resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(name="xmc-prime", storage_path=str(storage),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=1)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1),
+                                 failure_config=FailureConfig(max_failures=max_failures)),
             resume_from_checkpoint=start_from,
         )
         result = trainer.fit()
