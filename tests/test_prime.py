@@ -147,6 +147,12 @@ def test_dense_checkpoint_resumes_after_the_last_epoch(bibtex: dict[str, sp.csr_
     from xmc.core.dense.fit import best_epoch_of
 
     assert model.info["dense"]["best_epoch"] == best_epoch_of(model.info["dense"]["epochs"]) >= 1
+    # the optimizers' moments and the positives' sampler were restored: the resumed run took the
+    # steps of an uninterrupted one, so its network and records are the same
+    whole = fit(X, Y, params)
+    assert whole.info["dense"]["epochs"] == model.info["dense"]["epochs"]
+    for name, array in whole.dense.arrays.items():
+        assert np.array_equal(array, model.dense.arrays[name]), name
 
 
 def test_the_best_epoch_is_kept_and_patience_stops_training() -> None:

@@ -32,7 +32,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from xmc.core.dense.fit import BestEpoch, epoch_record, load_checkpoint, save_checkpoint
+    from xmc.core.dense.fit import (
+        BestEpoch,
+        epoch_record,
+        load_checkpoint,
+        load_training_state,
+        save_checkpoint,
+    )
     from xmc.core.dense.train import train_prime
 
     ctx = ray.train.get_context()
@@ -43,7 +49,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     data: DenseData = copy.deepcopy(ray.get(config["data"]))
     held_out = copy.deepcopy(ray.get(config["held_out"]))
     device = config["device"]
-    net, start = None, 0
+    net, start, state = None, 0, None
     history: list[dict[str, float]] = []
     # every rank holds the same weights (DDP) and scores the same held-out rows: same stop decision
     best = BestEpoch(params.dense.dense_patience, held_out.X.shape[0] > 0)
@@ -53,21 +59,22 @@ def _worker_loop(config: dict[str, Any]) -> None:
             net, start, history = load_checkpoint(Path(folder), data.X.shape[1], data.Y.shape[1], params,
                                                   device)
             best.restore(history, Path(folder), device)
+            state = load_training_state(Path(folder))
 
-    def on_epoch(epoch: int, loss: float, net: Any) -> bool:
+    def on_epoch(epoch: int, loss: float, net: Any, training: Any) -> bool:
         record = epoch_record(net, data, held_out, params, device, epoch, loss)
         history.append(record)
         best.update(record, net)
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:  # each reported checkpoint is whole: the last epoch and the best one
-                save_checkpoint(Path(tmp), net, epoch + 1, history, best.state)
+                save_checkpoint(Path(tmp), net, epoch + 1, history, best.state, training())
             ray.train.report({**record, "epochs_done": epoch + 1},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
         return best.stop()
 
     train_prime(data, params.dense, device=device, seed=params.tree.seed, rank=rank, world=world, net=net,
                 start_epoch=start, on_epoch=on_epoch, wrap=lambda m: ray.train.torch.prepare_model(m),
-                progress=False)
+                progress=False, state=state)
 
 
 def train_prime_ray(
@@ -109,7 +116,7 @@ def train_prime_ray(
             best.restore(history, Path(folder), device)
             if checkpoint_dir is not None:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                for name in ("best.npz", "history.json", "epoch.npz"):
+                for name in ("best.npz", "history.json", "training.npz", "epoch.npz"):
                     if (Path(folder) / name).exists():
                         shutil.copy(Path(folder) / name, checkpoint_dir / name)
         best.load_into(net)  # the best epoch's network, as the in-process fit keeps

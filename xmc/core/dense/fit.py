@@ -70,24 +70,25 @@ def fit_dense(
         net, history = trainer(data, held_out, params, device=device, checkpoint_dir=folder, resume=resume,
                                observer=observer)
     else:
-        net, start, history = None, 0, []
+        net, start, history, state = None, 0, [], None
         best = BestEpoch(p.dense_patience, held_out.X.shape[0] > 0)
         if resume and folder is not None and (folder / "epoch.npz").exists():
             net, start, history = load_checkpoint(folder, Xt.shape[1], Yt.shape[1], params, device)
             best.restore(history, folder, device)
+            state = load_training_state(folder)
 
-        def on_epoch(epoch: int, loss: float, net: Any) -> bool:
+        def on_epoch(epoch: int, loss: float, net: Any, training: Any) -> bool:
             record = epoch_record(net, data, held_out, params, device, epoch, loss)
             history.append(record)
             improved = best.update(record, net)
             if observer is not None and hasattr(observer, "dense_epoch"):
                 observer.dense_epoch(record)
             if folder is not None:
-                save_checkpoint(folder, net, epoch + 1, history, best.state if improved else None)
+                save_checkpoint(folder, net, epoch + 1, history, best.state if improved else None, training())
             return best.stop()
 
         net = train_prime(data, p, device=device, seed=params.tree.seed, net=net, start_epoch=start,
-                          on_epoch=on_epoch, progress=True)
+                          on_epoch=on_epoch, progress=True, state=state)
         best.load_into(net)
     model = snapshot(net, data, device)
     if p.sense_prototypes and len(tree_model.tree.copy_label) > Yt.shape[1]:
@@ -230,9 +231,11 @@ class BestEpoch:
 
 
 def save_checkpoint(folder: Path, net: Any, epochs_done: int, history: list[dict[str, float]],
-                    best: dict[str, Any] | None = None) -> None:
+                    best: dict[str, Any] | None = None,
+                    training: dict[str, np.ndarray] | None = None) -> None:
     """The network's weights after ``epochs_done`` epochs, as arrays (never pickle), written atomically;
-    ``best``: the weights of a new best epoch, saved as ``best.npz`` (kept until a better one)."""
+    ``best``: the weights of a new best epoch, saved as ``best.npz`` (kept until a better one);
+    ``training``: the optimizers' and sampler's state (``train.training_state``), ``training.npz``."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, state: dict[str, Any]) -> Path:
@@ -242,9 +245,22 @@ def save_checkpoint(folder: Path, net: Any, epochs_done: int, history: list[dict
 
     if best is not None:
         write("best", best).replace(folder / "best.npz")
+    if training is not None:
+        tmp = folder / "training.tmp.npz"
+        np.savez(tmp, **training)
+        tmp.replace(folder / "training.npz")
     tmp = write("epoch", net.state_dict())
     (folder / "history.json").write_text(json.dumps({"epochs_done": epochs_done, "history": history}))
     tmp.replace(folder / "epoch.npz")  # last: its presence says the epoch is complete
+
+
+def load_training_state(folder: Path) -> dict[str, np.ndarray] | None:
+    """The optimizers' and sampler's state saved beside ``epoch.npz`` (None in older checkpoints:
+    the run then resumes with fresh optimizer moments)."""
+    if not (folder / "training.npz").exists():
+        return None
+    with np.load(folder / "training.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def load_checkpoint(folder: Path, n_features: int, n_labels: int, params: XMCParams, device: str

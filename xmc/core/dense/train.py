@@ -34,9 +34,10 @@ from xmc.core.dense.net import PrimeNet
 from xmc.log import progress_bar
 from xmc.params import DenseParams
 
-EpochHook = Callable[[int, float, PrimeNet], bool]
-"""Called after each epoch with (epoch, this rank's mean loss, net): metrics, checkpoints. Returns
-True to stop training there (early stopping; every rank decides alike from the same held-out rows)."""
+EpochHook = Callable[[int, float, PrimeNet, Callable[[], dict[str, np.ndarray]]], bool]
+"""Called after each epoch with (epoch, this rank's mean loss, net, the training state's arrays on
+demand): metrics, checkpoints. Returns True to stop training there (early stopping; every rank
+decides alike from the same held-out rows)."""
 
 
 @dataclass
@@ -118,8 +119,12 @@ def train_prime(
     data: DenseData, params: DenseParams, *, device: str, seed: int, rank: int = 0, world: int = 1,
     net: PrimeNet | None = None, start_epoch: int = 0, on_epoch: EpochHook | None = None,
     wrap: Callable[[PrimeNet], torch.nn.Module] | None = None, progress: bool = False,
+    state: dict[str, np.ndarray] | None = None,
 ) -> PrimeNet:
     """Train (or, from ``start_epoch`` with a restored ``net``, resume) and return the network.
+
+    ``state`` (``training_state`` of the run that saved ``net``) restores the optimizers' moments and
+    the sampling generator, so a resumed run takes the steps the uninterrupted one would have.
 
     ``data`` holds all rows; rank r encodes its share of each global batch. ``wrap`` turns
     the net into its DDP wrapper under Ray Train. Deterministic for a seed on one device.
@@ -141,6 +146,8 @@ def train_prime(
     T = data.text if params.label_text else None
     # the same generator on every rank: every rank samples the positives one process samples
     gen = torch.Generator(device=device).manual_seed(seed)
+    if state is not None:
+        restore_training_state(opts, gen, state)
     share = (lambda E: gathered(E, rank, world)) if world > 1 else None
     for epoch in range(start_epoch, params.dense_epochs):
         rng = np.random.default_rng([seed, epoch])
@@ -170,9 +177,41 @@ def train_prime(
             for s in scheds:
                 s.step()
             total += float(loss.detach())
-        if on_epoch is not None and on_epoch(epoch, total / max(len(batches), 1), net):
+        if on_epoch is not None and on_epoch(epoch, total / max(len(batches), 1), net,
+                                             lambda: training_state(opts, gen)):
             break
     return net
+
+
+def training_state(opts: list[torch.optim.Optimizer], gen: torch.Generator) -> dict[str, np.ndarray]:
+    """What an exact resume needs besides the weights, as arrays: each optimizer's per-parameter
+    moments and step (``opt<i>.<param>.<name>``; ``@py`` marks a Python number, such as SparseAdam's
+    step, which must come back as one: a tensor step would put its bias correction in float32) and
+    the generator that samples the positives (the batch order and feature dropout are seeded per
+    epoch)."""
+    out = {"generator": gen.get_state().cpu().numpy()}
+    for i, o in enumerate(opts):
+        for param, values in o.state_dict()["state"].items():
+            for name, v in values.items():
+                key = f"opt{i}.{param}.{name}" + ("" if isinstance(v, torch.Tensor) else "@py")
+                out[key] = torch.as_tensor(v).detach().cpu().numpy()
+    return out
+
+
+def restore_training_state(opts: list[torch.optim.Optimizer], gen: torch.Generator,
+                           state: dict[str, np.ndarray]) -> None:
+    """``training_state``'s arrays back into freshly built optimizers and generator."""
+    gen.set_state(torch.from_numpy(state["generator"].copy()))
+    for i, o in enumerate(opts):
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in state.items():
+            if key.startswith(f"opt{i}."):
+                _, param, name = key.split(".", 2)
+                value: Any = np.array(v).item() if name.endswith("@py") else torch.from_numpy(np.array(v))
+                per_param.setdefault(int(param), {})[name.removesuffix("@py")] = value
+        saved = o.state_dict()
+        saved["state"] = per_param
+        o.load_state_dict(saved)
 
 
 def gathered(E: torch.Tensor, rank: int, world: int) -> torch.Tensor:
