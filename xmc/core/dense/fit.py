@@ -246,8 +246,8 @@ def save_checkpoint(folder: Path, net: Any, epochs_done: int, history: list[dict
     if best is not None:
         write("best", best).replace(folder / "best.npz")
     if training is not None:
-        tmp = folder / "training.tmp.npz"
-        np.savez(tmp, **training)
+        tmp, arrays = folder / "training.tmp.npz", dict[str, Any](training)
+        np.savez(tmp, **arrays)
         tmp.replace(folder / "training.npz")
     tmp = write("epoch", net.state_dict())
     (folder / "history.json").write_text(json.dumps({"epochs_done": epochs_done, "history": history}))
