@@ -110,8 +110,8 @@ def solve_dual_cd(X: sp.csr_matrix, Y: np.ndarray, cost: float, tol: float, max_
     """Weights (d x m) of m L2-loss SVMs on the rows of ``X`` (bias column included by the caller),
     in blocks of ``BLOCK`` labels (memory: rows x BLOCK dual variables)."""
     X = sp.csr_matrix(X, dtype=np.float32)
-    X64 = X.astype(np.float64)
-    sq_norms = np.asarray(X64.multiply(X64).sum(axis=1)).ravel()
+    squares = sp.csr_matrix((X.data.astype(np.float64) ** 2, X.indices, X.indptr), shape=X.shape)
+    sq_norms = np.asarray(squares.sum(axis=1)).ravel()  # in float64, sharing X's index arrays
     Y = np.asarray(Y)
     indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
     W = np.zeros((X.shape[1], Y.shape[1]), dtype=np.float32)

@@ -238,17 +238,16 @@ def save_checkpoint(folder: Path, net: Any, epochs_done: int, history: list[dict
     ``training``: the optimizers' and sampler's state (``train.training_state``), ``training.npz``."""
     folder.mkdir(parents=True, exist_ok=True)
 
-    def write(name: str, state: dict[str, Any]) -> Path:
+    def write(name: str, state: dict[str, Any]) -> Path:  # tensors or arrays
         tmp = folder / f"{name}.tmp.npz"
-        np.savez(tmp, **{k: v.detach().cpu().numpy() for k, v in state.items()})
+        np.savez(tmp, **{k: v.detach().cpu().numpy() if hasattr(v, "detach") else v
+                         for k, v in state.items()})
         return tmp
 
     if best is not None:
         write("best", best).replace(folder / "best.npz")
     if training is not None:
-        tmp, arrays = folder / "training.tmp.npz", dict[str, Any](training)
-        np.savez(tmp, **arrays)
-        tmp.replace(folder / "training.npz")
+        write("training", training).replace(folder / "training.npz")
     tmp = write("epoch", net.state_dict())
     (folder / "history.json").write_text(json.dumps({"epochs_done": epochs_done, "history": history}))
     tmp.replace(folder / "epoch.npz")  # last: its presence says the epoch is complete
