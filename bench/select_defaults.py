@@ -41,6 +41,7 @@ from xmc.core.rows import split_validation
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "single-partition": {"rounds": 0},
+    "cost-as-given": {"recurring_df": 0},
     "cost-0.35": {"cost": 0.35},
     "cost-0.7": {"cost": 0.7},
     "cost-1": {"cost": 1.0},

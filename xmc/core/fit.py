@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.cost import resolve_cost_of_rows
 from xmc.core.disentangle import (
     InMemoryRows,
     RankerRetrain,
@@ -93,10 +94,13 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
+    params, cost = resolve_cost_of_rows(params, Xt)
     inputs = FitInputs(partial(build_tree, pifa(Xt, Yt)), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64),
                        X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
     model = fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
                       checkpoint_dir=checkpoint_dir, resume=resume, observer=observer)
+    if cost:
+        model.info["cost"] = cost
     if params.dense.dense == "prime":
         from xmc.core.dense.fit import fit_dense
 

@@ -167,7 +167,11 @@ class XMCModel:
     def load(cls, path: str | Path) -> XMCModel:
         parts = load_bundle(path)
         try:
-            params = XMCParams.from_dict(parts["manifest"]["params"])
+            saved = parts["manifest"]["params"]
+            if isinstance(saved, dict) and isinstance(saved.get("solver"), dict) \
+                    and "recurring_df" not in saved["solver"]:
+                saved["solver"]["recurring_df"] = 0  # saved before C was scaled: its C is the one it used
+            params = XMCParams.from_dict(saved)
         except (ValueError, KeyError, TypeError) as e:
             raise BundleError(f"{path}/manifest.json: bad params ({e})") from None
         info = parts["manifest"].get("info", {})

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.cost import document_frequency, recurring_share_sum
 from xmc.core.disentangle import coverage_counts, routed_copy_targets
 from xmc.core.metrics import metric_sums
 from xmc.core.model import check_xy
@@ -112,7 +113,7 @@ class PreparedShard:
     n_val: int
     sums: Path
     """npz: ``pifa`` (L x D float64 sums over the train rows), ``counts`` (all rows),
-    ``train_counts`` (train rows) per label."""
+    ``train_counts`` (train rows) per label, ``df`` (train rows) per feature."""
 
 
 def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
@@ -129,7 +130,7 @@ def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
     save_matrices(rows_file(spec.root, "valid", part.shard), X=X[held], Y=Y[held])
     sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz", pifa=pifa_sums(Xt, Yt),
                          counts=np.diff(Y.tocsc().indptr).astype(np.int64),
-                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64))
+                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64), df=document_frequency(Xt))
     return PreparedShard(part.shard, int(Xt.shape[0]), int(held.sum()), sums)
 
 
@@ -254,23 +255,38 @@ class ReduceSpec:
 
 
 def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The shards' sums added: PIFA normalised into ``root/pifa.npz``; (counts, train counts) per label."""
+    """The shards' sums added: PIFA normalised and the features' document frequencies into
+    ``root/pifa.npz``; (counts, train counts) per label."""
     S: sp.csr_matrix | None = None
     counts: np.ndarray | None = None
     train_counts: np.ndarray | None = None
+    df: np.ndarray | None = None
     for path in paths:  # one shard's sums at a time
         m = load_matrices(path)
         S = m["pifa"] if S is None else S + m["pifa"]
         counts = m["counts"] if counts is None else counts + m["counts"]
         train_counts = m["train_counts"] if train_counts is None else train_counts + m["train_counts"]
+        df = m["df"] if df is None else df + m["df"]
     assert S is not None and counts is not None and train_counts is not None, "no shard"
-    save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)))
+    save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)), df=df)
     return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64)
 
 
 def build_tree_unit(spec: ReduceSpec, params: TreeParams) -> LabelTree:
     """The label tree of ``reduce_sums``'s PIFA (one unit: the k-means needs every label at once)."""
     return build_tree(sp.csr_matrix(load_matrices(spec.root / "pifa.npz", "pifa")["pifa"]), params)
+
+
+@dataclass(frozen=True)
+class ShareSpec:
+    root: Path
+    min_df: int
+
+
+def share_shard(spec: ShareSpec, unit: ShardUnit) -> tuple[float, int]:
+    """The shard's ``cost.recurring_share_sum`` under the document frequencies of every shard."""
+    X, _ = load_rows(spec.root, "train", unit.shard)
+    return recurring_share_sum(X, load_matrices(spec.root / "pifa.npz", "df")["df"], spec.min_df)
 
 
 # -- a round: gains, coverage; held-out scores -------------------------------------------------------

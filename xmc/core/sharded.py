@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.cost import resolve_cost
 from xmc.core.disentangle import SHARD_ROWS, kept_moves
 from xmc.core.executor import Executor, LocalExecutor
 from xmc.core.fit import FitInputs, RoundObserver, fit_trees
@@ -49,6 +50,7 @@ from xmc.core.shard_units import (
     ReduceSpec,
     RouteSpec,
     ShardUnit,
+    ShareSpec,
     ValidateSpec,
     assemble_layer,
     build_tree_unit,
@@ -57,6 +59,7 @@ from xmc.core.shard_units import (
     prepare_shard,
     reduce_sums,
     route_shard,
+    share_shard,
     train_partition,
     validate_shard,
 )
@@ -265,6 +268,11 @@ def fit_sharded(
         if not rows.train:
             raise DataFormatError("every training row was held out: lower validation_fraction", path=bundle)
         digest = bundle_digest(bundle) if checkpoint_dir is not None else ""
+        cost: dict[str, object] = {}
+        if params.solver.recurring_df:  # C of the training rows, as fit's resolve_cost_of_rows
+            shares = executor.map(share_shard, ShareSpec(root, params.solver.recurring_df), rows.train,
+                                  desc="cost")
+            params, cost = resolve_cost(params, sum(s for s, _ in shares), sum(n for _, n in shares))
 
         def tree_of(tree_params: TreeParams) -> LabelTree:  # built where PIFA is, not on the driver
             (tree,) = executor.map(build_tree_unit, reduce_spec, [tree_params], desc="tree")
@@ -276,6 +284,8 @@ def fit_sharded(
         for member in model.trees:
             member.weights = rows.resolve(member.weights)
         model.info["shards"] = {"count": len(prepared), "rows": shard_rows, "passes": rows.passes}
+        if cost:
+            model.info["cost"] = cost
         return model
     finally:
         shutil.rmtree(root, ignore_errors=True)

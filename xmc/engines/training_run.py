@@ -263,6 +263,9 @@ class TrainingRun:
                    "best_round": float(model.info.get("best_round", 0)),
                    **{f"{split_name}_{metric_key(k)}": v for k, v in final.items()},
                    "peak_rss_bytes": peak_rss_mib() * 2**20}
+        cost = model.info.get("cost")
+        if cost:  # the C the rankers were trained with, and the rows' recurring share behind it
+            summary.update({f"cost/{k}": float(cost[k]) for k in ("effective", "recurring_share")})
         dense = model.info.get("dense")
         if dense:  # the fusion constants and the held-out P@k of tree, dense part and hybrid
             summary.update({f"dense/{k}": float(dense[k]) for k in ("alpha", "beta", "gamma", "seconds")})

@@ -1,0 +1,101 @@
+"""The fit's C per unit of recurring row mass (``xmc.core.cost``): by hand, in the fit, in the
+sharded fit, and in a saved model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tests.conftest import topic_data
+from tests.test_sharded import same_model
+from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.core.cost import (
+    MAX_COST_SCALE,
+    document_frequency,
+    recurring_share_sum,
+    resolve_cost,
+    resolve_cost_of_rows,
+)
+from xmc.core.fit import fit
+from xmc.core.sharded import fit_sharded
+from xmc.io.features import write_bundle
+
+
+def test_recurring_share_by_hand() -> None:
+    """Row 0 has 0.36 of its squared norm on feature 0 (in 2 rows) and 0.64 on feature 1 (in 1 row);
+    row 1 is all feature 0; row 2 all feature 2 (1 row); row 3 is empty and does not count."""
+    X = sp.csr_matrix(np.array([[0.6, 0.8, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+    df = document_frequency(X)
+    assert df.tolist() == [2, 1, 1]
+    total, rows = recurring_share_sum(X, df, 2)
+    assert rows == 3 and total == pytest.approx(1.36)
+    params, record = resolve_cost(XMCParams(), total, rows)
+    assert params.solver.cost == pytest.approx(0.5 * 3 / 1.36, rel=1e-3)
+    assert params.solver.recurring_df == 0  # the model's params say the C it trained with
+    assert record == {"given": 0.5, "recurring_df": 2, "recurring_share": pytest.approx(1.36 / 3),
+                      "effective": params.solver.cost}
+    assert recurring_share_sum(X, df, 1) == (pytest.approx(3.0), 3)  # every feature recurs at m = 1
+
+
+def test_the_scale_is_capped_and_can_be_switched_off() -> None:
+    params, _ = resolve_cost(XMCParams(), 0.01, 100)  # rho 1e-4
+    assert params.solver.cost == 0.5 * MAX_COST_SCALE
+    as_given = XMCParams().replace(recurring_df=0)
+    assert resolve_cost(as_given, 0.01, 100) == (as_given, {})
+    assert resolve_cost(XMCParams(), 1.0, 1)[0].solver.cost == 0.5  # all mass recurs: C as given
+
+
+def with_singletons(X: sp.csr_matrix, weight: float = 2.5) -> sp.csr_matrix:
+    """Each row also gets a feature of its own (seen in no other row), as a TF-IDF's rare word pairs."""
+    n = X.shape[0]
+    own = sp.csr_matrix((np.full(n, weight, np.float32), (np.arange(n), np.arange(n))), shape=(n, n))
+    return sp.hstack([X, own], format="csr")
+
+
+def test_fit_trains_with_the_scaled_cost_and_records_it(tmp_path: Path) -> None:
+    X, Y = topic_data(n=300, n_labels=20, d=60)
+    Xs = with_singletons(X)
+    params = XMCParams().replace(max_leaf_size=4)
+    ex = LocalExecutor(show_progress=False)
+    model = fit(Xs, Y, params, executor=ex)
+    rows = Xs.multiply(1 / np.sqrt(Xs.multiply(Xs).sum(axis=1))).tocsr()  # the fit's normalised rows
+    rho = float(np.mean(1 - 2.5**2 / np.asarray(Xs.multiply(Xs).sum(axis=1)).ravel()))
+    assert resolve_cost_of_rows(params, rows)[1]["recurring_share"] == pytest.approx(rho)
+    assert model.info["cost"]["recurring_share"] == pytest.approx(rho) and rho < 0.6
+    assert model.params.solver.cost == pytest.approx(0.5 / rho, rel=1e-3) == model.info["cost"]["effective"]
+    given = fit(Xs, Y, params.replace(recurring_df=0), executor=ex)  # C as given: another model
+    assert given.params.solver.cost == 0.5 and "cost" not in given.info
+    assert any(abs(a - b).max() > 1e-3 for a, b in zip(model.weights, given.weights, strict=True))
+    again = fit(Xs, Y, model.params, executor=ex)  # the recorded params refit the same model
+    same_model(again, model)
+    model.save(tmp_path / "m")
+    loaded = XMCModel.load(tmp_path / "m")
+    assert loaded.params == model.params and loaded.info["cost"] == model.info["cost"]
+
+
+def test_a_model_saved_before_the_scale_loads_with_its_own_cost(tmp_path: Path) -> None:
+    X, Y = topic_data(n=200, n_labels=12, d=40)
+    fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, cost=0.8)).save(tmp_path / "m")
+    manifest = tmp_path / "m" / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    del meta["params"]["solver"]["recurring_df"]
+    manifest.write_text(json.dumps(meta))
+    params = XMCModel.load(tmp_path / "m").params
+    assert params.solver.cost == 0.8 and params.solver.recurring_df == 0
+
+
+def test_the_sharded_fit_resolves_the_same_cost(tmp_path: Path) -> None:
+    X, Y = topic_data(n=400, n_labels=20, d=60, seed=3)
+    Xs = with_singletons(X, weight=1.0)
+    write_bundle(tmp_path / "b", Xs, Y, max_rows=150)
+    params = XMCParams().replace(max_leaf_size=4, validation_fraction=0.1)
+    ex = LocalExecutor(show_progress=False)
+    sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
+    inproc = fit(Xs, Y, params, executor=ex)
+    assert sharded.info["cost"] == pytest.approx(inproc.info["cost"])
+    assert sharded.params == inproc.params and sharded.params.solver.cost > 0.55
+    same_model(sharded, inproc)
