@@ -29,3 +29,15 @@ def test_unknown_set_variant_or_field_is_refused_before_any_fit(tmp_path: Path) 
         sd.main(["--sets", "bibtex", "--variants", "--params", '{"no_such_field": 1}',
                  "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_validation_rows_lose_the_features_no_fitting_row_has() -> None:
+    """As a test row loses words outside the training vocabulary: feature 2 occurs in no fitting row."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    Xt = sp.csr_matrix(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    Xv = sp.csr_matrix(np.array([[0.6, 0.0, 0.8], [0.0, 0.0, 1.0]]))
+    _, _, kept, _ = sd.unseen_dropped(Xt, None, Xv, None)
+    assert kept.toarray().tolist() == [[0.6, 0.0, 0.0], [0.0, 0.0, 0.0]] and kept.nnz == 1
+    assert Xv.nnz == 3  # the caller's matrix is left as it was

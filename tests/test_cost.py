@@ -25,6 +25,10 @@ from xmc.core.sharded import fit_sharded
 from xmc.io.features import write_bundle
 
 
+SCALED = XMCParams().replace(recurring_df=2)
+"""C divided by the share of the rows' mass on features in >= 2 training rows (off by default)."""
+
+
 def test_recurring_share_by_hand() -> None:
     """Row 0 has 0.36 of its squared norm on feature 0 (in 2 rows) and 0.64 on feature 1 (in 1 row);
     row 1 is all feature 0; row 2 all feature 2 (1 row); row 3 is empty and does not count."""
@@ -33,7 +37,7 @@ def test_recurring_share_by_hand() -> None:
     assert df.tolist() == [2, 1, 1]
     total, rows = recurring_share_sum(X, df, 2)
     assert rows == 3 and total == pytest.approx(1.36)
-    params, record = resolve_cost(XMCParams(), total, rows)
+    params, record = resolve_cost(SCALED, total, rows)
     assert params.solver.cost == pytest.approx(0.5 * 3 / 1.36, rel=1e-3)
     assert params.solver.recurring_df == 0  # the model's params say the C it trained with
     assert record == {"given": 0.5, "recurring_df": 2, "recurring_share": pytest.approx(1.36 / 3),
@@ -42,11 +46,11 @@ def test_recurring_share_by_hand() -> None:
 
 
 def test_the_scale_is_capped_and_can_be_switched_off() -> None:
-    params, _ = resolve_cost(XMCParams(), 0.01, 100)  # rho 1e-4
+    params, _ = resolve_cost(SCALED, 0.01, 100)  # rho 1e-4
     assert params.solver.cost == 0.5 * MAX_COST_SCALE
-    as_given = XMCParams().replace(recurring_df=0)
+    as_given = XMCParams()  # the default: C as given
     assert resolve_cost(as_given, 0.01, 100) == (as_given, {})
-    assert resolve_cost(XMCParams(), 1.0, 1)[0].solver.cost == 0.5  # all mass recurs: C as given
+    assert resolve_cost(SCALED, 1.0, 1)[0].solver.cost == 0.5  # all mass recurs: C as given
 
 
 def with_singletons(X: sp.csr_matrix, weight: float = 2.5) -> sp.csr_matrix:
@@ -59,7 +63,7 @@ def with_singletons(X: sp.csr_matrix, weight: float = 2.5) -> sp.csr_matrix:
 def test_fit_trains_with_the_scaled_cost_and_records_it(tmp_path: Path) -> None:
     X, Y = topic_data(n=300, n_labels=20, d=60)
     Xs = with_singletons(X)
-    params = XMCParams().replace(max_leaf_size=4)
+    params = SCALED.replace(max_leaf_size=4)
     ex = LocalExecutor(show_progress=False)
     model = fit(Xs, Y, params, executor=ex)
     rows = Xs.multiply(1 / np.sqrt(Xs.multiply(Xs).sum(axis=1))).tocsr()  # the fit's normalised rows
@@ -92,7 +96,7 @@ def test_the_sharded_fit_resolves_the_same_cost(tmp_path: Path) -> None:
     X, Y = topic_data(n=400, n_labels=20, d=60, seed=3)
     Xs = with_singletons(X, weight=1.0)
     write_bundle(tmp_path / "b", Xs, Y, max_rows=150)
-    params = XMCParams().replace(max_leaf_size=4, validation_fraction=0.1)
+    params = SCALED.replace(max_leaf_size=4, validation_fraction=0.1)
     ex = LocalExecutor(show_progress=False)
     sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
     inproc = fit(Xs, Y, params, executor=ex)
