@@ -24,7 +24,6 @@ from xmc.core.fit import fit
 from xmc.core.sharded import fit_sharded
 from xmc.io.features import write_bundle
 
-
 SCALED = XMCParams().replace(recurring_df=2)
 """C divided by the share of the rows' mass on features in >= 2 training rows (off by default)."""
 
