@@ -20,6 +20,7 @@ rows) left 2 workers 0.6 P@1 behind 1 on Bibtex; sharing nothing, 1.1.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -140,9 +141,11 @@ def train_prime(
     local = max(1, params.dense_batch_size // world)
     steps = max(1, n // (local * world))
     opts, scheds = optimizers(net, params, steps * params.dense_epochs, sparse)
-    for s in scheds:  # a resumed run continues the schedule where the checkpoint left it
-        for _ in range(start_epoch * steps):
-            s.step()
+    with warnings.catch_warnings():  # replaying steps the saved run took: no optimizer step is due
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        for s in scheds:  # a resumed run continues the schedule where the checkpoint left it
+            for _ in range(start_epoch * steps):
+                s.step()
     T = data.text if params.label_text else None
     # the same generator on every rank: every rank samples the positives one process samples
     gen = torch.Generator(device=device).manual_seed(seed)
