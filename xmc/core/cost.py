@@ -9,7 +9,7 @@ remaining mass, so the same C regularises those rows harder. ``recurring_df`` = 
 m training rows: Bibtex keeps C, pypi-tags' TF-IDF gets 2.5x. The factor is capped at
 ``MAX_COST_SCALE``, the largest measured. It is off by default (``recurring_df`` 0): measured on
 validation rows cut to the fitting rows' vocabulary, as test rows are, it gained P@1 on one set
-and lost P@5 on two (docs/performance.md, "The cost per unit of recurring mass").
+and lost P@5 on two (docs/performance.md, "The cost per unit of recurring mass, and a leak in the selection").
 
 The fit resolves C once, on its training rows (held-out rows apart), and the model records the
 C it was trained with (``recurring_df`` 0 in its params) and ``info["cost"]``; the sharded fit adds

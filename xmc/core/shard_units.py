@@ -89,6 +89,8 @@ class PrepareSpec:
     seed: int
     threshold: float
     """Rows whose hash draw is below it are held out (``rows.holdout_threshold``)."""
+    document_frequency: bool = False
+    """Also sum the features' document frequencies (for ``share_shard``: a C scaled by ``recurring_df``)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class PreparedShard:
     n_val: int
     sums: Path
     """npz: ``pifa`` (L x D float64 sums over the train rows), ``counts`` (all rows),
-    ``train_counts`` (train rows) per label, ``df`` (train rows) per feature."""
+    ``train_counts`` (train rows) per label; ``df`` (train rows) per feature if the spec asks."""
 
 
 def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
@@ -128,9 +130,10 @@ def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
     Xt, Yt = X[~held], Y[~held]
     save_matrices(rows_file(spec.root, "train", part.shard), X=Xt, Y=Yt)
     save_matrices(rows_file(spec.root, "valid", part.shard), X=X[held], Y=Y[held])
+    df = {"df": document_frequency(Xt)} if spec.document_frequency else {}
     sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz", pifa=pifa_sums(Xt, Yt),
                          counts=np.diff(Y.tocsc().indptr).astype(np.int64),
-                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64), df=document_frequency(Xt))
+                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64), **df)
     return PreparedShard(part.shard, int(Xt.shape[0]), int(held.sum()), sums)
 
 
@@ -255,8 +258,8 @@ class ReduceSpec:
 
 
 def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The shards' sums added: PIFA normalised and the features' document frequencies into
-    ``root/pifa.npz``; (counts, train counts) per label."""
+    """The shards' sums added: PIFA normalised (and the features' document frequencies, if summed)
+    into ``root/pifa.npz``; (counts, train counts) per label."""
     S: sp.csr_matrix | None = None
     counts: np.ndarray | None = None
     train_counts: np.ndarray | None = None
@@ -266,9 +269,11 @@ def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, 
         S = m["pifa"] if S is None else S + m["pifa"]
         counts = m["counts"] if counts is None else counts + m["counts"]
         train_counts = m["train_counts"] if train_counts is None else train_counts + m["train_counts"]
-        df = m["df"] if df is None else df + m["df"]
+        if "df" in m:
+            df = m["df"] if df is None else df + m["df"]
     assert S is not None and counts is not None and train_counts is not None, "no shard"
-    save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)), df=df)
+    summed = {} if df is None else {"df": df}
+    save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)), **summed)
     return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64)
 
 

@@ -255,7 +255,8 @@ def fit_sharded(
         raise ParamError("--dense prime trains on the driver's rows: use --data-plane driver (or the local "
                          "executor) for a hybrid model")
     threshold = holdout_threshold(params.tree.seed, n_rows, params.disentangle.validation_fraction)
-    spec = PrepareSpec(root, n_features, n_labels, params.normalize_rows, params.tree.seed, threshold)
+    spec = PrepareSpec(root, n_features, n_labels, params.normalize_rows, params.tree.seed, threshold,
+                       document_frequency=params.solver.recurring_df > 0)
     try:
         prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
         reduce_spec = ReduceSpec(root)
