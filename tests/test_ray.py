@@ -4,6 +4,7 @@ the cluster configs it ships are well formed."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,6 +131,17 @@ def test_prime_on_ray_train_with_two_workers(ray_executor: RayExecutor, tmp_path
     info = model.info["dense"]
     assert info["workers"] == 2 and [e["epoch"] for e in info["epochs"]] == [1, 2]
     assert (tmp_path / "ckpt" / "dense" / "epoch.npz").exists()
+    # resumed from the last reported checkpoint (every epoch done): the ranks restore it, same network
+    resumed = fit(X, Y, params, executor=ray_executor, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert resumed.dense is not None and model.dense is not None
+    assert resumed.info["dense"]["epochs"] == info["epochs"]
+    for name, weights in model.dense.arrays.items():
+        assert np.array_equal(resumed.dense.arrays[name], weights), name
+    # a run of 3 epochs resumed from that checkpoint: the ranks load it and train the third epoch only
+    shutil.copytree(tmp_path / "ckpt" / "dense", tmp_path / "more" / "dense")
+    more = fit(X, Y, params.replace(dense_epochs=3), executor=ray_executor, checkpoint_dir=tmp_path / "more",
+               resume=True)
+    assert more.info["dense"]["epochs"][:2] == info["epochs"] and len(more.info["dense"]["epochs"]) == 3
     alone = fit(X, Y, params.replace(dense_workers=1))
     assert model.dense is not None and alone.dense is not None
     for name, weights in alone.dense.arrays.items():

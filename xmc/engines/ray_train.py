@@ -16,6 +16,7 @@ process, a lost node) makes Ray Train restart the group from the last reported e
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,13 +33,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from xmc.core.dense.fit import (
-        BestEpoch,
-        epoch_record,
-        load_checkpoint,
-        load_training_state,
-        save_checkpoint,
-    )
+    from xmc.core.dense.fit import TrainingProgress, save_checkpoint
     from xmc.core.dense.train import train_prime
 
     ctx = ray.train.get_context()
@@ -49,32 +44,27 @@ def _worker_loop(config: dict[str, Any]) -> None:
     data: DenseData = copy.deepcopy(ray.get(config["data"]))
     held_out = copy.deepcopy(ray.get(config["held_out"]))
     device = config["device"]
-    net, start, state = None, 0, None
-    history: list[dict[str, float]] = []
     # every rank holds the same weights (DDP) and scores the same held-out rows: same stop decision
-    best = BestEpoch(params.dense.dense_patience, held_out.X.shape[0] > 0)
-    restored = ray.train.get_checkpoint()
+    restored = ray.train.get_checkpoint()  # this run's last report, after a worker failed
     if restored is not None:
         with restored.as_directory() as folder:
-            net, start, history = load_checkpoint(Path(folder), data.X.shape[1], data.Y.shape[1], params,
-                                                  device)
-            best.restore(history, Path(folder), device)
-            state = load_training_state(Path(folder))
+            run = TrainingProgress(data, held_out, params, device, Path(folder))
+    else:  # the checkpoint folder of an earlier run, with --resume (None: from scratch)
+        start = config["resume_from"]
+        run = TrainingProgress(data, held_out, params, device, Path(start) if start else None)
 
     def on_epoch(epoch: int, loss: float, net: Any, training: Any) -> bool:
-        record = epoch_record(net, data, held_out, params, device, epoch, loss)
-        history.append(record)
-        best.update(record, net)
+        record, _ = run.record(epoch, loss, net)
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:  # each reported checkpoint is whole: the last epoch and the best one
-                save_checkpoint(Path(tmp), net, epoch + 1, history, best.state, training())
+                save_checkpoint(Path(tmp), net, epoch + 1, run.history, run.best.state, training())
             ray.train.report({**record, "epochs_done": epoch + 1},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
-        return best.stop()
+        return run.best.stop()
 
-    train_prime(data, params.dense, device=device, seed=params.tree.seed, rank=rank, world=world, net=net,
-                start_epoch=start, on_epoch=on_epoch, wrap=lambda m: ray.train.torch.prepare_model(m),
-                progress=False, state=state)
+    train_prime(data, params.dense, device=device, seed=params.tree.seed, rank=rank, world=world,
+                net=run.net, start_epoch=run.start, on_epoch=on_epoch,
+                wrap=lambda m: ray.train.torch.prepare_model(m), progress=False, state=run.state)
 
 
 def train_prime_ray(
@@ -86,43 +76,62 @@ def train_prime_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from xmc.core.dense.fit import BestEpoch, load_checkpoint
-
     workers = params.dense.dense_workers
     cpus = max(1, int(ray.available_resources().get("CPU", workers)) // workers)
     start_from = None
     if resume and checkpoint_dir is not None and (checkpoint_dir / "epoch.npz").exists():
-        start_from = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+        # the ranks read it (Ray Train 2.60 has no resume_from_checkpoint): on a cluster it must be
+        # storage every node sees, as work_dir is
+        start_from = str(checkpoint_dir)
+        done = json.loads((checkpoint_dir / "history.json").read_text())["epochs_done"]
+        if done >= params.dense.dense_epochs:  # nothing left to train: no worker group
+            net, history = finished_net(checkpoint_dir, data, params, device, None)
+            return net, notify(observer, history)
     storage = Path(tempfile.mkdtemp(prefix="xmc-ray-train-"))
     try:
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={"params": params.to_dict(), "data": ray.put(data),
-                               "held_out": ray.put(held_out), "device": device, "threads": cpus},
+                               "held_out": ray.put(held_out), "device": device, "threads": cpus,
+                               "resume_from": start_from},
             torch_config=TorchConfig(backend="nccl" if device == "cuda" else "gloo"),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=device == "cuda",
                                          resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(name="xmc-prime", storage_path=str(storage),
                                  checkpoint_config=CheckpointConfig(num_to_keep=1),
                                  failure_config=FailureConfig(max_failures=max_failures)),
-            resume_from_checkpoint=start_from,
         )
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError("Ray Train finished without a checkpoint of the dense network")
         with result.checkpoint.as_directory() as folder:
-            net, _, history = load_checkpoint(Path(folder), data.X.shape[1], data.Y.shape[1], params, device)
-            best = BestEpoch(0, True)
-            best.restore(history, Path(folder), device)
-            if checkpoint_dir is not None:
-                checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                for name in ("best.npz", "history.json", "training.npz", "epoch.npz"):
-                    if (Path(folder) / name).exists():
-                        shutil.copy(Path(folder) / name, checkpoint_dir / name)
-        best.load_into(net)  # the best epoch's network, as the in-process fit keeps
+            net, history = finished_net(Path(folder), data, params, device, checkpoint_dir)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+    return net, notify(observer, history)
+
+
+def finished_net(folder: Path, data: DenseData, params: XMCParams, device: str, copy_to: Path | None
+                 ) -> tuple[Any, list[dict[str, Any]]]:
+    """(the best epoch's network, as the in-process fit keeps, and the epoch records) of a finished
+    run's checkpoint ``folder``; its files copied to ``copy_to`` (the user's checkpoint folder)."""
+    from xmc.core.dense.fit import BestEpoch, load_checkpoint
+
+    net, _, history = load_checkpoint(folder, data.X.shape[1], data.Y.shape[1], params, device)
+    best = BestEpoch(0, True)
+    best.restore(history, folder, device)
+    if copy_to is not None:
+        copy_to.mkdir(parents=True, exist_ok=True)
+        for name in ("best.npz", "history.json", "training.npz", "epoch.npz"):
+            if (folder / name).exists():
+                shutil.copy(folder / name, copy_to / name)
+    best.load_into(net)
+    return net, history
+
+
+def notify(observer: Any, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tell the observer (MLflow) of every epoch record once the run is over; the records."""
     if observer is not None and hasattr(observer, "dense_epoch"):
         for record in history:
             observer.dense_epoch(record)
-    return net, history
+    return history

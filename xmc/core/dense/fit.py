@@ -70,25 +70,19 @@ def fit_dense(
         net, history = trainer(data, held_out, params, device=device, checkpoint_dir=folder, resume=resume,
                                observer=observer)
     else:
-        net, start, history, state = None, 0, [], None
-        best = BestEpoch(p.dense_patience, held_out.X.shape[0] > 0)
-        if resume and folder is not None and (folder / "epoch.npz").exists():
-            net, start, history = load_checkpoint(folder, Xt.shape[1], Yt.shape[1], params, device)
-            best.restore(history, folder, device)
-            state = load_training_state(folder)
+        run = TrainingProgress(data, held_out, params, device, folder if resume else None)
+        history, best = run.history, run.best
 
         def on_epoch(epoch: int, loss: float, net: Any, training: Any) -> bool:
-            record = epoch_record(net, data, held_out, params, device, epoch, loss)
-            history.append(record)
-            improved = best.update(record, net)
+            record, improved = run.record(epoch, loss, net)
             if observer is not None and hasattr(observer, "dense_epoch"):
                 observer.dense_epoch(record)
             if folder is not None:
                 save_checkpoint(folder, net, epoch + 1, history, best.state if improved else None, training())
             return best.stop()
 
-        net = train_prime(data, p, device=device, seed=params.tree.seed, net=net, start_epoch=start,
-                          on_epoch=on_epoch, progress=True, state=state)
+        net = train_prime(data, p, device=device, seed=params.tree.seed, net=run.net, start_epoch=run.start,
+                          on_epoch=on_epoch, progress=True, state=run.state)
         best.load_into(net)
     model = snapshot(net, data, device)
     if p.sense_prototypes and len(tree_model.tree.copy_label) > Yt.shape[1]:
@@ -228,6 +222,32 @@ class BestEpoch:
     def load_into(self, net: Any) -> None:
         if self.state is not None:
             net.load_state_dict(self.state)
+
+
+class TrainingProgress:
+    """What a dense trainer keeps across epochs, in this process or on a Ray Train rank: the epoch
+    records and the best epoch, and, when ``folder`` holds a checkpoint, the network, epochs done
+    and optimizer state to resume from (``net`` None and ``start`` 0 otherwise)."""
+
+    def __init__(self, data: DenseData, held_out: HeldOut, params: XMCParams, device: str,
+                 folder: Path | None) -> None:
+        self.data, self.held_out, self.params, self.device = data, held_out, params, device
+        self.best = BestEpoch(params.dense.dense_patience, held_out.X.shape[0] > 0)
+        self.net: Any = None
+        self.start, self.history = 0, []
+        self.state: dict[str, np.ndarray] | None = None
+        if folder is not None and (folder / "epoch.npz").exists():
+            self.net, self.start, history = load_checkpoint(folder, data.X.shape[1], data.Y.shape[1], params,
+                                                            device)
+            self.history.extend(history)
+            self.best.restore(history, folder, device)
+            self.state = load_training_state(folder)
+
+    def record(self, epoch: int, loss: float, net: Any) -> tuple[dict[str, float], bool]:
+        """The epoch's record (``epoch_record``), kept; and whether it is the best so far."""
+        record = epoch_record(net, self.data, self.held_out, self.params, self.device, epoch, loss)
+        self.history.append(record)
+        return record, self.best.update(record, net)
 
 
 def save_checkpoint(folder: Path, net: Any, epochs_done: int, history: list[dict[str, float]],
