@@ -71,19 +71,21 @@ def fit_dense(
                                observer=observer)
     else:
         run = TrainingProgress(data, held_out, params, device, folder if resume else None)
-        history, best = run.history, run.best
+        best = run.best
 
         def on_epoch(epoch: int, loss: float, net: Any, training: Any) -> bool:
             record, improved = run.record(epoch, loss, net)
             if observer is not None and hasattr(observer, "dense_epoch"):
                 observer.dense_epoch(record)
             if folder is not None:
-                save_checkpoint(folder, net, epoch + 1, history, best.state if improved else None, training())
+                save_checkpoint(folder, net, epoch + 1, run.history, best.state if improved else None,
+                                training())
             return best.stop()
 
         net = train_prime(data, p, device=device, seed=params.tree.seed, net=run.net, start_epoch=run.start,
                           on_epoch=on_epoch, progress=True, state=run.state)
         best.load_into(net)
+        history = run.history
     model = snapshot(net, data, device)
     if p.sense_prototypes and len(tree_model.tree.copy_label) > Yt.shape[1]:
         from xmc.core.dense.senses import copy_prototypes, copy_rows
@@ -234,19 +236,22 @@ class TrainingProgress:
         self.data, self.held_out, self.params, self.device = data, held_out, params, device
         self.best = BestEpoch(params.dense.dense_patience, held_out.X.shape[0] > 0)
         self.net: Any = None
-        self.start, self.history = 0, []
+        self.start = 0
         self.state: dict[str, np.ndarray] | None = None
         if folder is not None and (folder / "epoch.npz").exists():
             self.net, self.start, history = load_checkpoint(folder, data.X.shape[1], data.Y.shape[1], params,
                                                             device)
-            self.history.extend(history)
             self.best.restore(history, folder, device)
             self.state = load_training_state(folder)
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Every epoch's record so far, restored ones first (the best epoch's own list)."""
+        return self.best.history
 
     def record(self, epoch: int, loss: float, net: Any) -> tuple[dict[str, float], bool]:
         """The epoch's record (``epoch_record``), kept; and whether it is the best so far."""
         record = epoch_record(net, self.data, self.held_out, self.params, self.device, epoch, loss)
-        self.history.append(record)
         return record, self.best.update(record, net)
 
 
