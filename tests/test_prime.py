@@ -59,6 +59,42 @@ def test_fusion_takes_a_weight_only_for_a_gain_beyond_held_out_noise() -> None:
         assert per_row(Y, tree).mean() == pytest.approx((e["P@1"] + e["P@5"]) / 2)
 
 
+def kept_rank_rows(n: int = 700, L: int = 20) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Rows with true labels a and b: the tree ranks a, four wrong labels, then b; the dense part ranks a
+    wrong label w first, then b. Free fusion that trusts the dense part puts w first; kept ranks do not."""
+    i = np.arange(n)
+    a, b = i % L, (i + 1) % L
+    wrong = [(i + 2 + j) % L for j in range(5)]  # wrong[0] is the dense part's first
+    Y = sp.csr_matrix((np.ones(2 * n), np.stack([a, b], 1).ravel(), np.arange(0, 2 * n + 1, 2)), shape=(n, L))
+    tree_idx = np.stack([a, *wrong[1:], b], 1)
+    tree = sp.csr_matrix((np.tile([0.9, 0.5, 0.4, 0.3, 0.2, 0.1], n), tree_idx.ravel(),
+                          np.arange(0, 6 * n + 1, 6)), shape=(n, L))
+    tree.sort_indices()
+    return Y, tree, np.stack([wrong[0], b, a], 1), np.tile([1.0, 0.9, 0.0], (n, 1))
+
+
+def test_fusion_keeps_the_tree_s_first_labels_in_place() -> None:
+    """kept=1: every row's first label is the tree's whatever the weight, and the dense part lifts b
+    into the top 5 (P@5 up, P@1 exactly the tree's); kept=0 at the same weight lets w take rank 1."""
+    from xmc.core.dense.fusion import FREE_ALPHA_MAX, fit_fusion, fuse
+    from xmc.core.sparse import topk_rows
+
+    Y, tree, dense_idx, dense_scores = kept_rank_rows()
+    tree_top = topk_rows(tree, 2)[0]
+    for kept in (1, 2):
+        hybrid = topk_rows(fuse(tree, dense_idx, dense_scores, 0.9, 20.0, 5, kept), 5)[0]
+        assert (hybrid[:, :kept] == tree_top[:, :kept]).all()
+        assert (hybrid == dense_idx[:, 1:2]).any(axis=1).all()  # b is in every row's top 5
+    free = topk_rows(fuse(tree, dense_idx, dense_scores, 0.9, 20.0, 5, 0), 5)[0]
+    assert (free[:, 0] == dense_idx[:, 0]).all()
+    fusion = fit_fusion(Y, tree, dense_idx, dense_scores, 0.0, 5, kept=1)
+    held = fusion.record
+    assert fusion.alpha > 0 and fusion.kept == 1
+    assert held["hybrid_P@1"] == held["tree_P@1"] and held["hybrid_P@5"] > held["tree_P@5"] + 5
+    free_fit = fit_fusion(Y, tree, dense_idx, dense_scores, 0.0, 5, kept=0)
+    assert 0 < free_fit.alpha <= FREE_ALPHA_MAX and free_fit.record["hybrid_P@1"] == held["tree_P@1"]
+
+
 @pytest.fixture(scope="module")
 def hybrid(bibtex: dict[str, sp.csr_matrix]) -> XMCModel:
     return fit(bibtex["X.trn"], bibtex["Y.trn"], XMCParams().replace(**SMALL))
@@ -83,6 +119,10 @@ def test_hybrid_learns_and_never_costs_held_out_precision(hybrid: XMCModel, bibt
         assert (both != tree).nnz == 0
     else:
         assert (both != tree).nnz > 0
+    from xmc.core.sparse import topk_rows  # the tree's first label keeps its rank (fusion_keeps = 1)
+
+    assert hybrid.dense is not None and hybrid.dense.kept == info["kept"] == 1
+    assert (topk_rows(both, 1)[0] == topk_rows(tree, 1)[0]).all()
 
 
 def test_hybrid_bundle_round_trip_and_corruption(hybrid: XMCModel, bibtex: dict[str, sp.csr_matrix],
@@ -97,6 +137,11 @@ def test_hybrid_bundle_round_trip_and_corruption(hybrid: XMCModel, bibtex: dict[
     assert "dense/dense.npz" in manifest["files"]  # checksummed like every weight file
     with np.load(tmp_path / "m" / "dense" / "dense.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    (tmp_path / "old").mkdir()  # a bundle saved before kept ranks: three fusion constants, a free fusion
+    np.savez(tmp_path / "old" / "dense.npz", **{**arrays, "fusion": arrays["fusion"][:3]})
+    from xmc.core.dense.model import DenseModel
+
+    assert DenseModel.load(tmp_path / "old", hybrid.n_features, hybrid.n_labels).kept == 0
     arrays["prototypes"][0, 0] = np.nan
     np.savez(tmp_path / "m" / "dense" / "dense.npz", **arrays)
     with pytest.raises(BundleError, match="dense"):
@@ -220,17 +265,17 @@ def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path) ->
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m", "--dense", "prime",
-            "--dense-epochs", "2", "--dense-dim", "32", "--json", "--tracking-uri", store,
-            "--experiment", "prime")
+            "--dense-epochs", "2", "--dense-dim", "32", "--fusion-keeps", "0", "--json",
+            "--tracking-uri", store, "--experiment", "prime")
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
-    assert {"alpha", "gamma", "held_out", "epochs"} <= set(record["dense"])
+    assert {"alpha", "gamma", "held_out", "epochs"} <= set(record["dense"]) and record["dense"]["kept"] == 0
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store)
     history = client.get_metric_history(record["mlflow"]["run_id"], "dense/loss")
     assert sorted(m.step for m in history) == [1, 2]  # one point per epoch
-    assert "dense/alpha" in client.get_run(record["mlflow"]["run_id"]).data.metrics
+    assert {"dense/alpha", "dense/kept"} <= set(client.get_run(record["mlflow"]["run_id"]).data.metrics)
     scores = {}
     for part in ("tree", "dense", "all"):
         r = xmc("predict", "--model", "m", "--x", str(bib / "X.tst.npz"), "--topk", "5", "--components", part,

@@ -41,8 +41,7 @@ class TreeParams:
     """How the label tree is built (hierarchical balanced spherical 2-means on PIFA embeddings)."""
 
     branching_factor: int = 32
-    """Children per internal node of the matcher tree (a power of two: levels group 2-means splits).
-    32: validation P@1 +0.1 on debian-deps over 16 (64: no better), equal on Bibtex, fit +13 %."""
+    """Children per internal node of the matcher tree (a power of two: levels group 2-means splits). 32: validation P@1 +0.1 on debian-deps over 16 (64: no better), equal on Bibtex, fit +13 %."""
     max_leaf_size: int = 100
     """Most labels in a leaf cluster; the tree is deepened until every leaf fits."""
     kmeans_max_iter: int = 20
@@ -50,8 +49,7 @@ class TreeParams:
     seed: int = 0
     """Seed of the k-means initialisation; the same seed gives the same tree."""
     n_trees: int = 1
-    """Label trees in the ensemble, tree t from seed + t; their label scores are averaged (Parabel's
-    ensemble). Each tree costs a full fit and a full prediction."""
+    """Label trees in the ensemble, tree t from seed + t; their label scores are averaged (Parabel's ensemble). Each tree costs a full fit and a full prediction."""
 
     def __post_init__(self) -> None:
         b = self.branching_factor
@@ -187,8 +185,7 @@ class DenseParams:
     """
 
     dense: DenseKind = "none"
-    """none: the label tree alone. prime: add a dense encoder and label prototypes; their scores are
-    fused with the tree's by a weight fitted on the held-out rows (fusion_fraction)."""
+    """none: the label tree alone. prime: add a dense encoder and label prototypes; their scores are fused with the tree's by a weight fitted on the held-out rows (fusion_fraction)."""
     dense_dim: int = 512
     """Width of the document embedding and of every prototype (Bibtex validation P@1 59.1 at 512 vs 57.1 at 256)."""
     dense_epochs: int = 20
@@ -223,6 +220,8 @@ class DenseParams:
     """Batches of documents whose labels share a tree cluster (in-batch negatives are confusable labels)."""
     sense_prototypes: bool = False
     """One prototype per label copy of the tree, its centroid over the documents routed to that copy."""
+    fusion_keeps: int = 1
+    """The tree's best this many labels keep their ranks in the hybrid; the fusion ranks the rest (0: all). Free fusion's held-out P@1 gains did not carry to the test splits, its P@5 gains did (docs/performance.md)."""
     fusion_fraction: float = 0.1
     """Rows held out (when validation_fraction is 0) to fit the fusion and the prior; both parts train on the rest."""
     dense_workers: int = 1
@@ -239,6 +238,7 @@ class DenseParams:
                  "use 0 <= margin_min <= margin_max")
         _require(self.softmax_tau >= 0, "softmax_tau", self.softmax_tau, "use >= 0 (0 = no weighting)")
         _require(0 <= self.prototype_layers <= 4, "prototype_layers", self.prototype_layers, "use 0..4")
+        _require(self.fusion_keeps >= 0, "fusion_keeps", self.fusion_keeps, "use >= 0 (0 = fuse every rank)")
         _require(0 < self.fusion_fraction < 0.5, "fusion_fraction", self.fusion_fraction,
                  "use a share in (0, 0.5), e.g. 0.1")
         _require(self.label_text or self.centroids or self.free_vectors, "free_vectors", self.free_vectors,

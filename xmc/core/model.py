@@ -122,7 +122,7 @@ class XMCModel:
         if not fused:
             return tree
         idx, scores = self.dense.topk(Xp, tree_k, device=self.dense_device())
-        return fuse(tree, idx, scores, self.dense.alpha, self.dense.beta, k)
+        return fuse(tree, idx, scores, self.dense.alpha, self.dense.beta, k, self.dense.kept)
 
     def dense_device(self) -> str:
         """Where the dense part scores: the GPU when one is seen (a model trained on CUDA still

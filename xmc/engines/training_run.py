@@ -268,7 +268,8 @@ class TrainingRun:
             summary.update({f"cost/{k}": float(cost[k]) for k in ("effective", "recurring_share")})
         dense = model.info.get("dense")
         if dense:  # the fusion constants and the held-out P@k of tree, dense part and hybrid
-            summary.update({f"dense/{k}": float(dense[k]) for k in ("alpha", "beta", "gamma", "seconds")})
+            summary.update({f"dense/{k}": float(dense[k])
+                            for k in ("alpha", "beta", "gamma", "kept", "seconds")})
             summary.update({f"dense/held_out_{metric_key(k)}": float(v)
                             for k, v in dense["held_out"].items()})
         ts = now_ms()

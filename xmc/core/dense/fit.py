@@ -99,9 +99,10 @@ def fit_dense(
     model = model.with_fusion(0.0, 1.0, gamma, counts)
     tree_pred = tree_model.predict(Xv, topk=k, components="tree")
     idx, vals = model.topk(Xv, k, device=device)
-    fusion = fit_fusion(Yv, tree_pred, idx, vals, gamma, k)
-    model = model.with_fusion(fusion.alpha, fusion.beta, gamma, counts)
-    info = {"alpha": fusion.alpha, "beta": fusion.beta, "gamma": gamma, "held_out": fusion.record,
+    fusion = fit_fusion(Yv, tree_pred, idx, vals, gamma, k, p.fusion_keeps)
+    model = model.with_fusion(fusion.alpha, fusion.beta, gamma, counts, fusion.kept)
+    info = {"alpha": fusion.alpha, "beta": fusion.beta, "gamma": gamma, "kept": fusion.kept,
+            "held_out": fusion.record,
             "epochs": history, "best_epoch": best_epoch_of(history, held_out.X.shape[0] > 0),
             "seconds": time.perf_counter() - t0, "device": device, "workers": p.dense_workers}
     return model, info

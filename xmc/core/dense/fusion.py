@@ -12,6 +12,12 @@ P@1 at the tree's; alpha = 0 (the tree alone) is on the grid, and a weight is on
 beats the tree alone by ``MIN_GAIN`` and by ``Z`` standard errors of the paired per-row gain: noise
 does not buy a change. The second test came from pypi-tags, where 715 held-out rows gave alpha 0.4
 for +0.42 held-out P@1 (three rows) and the test split then lost 0.50 P@1.
+
+``kept`` (DenseParams.fusion_keeps, default 1): the tree's best ``kept`` labels keep their ranks and
+the fusion orders the rest. On Bibtex and pypi-tags a free fusion's held-out P@1 gains turned into
+test losses, while its gains below rank 1 held on test (docs/performance.md): so the tree, the
+sharper ranker, names the first label and the dense part helps choose the next ones. With ranks
+kept, P@1 cannot move, and the weight may go up to 0.9.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from xmc.core.metrics import evaluate, label_hits
 from xmc.core.sparse import csr, from_topk, topk_rows
 
 GAMMAS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15)
-ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
-"""At most half the weight on the dense part: it is the weaker ranker on every real set here (Bibtex
-held-out P@1 63.5 vs 65.7), and a weight of 0.8 chosen on 499 held-out rows lost 0.36 P@1 on test."""
+ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+FREE_ALPHA_MAX = 0.5
+"""A free fusion (no kept ranks) puts at most half the weight on the dense part: it is the weaker ranker
+on every real set here (Bibtex held-out P@1 63.5 vs 65.7), and a weight of 0.8 chosen on 499 held-out
+rows lost 0.36 P@1 on test."""
 BETAS = (5.0, 10.0, 20.0)
 MIN_GAIN = 0.1
 """Held-out points of (P@1 + P@5) / 2 a hybrid weight must add over the tree alone to be taken."""
@@ -41,6 +49,7 @@ class Fusion:
     alpha: float
     beta: float
     gamma: float
+    kept: int
     record: dict[str, float]
     """Held-out P@1/P@5 of the tree, the dense part and the hybrid at the fitted constants."""
 
@@ -55,8 +64,9 @@ def _relative(values: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 
 def fuse(tree: sp.csr_matrix, dense_idx: np.ndarray, dense_scores: np.ndarray, alpha: float, beta: float,
-         k: int) -> sp.csr_matrix:
-    """Top-k (N x L CSR, scores in (0, 1]) of the hybrid of the tree's scores and the dense top-k."""
+         k: int, kept: int = 0) -> sp.csr_matrix:
+    """Top-k (N x L CSR, scores in (0, 1]) of the hybrid of the tree's scores and the dense top-k; the
+    tree's best ``kept`` labels of a row come first, in the tree's order."""
     n, L = tree.shape
     if alpha <= 0:
         idx, vals = topk_rows(sp.csr_matrix(tree), k)
@@ -80,6 +90,10 @@ def fuse(tree: sp.csr_matrix, dense_idx: np.ndarray, dense_scores: np.ndarray, a
         lt = _relative(np.log(np.where(t > 0, t, 1.0)), valid & (t > 0))
     ld = _relative(beta * d, valid & (d > 0))
     S = np.where(valid, (1 - alpha) * lt + alpha * ld, -np.inf)
+    if kept > 0:  # above every fused value (<= 0), in the tree's order; then shifted back to <= 0
+        present = valid & (t > 0)  # candidates sorted by label: ties go to the lower label, as topk_rows
+        rank = np.argsort(np.argsort(np.where(present, -t, np.inf), axis=1, kind="stable"), axis=1)
+        S = np.where(present & (rank < kept), kept - rank, S) - kept
     k = min(k, S.shape[1])
     top = np.argpartition(-S, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(S, top, 1)
@@ -117,16 +131,17 @@ def fit_gamma(Y: sp.csr_matrix, raw: np.ndarray, label_counts: np.ndarray, k: in
 
 
 def fit_fusion(Y: sp.csr_matrix, tree: sp.csr_matrix, dense_idx: np.ndarray, dense_scores: np.ndarray,
-               gamma: float, k: int) -> Fusion:
-    """(alpha, beta) for the best held-out (P@1 + P@5) / 2 that keeps P@1, given both top-k lists."""
+               gamma: float, k: int, kept: int = 0) -> Fusion:
+    """(alpha, beta) for the best held-out (P@1 + P@5) / 2 that keeps P@1, given both top-k lists;
+    the tree's best ``kept`` labels keep their ranks (``fuse``)."""
     L = tree.shape[1]
     tree_alone = fuse(tree, dense_idx, dense_scores, 0.0, 1.0, k)
     base = _p(Y, tree_alone)
     dense_p = _p(Y, from_topk(dense_idx, dense_scores, L))
     best = (base, 0.0, BETAS[0], tree_alone)
     for beta in BETAS:
-        for alpha in ALPHAS:
-            hybrid = fuse(tree, dense_idx, dense_scores, alpha, beta, k)
+        for alpha in ALPHAS if kept > 0 else [a for a in ALPHAS if a <= FREE_ALPHA_MAX]:
+            hybrid = fuse(tree, dense_idx, dense_scores, alpha, beta, k, kept)
             got = _p(Y, hybrid)
             if got[0] >= base[0] and sum(got) > sum(best[0]):
                 best = (got, alpha, beta, hybrid)
@@ -137,6 +152,6 @@ def fit_fusion(Y: sp.csr_matrix, tree: sp.csr_matrix, dense_idx: np.ndarray, den
         gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else np.inf
     if gain < MIN_GAIN or gain < Z * se:
         (p1, p5), alpha = base, 0.0
-    return Fusion(alpha, beta, gamma, {"tree_P@1": base[0], "tree_P@5": base[1], "dense_P@1": dense_p[0],
-                                       "dense_P@5": dense_p[1], "hybrid_P@1": p1, "hybrid_P@5": p5,
-                                       "best_gain": gain, "best_gain_se": se})
+    return Fusion(alpha, beta, gamma, kept, {
+        "tree_P@1": base[0], "tree_P@5": base[1], "dense_P@1": dense_p[0], "dense_P@5": dense_p[1],
+        "hybrid_P@1": p1, "hybrid_P@5": p5, "best_gain": gain, "best_gain_se": se})

@@ -6,7 +6,8 @@
                              the label-frequency prior ``gamma * ln(1 + n_l)``
     copy_label  (C,)         optional (disentangled prototypes, ``xmc.core.dense.senses``): the
                              label of each prototype row; a label scores the max over its rows
-    fusion      alpha (weight of the dense score), beta (its sharpness), gamma (the prior)
+    fusion      alpha (weight of the dense score), beta (its sharpness), gamma (the prior), and
+                the tree's ranks kept (absent in bundles saved before it: 0, a free fusion)
 
 In-batch negatives meet a label in proportion to its frequency, so a frequent label is pushed down
 more often than it is pulled up (the sampling bias that logQ correction removes in retrieval). The
@@ -74,12 +75,20 @@ class DenseModel:
     def gamma(self) -> float:
         return float(self.arrays["fusion"][2])
 
-    def with_fusion(self, alpha: float, beta: float, gamma: float, label_counts: np.ndarray) -> DenseModel:
+    @property
+    def kept(self) -> int:
+        """The tree's best labels that keep their ranks in the hybrid (``xmc.core.dense.fusion.fuse``)."""
+        fusion = self.arrays["fusion"]
+        return int(fusion[3]) if len(fusion) > 3 else 0
+
+    def with_fusion(self, alpha: float, beta: float, gamma: float, label_counts: np.ndarray,
+                    kept: int = 0) -> DenseModel:
         """A copy whose bias column carries the prior gamma * ln(1 + n_l) (replacing any earlier one)."""
         arrays = dict(self.arrays)
         P = arrays["prototypes"].copy()
         P[:, -1] += (gamma - self.gamma) * np.log1p(label_counts[self.row_label]).astype(np.float32)
-        arrays["prototypes"], arrays["fusion"] = P, np.array([alpha, beta, gamma], dtype=np.float64)
+        arrays["prototypes"] = P
+        arrays["fusion"] = np.array([alpha, beta, gamma, kept], dtype=np.float64)
         return DenseModel(arrays, self.n_labels)
 
     def embed(self, X: sp.csr_matrix, device: str = "cpu") -> np.ndarray:
@@ -159,7 +168,8 @@ class DenseModel:
                 raise BundleError(f"{path}: copy_label must be >= {n_labels} label ids in [0, {n_labels})")
             rows = len(owner)
         shapes = {"embedding": (n_features, d), "mlp_0_weight": (d, d), "mlp_0_bias": (d,),
-                  "mlp_2_weight": (d, d), "mlp_2_bias": (d,), "prototypes": (rows, d + 1), "fusion": (3,)}
+                  "mlp_2_weight": (d, d), "mlp_2_bias": (d,), "prototypes": (rows, d + 1),
+                  "fusion": (4,) if arrays["fusion"].shape == (4,) else (3,)}  # (3,): saved before kept ranks
         for key, shape in shapes.items():
             if arrays[key].shape != shape:
                 raise BundleError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}")
@@ -188,7 +198,7 @@ def dense_model_of(net: PrimeNet, C: torch.Tensor, text: Triple | None = None) -
             arrays[f"mlp_{i}_weight"] = layer.weight.detach().cpu().numpy().astype(np.float32)
             arrays[f"mlp_{i}_bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
         arrays["prototypes"] = all_prototypes(net, C, text).cpu().numpy().astype(np.float32)
-    arrays["fusion"] = np.zeros(3, dtype=np.float64)
+    arrays["fusion"] = np.zeros(4, dtype=np.float64)
     return DenseModel(arrays, net.prototypes.n_labels)
 
 
