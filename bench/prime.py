@@ -1,6 +1,7 @@
 """PRIME beside the tree: dense-only, tree-only and hybrid test P@k of one model per set, and ablations.
 
-    python bench/prime.py [--sets bibtex,debian,pypi-tags] [--ablations] [--workers 1,2] [--out bench/results]
+    python bench/prime.py [--sets bibtex,debian,pypi-tags] [--ablations] [--workers 1,2] [--seeds 0,1,2]
+                          [--out bench/results]
 
 For each real set one hybrid model is trained with the product's defaults plus ``--dense prime``
 (the tree trained on the same rows, held-out rows apart for the fusion): ``components`` tree, dense
@@ -8,6 +9,9 @@ and all are scored on the test split, so "tree" is the same tree the hybrid fuse
 ``--ablations`` each of label text, centroids, free vectors, the dynamic margin, cluster batches
 and the prototype transformer is switched from its default in turn (the dense part's test P@1 is what moves).
 With ``--workers 1,2`` the dense part is trained by 1 and by 2 Ray Train workers (DDP, gloo).
+With ``--seeds 0,1,2`` each set's default hybrid is trained once per seed (``--seed``: the tree, the
+held-out rows, the dense part's initialisation and batches), so a fusion weight's test effect shows
+beside its spread.
 Prints a markdown table; writes prime_<sets>[_ablations].{md,json} under --out. Peak RSS is this process's
 (the fit runs in it), read after each fit.
 """
@@ -99,6 +103,7 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="with --ablations: only these (comma-separated names)")
     ap.add_argument("--workers", default="", help="e.g. 1,2: Ray Train workers compared on the first set")
     ap.add_argument("--epochs", type=int, default=0, help="dense_epochs override (0 = the default)")
+    ap.add_argument("--seeds", default="0", help="e.g. 0,1,2: the default hybrid once per seed")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # one line per PRIME epoch
@@ -106,7 +111,10 @@ def main() -> None:
     base = {"dense_epochs": args.epochs} if args.epochs else {}
     for name in args.sets.split(","):
         data = load_set(name)
+        seeds = [int(v) for v in args.seeds.split(",")]
         runs = ABLATIONS if args.ablations else {"default": {}}
+        if len(seeds) > 1:
+            runs = {f"seed {s}": {"seed": s} for s in seeds}
         if args.variants:
             runs = {k: v for k, v in runs.items() if k in args.variants.split(",")}
         for label, change in runs.items():
@@ -136,7 +144,9 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     stem = "prime_" + "_".join(sorted({r["set"] for r in rows}))
-    stem += "_ablations" if len({r["variant"] for r in rows}) > 1 else ""
+    variants = {r["variant"] for r in rows}
+    if len(variants) > 1:
+        stem += "_seeds" if all(v.startswith("seed ") for v in variants) else "_ablations"
     (out / f"{stem}.md").write_text("# bench/prime.py\n\n" + table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -5,9 +5,10 @@
 Issue 17's moonshot asks a hybrid for P@1 >= tree + 0.3, or PSP@5 >= tree + 1.0 without costing
 P@1 (>= tree - 0.1). ``fit_fusion`` picks one (alpha, beta) on held-out rows by (P@1 + P@5) / 2;
 this script trains one default hybrid per set (``bench/prime.py``'s data and params) and scores
-the whole grid (alpha 0 = the tree alone, and every alpha x beta of ``xmc.core.dense.fusion``) on the
-same held-out rows the fit used and on the test split, so a weight that trades P@1 for tail labels
-(PSP@5) shows. Test figures are reported, never used to choose. Writes prime_fusion_grid.{md,json}.
+the whole grid (alpha 0 = the tree alone, and every alpha x beta of ``xmc.core.dense.fusion``, free
+(kept 0) and with the tree's first label kept in place (kept 1, the default)) on the same held-out
+rows the fit used and on the test split, so a weight that trades P@1 for tail labels (PSP@5) shows.
+Test figures are reported, never used to choose. Writes prime_fusion_grid.{md,json}.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def grid(name: str) -> list[dict[str, Any]]:
     for split, (A, B) in splits.items():
         tree = model.predict(A, topk=k, components="tree")
         idx, vals = model.dense.topk(A, k)
-        for beta in BETAS:
-            for alpha in (0.0,) + ALPHAS:
-                hybrid = fuse(tree, idx, vals, alpha, beta, k)
-                e = evaluate(B, hybrid, (1, 5), label_counts=model.label_counts, n_train=model.n_train)
-                rows.append({"set": name, "split": split, "alpha": alpha, "beta": beta,
-                             **{m: round(e[m], 2) for m in METRICS}})
+        for kept in (0, 1):
+            for beta in BETAS:
+                for alpha in (0.0,) + ALPHAS:
+                    hybrid = fuse(tree, idx, vals, alpha, beta, k, kept)
+                    e = evaluate(B, hybrid, (1, 5), label_counts=model.label_counts, n_train=model.n_train)
+                    rows.append({"set": name, "split": split, "kept": kept, "alpha": alpha, "beta": beta,
+                                 **{m: round(e[m], 2) for m in METRICS}})
     return rows
 
 
@@ -64,19 +66,19 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "prime_fusion_grid.json").write_text(json.dumps(rows, indent=1))
     lines = ["# bench/prime_fusion_grid.py", "",
              "Gains over the tree alone (alpha 0) of each fusion weight, in points.", "",
-             "| set | split | alpha | beta | P@1 | P@5 | PSP@5 |", "|---|---|---|---|---|---|---|"]
-    summary = ["", "| set | split | tree P@1 / PSP@5 | best PSP@5 gain with P@1 >= tree - 0.1 "
-               "(alpha, beta) |", "|---|---|---|---|"]
-    for key in dict.fromkeys((r["set"], r["split"]) for r in rows):
-        part = [r for r in rows if (r["set"], r["split"]) == key]
+             "| set | split | kept | alpha | beta | P@1 | P@5 | PSP@5 |", "|---|---|---|---|---|---|---|---|"]
+    summary = ["", "| set | split | kept | tree P@1 / PSP@5 | best PSP@5 gain with P@1 >= tree - 0.1 "
+               "(alpha, beta) |", "|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["set"], r["split"], r.get("kept", 0)) for r in rows):
+        part = [r for r in rows if (r["set"], r["split"], r.get("kept", 0)) == key]
         tree = next(r for r in part if r["alpha"] == 0)
         for r in part:
             if r["alpha"] > 0:
-                lines.append(f"| {key[0]} | {key[1]} | {r['alpha']} | {r['beta']} | "
+                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {r['alpha']} | {r['beta']} | "
                              + " | ".join(f"{r[m] - tree[m]:+.2f}" for m in METRICS) + " |")
         ok = [r for r in part if r["alpha"] > 0 and r["P@1"] >= tree["P@1"] - 0.1]
         best = max(ok, key=lambda r: r["PSP@5"], default=None)
-        summary.append(f"| {key[0]} | {key[1]} | {tree['P@1']} / {tree['PSP@5']} | "
+        summary.append(f"| {key[0]} | {key[1]} | {key[2]} | {tree['P@1']} / {tree['PSP@5']} | "
                        + (f"{best['PSP@5'] - tree['PSP@5']:+.2f} ({best['alpha']}, {best['beta']})" if best
                           else "none keeps P@1") + " |")
     text = "\n".join(lines + summary) + "\n"
