@@ -125,6 +125,20 @@ def test_hybrid_learns_and_never_costs_held_out_precision(hybrid: XMCModel, bibt
     assert (topk_rows(both, 1)[0] == topk_rows(tree, 1)[0]).all()
 
 
+def test_hybrid_trees_are_refit_on_every_row(hybrid: XMCModel, bibtex_model: XMCModel,
+                                              bibtex: dict[str, sp.csr_matrix]) -> None:
+    """The fusion's held-out rows serve it only: the hybrid's trees are trained again on every row, so
+    they are the trees of the same fit without --dense (refit_trees off: trees of 90 % of the rows)."""
+    assert hybrid.info["dense"]["trees_refit"] and hybrid.n_train == bibtex_model.n_train
+    X = bibtex["X.tst"][:400]
+    tree, alone = hybrid.predict(X, topk=5, components="tree"), bibtex_model.predict(X, topk=5)
+    assert (tree != alone).nnz == 0
+    held = XMCParams().replace(**{**SMALL, "dense_epochs": 1}, refit_trees=False)
+    kept = fit(bibtex["X.trn"], bibtex["Y.trn"], held)
+    assert "trees_refit" not in kept.info["dense"]
+    assert (kept.predict(X, topk=5, components="tree") != alone).nnz > 0
+
+
 def test_hybrid_bundle_round_trip_and_corruption(hybrid: XMCModel, bibtex: dict[str, sp.csr_matrix],
                                                  tmp_path: Path) -> None:
     hybrid.save(tmp_path / "m")

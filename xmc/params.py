@@ -151,8 +151,7 @@ class DisentangleParams:
     min_gain_share: float = 0.15
     """... and at least this share of the label's positives: a copy must carry a sense of the label, not stray documents. 0.15 against 0.05, validation P@1 / P@5: pypi-tags +0.26 / -0.01, Bibtex +0.07 / -0.10 (6 splits), debian-deps 0.00 / +0.07 (3); fits faster (fewer copies). 0.2 gained more on those (+0.32, +0.44) but lost 0.43 P@1 on bibtex-composite."""
     gain_beam_size: int = 1
-    """Leaves kept per instance in the matching behind G (0 = beam_size). As many as the tree's
-    leaves make every G[l, k] = n_l: no signal."""
+    """Leaves kept per instance in the matching behind G (0 = beam_size). As many as the tree's leaves make every G[l, k] = n_l: no signal."""
     gain_search_beam: int = 0
     """Beam of the search that finds those leaves (0 = beam_size; at least gain_beam_size). A
     greedy search (1) compounds errors down a deep tree: at L = 100K (4 layers) it reached a
@@ -222,6 +221,8 @@ class DenseParams:
     """One prototype per label copy of the tree, its centroid over the documents routed to that copy."""
     fusion_keeps: int = 1
     """The tree's best this many labels keep their ranks in the hybrid; the fusion ranks the rest (0: all). Free fusion's held-out P@1 gains did not carry to the test splits, its P@5 gains did (docs/performance.md)."""
+    refit_trees: bool = True
+    """Once the fusion is fitted on the held-out rows (fusion_fraction), train the trees again on every row: the hybrid then ranks first what `xmc train` without --dense would (held-out rows cost debian-deps' tree 0.6 test P@1). Not with sense_prototypes (they are the copies of the first trees)."""
     fusion_fraction: float = 0.1
     """Rows held out (when validation_fraction is 0) to fit the fusion and the prior; both parts train on the rest."""
     dense_workers: int = 1
@@ -281,8 +282,7 @@ class ExecutorParams:
     so the driver holds only what is sized by the labels (``xmc.core.sharded``). auto: shards with
     the ray executor, driver otherwise. Both give the same model."""
     work_dir: str = ""
-    """Folder of the shards and shuffles of data_plane shards ('' = the system's temp folder); on a
-    cluster, storage every node sees. A run's own subfolder is removed when it ends."""
+    """Folder of the shards and shuffles of data_plane shards ('' = the system's temp folder); on a cluster, storage every node sees. A run's own subfolder is removed when it ends."""
 
     def shards_for_bundle(self) -> bool:
         """Whether a bundle's rows stay in shards (``data_plane`` resolved)."""

@@ -82,6 +82,9 @@ def fit(
     With ``dense`` = prime a dense part (``xmc.core.dense``) is trained on the same rows after the
     trees, and fused with them by constants fitted on the held-out rows (``fusion_fraction`` of the
     rows when ``validation_fraction`` is 0); ``label_text`` are the label names as feature rows.
+    With ``refit_trees`` (and ``validation_fraction`` 0, no ``sense_prototypes``) the trees are then
+    trained again on every row (checkpoint folder ``refit/``): the hybrid's trees are those of a fit
+    without ``dense``.
     """
     params = params or XMCParams()
     check_xy(X, Y)
@@ -104,9 +107,21 @@ def fit(
     if params.dense.dense == "prime":
         from xmc.core.dense.fit import fit_dense
 
-        model.dense, model.info["dense"] = fit_dense(
+        dense, dense_info = fit_dense(
             Xt, Yt, Xv, Yv, model, params, label_text=label_text, checkpoint_dir=checkpoint_dir,
             resume=resume, observer=observer, executor=executor)
+        held = 0 if Xv is None else Xv.shape[0]
+        if (params.dense.refit_trees and params.disentangle.validation_fraction == 0 and held
+                and not params.dense.sense_prototypes):  # sense prototypes are the copies of this tree
+            # the held-out rows served the fusion only: the trees are trained again on every row
+            folder = None if checkpoint_dir is None else Path(checkpoint_dir) / "refit"
+            refit = fit_trees(InMemoryRows(Xp, Y, None, None, executor),
+                              dataclass_replace(inputs, tree_of=partial(build_tree, pifa(Xp, Y))), params,
+                              label_names=label_names, checkpoint_dir=folder, resume=resume)
+            refit.info.update({k: v for k, v in model.info.items() if k == "cost"})
+            dense_info["trees_refit"] = True
+            model = refit
+        model.dense, model.info["dense"] = dense, dense_info
     return model
 
 

@@ -55,8 +55,9 @@ class RoundState:
 
 
 def _is_checkpoint(folder: Path) -> bool:
-    """A folder holding only what checkpoints write (state.json, round_<r>/, tree_<t>/, dense/, temps)."""
-    return all(p.name in ("state.json", "dense") or p.name.startswith((".", "round_", "tree_"))
+    """A folder holding only what checkpoints write (state.json, round_<r>/, tree_<t>/, dense/, refit/,
+    temps)."""
+    return all(p.name in ("state.json", "dense", "refit") or p.name.startswith((".", "round_", "tree_"))
                for p in folder.iterdir())
 
 
