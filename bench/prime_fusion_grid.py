@@ -38,7 +38,7 @@ def grid(name: str) -> list[dict[str, Any]]:
     from xmc.core.sparse import csr
 
     X, Y, Xt, Yt, text, _ = load_set(name)
-    params = XMCParams().replace(dense="prime")
+    params = XMCParams().replace(dense="prime", refit_trees=False)  # the trees the fusion was fitted with
     model = fit(X, Y, params, label_text=text)
     assert model.dense is not None
     Xp = prepare_features(X, params, X.shape[1])

@@ -1,6 +1,7 @@
 """Disentangled prototypes on the synthetic multi-sense truth: per-sense routing VI and precision.
 
-    python bench/prime_senses.py [--labels 400] [--train 20000] [--test 5000] [--params JSON] [--out bench/results]
+    python bench/prime_senses.py [--labels 400] [--train 20000] [--test 5000] [--params JSON]
+                                 [--out bench/results]
 
 One world of ``xmc synth`` (20 % of labels have two senses in two topics). A hybrid is trained
 twice with the same seed, so the same tree and the same dense network: once with one prototype per
@@ -73,7 +74,8 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=20000)
     ap.add_argument("--test", type=int, default=5000)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--params", default="{}", help='fields changed for both runs, e.g. \'{"margin_min": 0.1}\'')
+    ap.add_argument("--params", default="{}",
+                    help='fields changed for both runs, e.g. \'{"margin_min": 0.1}\'')
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     changes = json.loads(args.params)
@@ -87,7 +89,8 @@ def main() -> None:
     multi = sense_table(spec).multi_sense
     rows = []
     for kind, senses in (("one prototype per label", False), ("one prototype per copy", True)):
-        params = XMCParams().replace(dense="prime", dense_epochs=args.epochs, sense_prototypes=senses, **changes)
+        params = XMCParams().replace(dense="prime", dense_epochs=args.epochs, sense_prototypes=senses,
+                                     **changes)
         model = fit(train.X, train.Y, params)
         row: dict[str, Any] = {"prototypes": kind, "copies": int(len(model.tree.copy_label)),
                                "labels": int(model.n_labels), "alpha": model.info["dense"]["alpha"]}
@@ -100,9 +103,10 @@ def main() -> None:
             row["routing"] = routing_vi(model, test.X, test.sense, multi)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    lines = [f"# bench/prime_senses.py ({spec}, {args.train} train / {args.test} test docs; changed: {changes})",
-             "", "| prototypes | dense P@1 | dense P@5 | dense R@5 two-sense | hybrid P@1 / P@5 | tree P@1 / P@5 "
-             "| alpha |", "|---|---|---|---|---|---|---|"]
+    lines = [f"# bench/prime_senses.py ({spec}, {args.train} train / {args.test} test docs; "
+             f"changed: {changes})", "",
+             "| prototypes | dense P@1 | dense P@5 | dense R@5 two-sense | hybrid P@1 / P@5 "
+             "| tree P@1 / P@5 | alpha |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['prototypes']} | {r['dense']['P@1']} | {r['dense']['P@5']} "
                      f"| {r['dense']['R@5 two-sense']} | {r['all']['P@1']} / {r['all']['P@5']} "
