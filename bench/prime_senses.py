@@ -90,7 +90,7 @@ def main() -> None:
     rows = []
     for kind, senses in (("one prototype per label", False), ("one prototype per copy", True)):
         params = XMCParams().replace(dense="prime", dense_epochs=args.epochs, sense_prototypes=senses,
-                                     **changes)
+                                     refit_trees=False, **changes)  # the same trees for both kinds
         model = fit(train.X, train.Y, params)
         row: dict[str, Any] = {"prototypes": kind, "copies": int(len(model.tree.copy_label)),
                                "labels": int(model.n_labels), "alpha": model.info["dense"]["alpha"]}

@@ -80,3 +80,18 @@ def test_lp_hinge_post_processors_follow_their_power(kind: str) -> None:
     z = np.linspace(-2, 2, 41)
     np.testing.assert_allclose(post_process(z, kind), np.exp(-(np.maximum(0, 1 - z) ** p)))
     assert post_process(np.array([1.5]), kind)[0] == 1.0
+
+
+def test_topk_dense_breaks_ties_at_the_boundary_by_index() -> None:
+    """Ten candidates tied at the top: the k kept are the k lowest indices whatever k, so a top-1 and
+    the first of a top-10 agree (the tree alone and the hybrid ask for different k)."""
+    from xmc.core.sparse import topk_dense
+
+    rng = np.random.default_rng(0)
+    idx = np.tile(rng.permutation(40), (50, 1))
+    vals = np.where(idx % 4 == 0, 1.0, rng.random((50, 40)) * 0.5)  # labels 0, 4, ..., 36 tie at 1.0
+    for k in (1, 3, 10):
+        top, got = topk_dense(vals, idx, k)
+        assert (top == np.arange(0, 4 * k, 4)).all() and (got == 1.0).all()
+    top, _ = topk_dense(vals, idx, 12)
+    assert (top[:, :10] == np.arange(0, 40, 4)).all()

@@ -126,7 +126,7 @@ def test_prime_on_ray_train_with_two_workers(ray_executor: RayExecutor, tmp_path
 
     X, Y = read_npz(BIBTEX / "X.trn.npz")[:2000], read_npz(BIBTEX / "Y.trn.npz", binary=True)[:2000]
     params = XMCParams().replace(dense="prime", dense_dim=32, dense_epochs=2, dense_batch_size=64,
-                                 dense_workers=2)
+                                 dense_workers=2, refit_trees=False)  # the refit: tests/test_prime.py
     model = fit(X, Y, params, executor=ray_executor, checkpoint_dir=tmp_path / "ckpt")
     info = model.info["dense"]
     assert info["workers"] == 2 and [e["epoch"] for e in info["epochs"]] == [1, 2]

@@ -239,7 +239,7 @@ class DenseParams:
                  "use 0 <= margin_min <= margin_max")
         _require(self.softmax_tau >= 0, "softmax_tau", self.softmax_tau, "use >= 0 (0 = no weighting)")
         _require(0 <= self.prototype_layers <= 4, "prototype_layers", self.prototype_layers, "use 0..4")
-        _require(self.fusion_keeps >= 0, "fusion_keeps", self.fusion_keeps, "use >= 0 (0 = fuse every rank)")
+        _require(0 <= self.fusion_keeps <= 20, "fusion_keeps", self.fusion_keeps, "use 0..20 (0 = fuse every rank)")
         _require(0 < self.fusion_fraction < 0.5, "fusion_fraction", self.fusion_fraction,
                  "use a share in (0, 0.5), e.g. 0.1")
         _require(self.label_text or self.centroids or self.free_vectors, "free_vectors", self.free_vectors,

@@ -8,6 +8,7 @@ reassignment with up to lambda copies per label, each round kept only if held-ou
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,11 +98,15 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
-    params, cost = resolve_cost_of_rows(params, Xt)
+    refit = refits_trees(params, Xv.shape[0] if Xv is not None else 0)
+    if refit and checkpoint_dir is not None and not resume:  # a fresh run: no earlier run's refit
+        check_checkpoint_folder(checkpoint_dir)  # ours (or empty) before anything in it is removed
+        shutil.rmtree(Path(checkpoint_dir) / "refit", ignore_errors=True)
+    given, (params, cost) = params, resolve_cost_of_rows(params, Xt)
     inputs = FitInputs(partial(build_tree, pifa(Xt, Yt)), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64),
                        X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
     model = fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
-                      checkpoint_dir=checkpoint_dir, resume=resume, observer=observer)
+                      checkpoint_dir=checkpoint_dir, resume=resume, observer=None if refit else observer)
     if cost:
         model.info["cost"] = cost
     if params.dense.dense == "prime":
@@ -110,19 +115,28 @@ def fit(
         dense, dense_info = fit_dense(
             Xt, Yt, Xv, Yv, model, params, label_text=label_text, checkpoint_dir=checkpoint_dir,
             resume=resume, observer=observer, executor=executor)
-        held = 0 if Xv is None else Xv.shape[0]
-        if (params.dense.refit_trees and params.disentangle.validation_fraction == 0 and held
-                and not params.dense.sense_prototypes):  # sense prototypes are the copies of this tree
-            # the held-out rows served the fusion only: the trees are trained again on every row
+        if refit:  # the held-out rows served the fusion only: the trees again, on every row
+            params, cost = resolve_cost_of_rows(given, Xp)
             folder = None if checkpoint_dir is None else Path(checkpoint_dir) / "refit"
-            refit = fit_trees(InMemoryRows(Xp, Y, None, None, executor),
-                              dataclass_replace(inputs, tree_of=partial(build_tree, pifa(Xp, Y))), params,
-                              label_names=label_names, checkpoint_dir=folder, resume=resume)
-            refit.info.update({k: v for k, v in model.info.items() if k == "cost"})
+            every_row = dataclass_replace(inputs, tree_of=partial(build_tree, pifa(Xp, Y)))
+            model = fit_trees(InMemoryRows(Xp, Y, None, None, executor), every_row, params,
+                              label_names=label_names, checkpoint_dir=folder, resume=resume,
+                              observer=observer)
+            if cost:
+                model.info["cost"] = cost
             dense_info["trees_refit"] = True
-            model = refit
         model.dense, model.info["dense"] = dense, dense_info
     return model
+
+
+def refits_trees(params: XMCParams, n_held_out: int) -> bool:
+    """Whether a hybrid's trees are trained again on every row after its fusion (``refit_trees``): only
+    where the held-out rows exist for the fusion alone (``validation_fraction`` 0), and not with
+    ``sense_prototypes``, whose prototypes are the copies of the first trees. The first trees then
+    report no rounds to the observer: the rounds it hears, and MLflow shows, are the final trees'."""
+    d = params.dense
+    return (d.dense == "prime" and d.refit_trees and params.disentangle.validation_fraction == 0
+            and n_held_out > 0 and not d.sense_prototypes)
 
 
 @dataclass

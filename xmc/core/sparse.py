@@ -81,6 +81,14 @@ def topk_dense(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, n
     n, width = vals.shape
     if width > k:
         part = np.argpartition(-vals, k - 1, axis=1)[:, :k]
+        kept_vals = np.take_along_axis(vals, part, axis=1)
+        # argpartition keeps any of the entries tied at the k-th value: rows where some were left
+        # out are redone in full order, so the lower index wins there too (the tree alone and the
+        # hybrid, which asks for more candidates, then agree on a row's first labels)
+        kth = kept_vals.min(axis=1, initial=np.inf)[:, None]
+        left_out = (vals == kth).sum(axis=1) > (kept_vals == kth).sum(axis=1)
+        for r in np.flatnonzero(left_out & np.isfinite(kth[:, 0])):
+            part[r] = np.lexsort((idx[r], -vals[r]))[:k]
         vals = np.take_along_axis(vals, part, axis=1)
         idx = np.take_along_axis(idx, part, axis=1)
     elif width < k:

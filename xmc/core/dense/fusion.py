@@ -15,7 +15,7 @@ for +0.42 held-out P@1 (three rows) and the test split then lost 0.50 P@1.
 
 ``kept`` (DenseParams.fusion_keeps, default 1): the tree's best ``kept`` labels keep their ranks and
 the fusion orders the rest. On Bibtex and pypi-tags a free fusion's held-out P@1 gains turned into
-test losses, while its gains below rank 1 held on test (docs/performance.md): so the tree, the
+test losses, while its gains below rank 1 held on test (docs/prime.md): so the tree, the
 sharper ranker, names the first label and the dense part helps choose the next ones. With ranks
 kept, P@1 cannot move, and the weight may go up to 0.9.
 """
@@ -90,10 +90,11 @@ def fuse(tree: sp.csr_matrix, dense_idx: np.ndarray, dense_scores: np.ndarray, a
         lt = _relative(np.log(np.where(t > 0, t, 1.0)), valid & (t > 0))
     ld = _relative(beta * d, valid & (d > 0))
     S = np.where(valid, (1 - alpha) * lt + alpha * ld, -np.inf)
-    if kept > 0:  # above every fused value (<= 0), in the tree's order; then shifted back to <= 0
-        present = valid & (t > 0)  # candidates sorted by label: ties go to the lower label, as topk_rows
-        rank = np.argsort(np.argsort(np.where(present, -t, np.inf), axis=1, kind="stable"), axis=1)
-        S = np.where(present & (rank < kept), kept - rank, S) - kept
+    if kept > 0:  # the tree's first labels (ti: its own order, a 0 score too) above every fused value
+        rank = np.full(cand.shape, kept)
+        for r in range(min(kept, ti.shape[1])):
+            rank = np.where(valid & (cand == ti[:, r : r + 1]) & (ti[:, r : r + 1] >= 0), r, rank)
+        S = np.where(rank < kept, kept - rank, S) - kept  # pinned in (-kept, 0], the rest <= -kept
     k = min(k, S.shape[1])
     top = np.argpartition(-S, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(S, top, 1)
