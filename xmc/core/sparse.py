@@ -87,8 +87,9 @@ def topk_dense(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, n
         # hybrid, which asks for more candidates, then agree on a row's first labels)
         kth = kept_vals.min(axis=1, initial=np.inf)[:, None]
         left_out = (vals == kth).sum(axis=1) > (kept_vals == kth).sum(axis=1)
-        for r in np.flatnonzero(left_out & np.isfinite(kth[:, 0])):
-            part[r] = np.lexsort((idx[r], -vals[r]))[:k]
+        redo = np.flatnonzero(left_out & np.isfinite(kth[:, 0]))
+        if len(redo):
+            part[redo] = np.lexsort((idx[redo], -vals[redo]), axis=1)[:, :k]
         vals = np.take_along_axis(vals, part, axis=1)
         idx = np.take_along_axis(idx, part, axis=1)
     elif width < k:
