@@ -107,8 +107,6 @@ def fit(
                        X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
     model = fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
                       checkpoint_dir=checkpoint_dir, resume=resume, observer=None if refit else observer)
-    if cost:
-        model.info["cost"] = cost
     if params.dense.dense == "prime":
         from xmc.core.dense.fit import fit_dense
 
@@ -122,10 +120,10 @@ def fit(
             model = fit_trees(InMemoryRows(Xp, Y, None, None, executor), every_row, params,
                               label_names=label_names, checkpoint_dir=folder, resume=resume,
                               observer=observer)
-            if cost:
-                model.info["cost"] = cost
             dense_info["trees_refit"] = True
         model.dense, model.info["dense"] = dense, dense_info
+    if cost:  # how the C of the final trees was chosen
+        model.info["cost"] = cost
     return model
 
 

@@ -102,8 +102,8 @@ def fit_dense(
     fusion = fit_fusion(Yv, tree_pred, idx, vals, gamma, k, p.fusion_keeps)
     model = model.with_fusion(fusion.alpha, fusion.beta, gamma, counts, fusion.kept)
     info = {"alpha": fusion.alpha, "beta": fusion.beta, "gamma": gamma, "kept": fusion.kept,
-            "held_out": fusion.record,
-            "epochs": history, "best_epoch": best_epoch_of(history, held_out.X.shape[0] > 0),
+            "held_out": fusion.record, "epochs": history,
+            "best_epoch": best_epoch_of(history, held_out.X.shape[0] > 0),
             "seconds": time.perf_counter() - t0, "device": device, "workers": p.dense_workers}
     return model, info
 
