@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,3 +97,15 @@ try:
     settings.load_profile(os.environ.get("XMC_FUZZ_PROFILE", "ci"))
 except ImportError:  # hypothesis is a dev extra; without it only the fuzz suite is skipped
     pass
+
+
+def same_model(a: Any, b: Any, X: sp.csr_matrix | None = None) -> None:
+    """Two fits of one model: every tree's structure equal, weights (and predictions on X) to 1e-6."""
+    assert len(a.trees) == len(b.trees)
+    for ta, tb in zip(a.trees, b.trees, strict=True):
+        assert np.array_equal(ta.tree.copy_label, tb.tree.copy_label)
+        assert all(np.array_equal(p, q) for p, q in zip(ta.tree.parents, tb.tree.parents, strict=True))
+        for Wa, Wb in zip(ta.weights, tb.weights, strict=True):
+            assert Wa.shape == Wb.shape and (Wa.nnz == 0 or abs(Wa - Wb).max() <= 1e-6)
+    if X is not None:
+        assert abs(a.predict(X) - b.predict(X)).max() <= 1e-6

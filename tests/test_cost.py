@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tests.conftest import topic_data
-from tests.test_sharded import same_model
+from tests.conftest import same_model, topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
 from xmc.core.cost import (
     MAX_COST_SCALE,

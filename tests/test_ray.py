@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, same_model
 from xmc import LocalExecutor, XMCModel, XMCParams
 from xmc.core.fit import fit
 from xmc.engines.ray_executor import RayExecutor, balanced_batches
@@ -40,14 +40,6 @@ def local_model(data) -> XMCModel:  # type: ignore[no-untyped-def]
     return fit(data.X, data.Y, PARAMS, executor=LocalExecutor(show_progress=False))
 
 
-def assert_same_model(a: XMCModel, b: XMCModel, X) -> None:  # type: ignore[no-untyped-def]
-    assert np.array_equal(a.tree.copy_label, b.tree.copy_label)
-    assert all(np.array_equal(p, q) for p, q in zip(a.tree.parents, b.tree.parents, strict=True))
-    for Wa, Wb in zip(a.weights, b.weights, strict=True):
-        assert Wa.shape == Wb.shape and abs(Wa - Wb).max() <= 1e-6
-    assert abs(a.predict(X) - b.predict(X)).max() <= 1e-6
-
-
 def test_balanced_batches_pack_heaviest_first() -> None:
     batches = balanced_batches([10, 1, 1, 1, 9, 2, 8], 3)
     assert sorted(i for b in batches for i in b) == list(range(7))
@@ -58,7 +50,7 @@ def test_balanced_batches_pack_heaviest_first() -> None:
 
 def test_ray_executor_gives_the_local_model(data, ray_executor, local_model) -> None:  # type: ignore[no-untyped-def]
     model = fit(data.X, data.Y, PARAMS, executor=ray_executor)
-    assert_same_model(model, local_model, data.X[:500])
+    same_model(model, local_model, data.X[:500])
     rankers = [s for s in ray_executor.stats if s["desc"].startswith("round 1")]
     assert rankers and rankers[0]["batches"] <= 4 and rankers[0]["workers_used"] >= 1
     assert all(s["worker_peak_rss_mib"] > 0 for s in ray_executor.stats)
@@ -74,7 +66,7 @@ def test_killed_worker_is_retried_and_the_model_is_unchanged(  # type: ignore[no
     finally:
         ray_executor.kill_once = None
     assert marker.exists()  # a worker process really died mid-run
-    assert_same_model(model, local_model, data.X[:500])
+    same_model(model, local_model, data.X[:500])
 
 
 def test_cluster_configs_parse_with_required_fields() -> None:

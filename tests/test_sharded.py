@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tests.conftest import topic_data
+from tests.conftest import same_model, topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
 from xmc.cli import main as cli_main
 from xmc.core.fit import fit
@@ -33,15 +33,6 @@ class RecordingExecutor(LocalExecutor):
     def map(self, fn: Any, shared: Any, units: Any, *, desc: str = "") -> list[Any]:
         self.maps.append((desc, shared, list(units)))
         return super().map(fn, shared, units, desc=desc)
-
-
-def same_model(a: XMCModel, b: XMCModel) -> None:
-    assert len(a.trees) == len(b.trees)
-    for ta, tb in zip(a.trees, b.trees, strict=True):
-        assert np.array_equal(ta.tree.copy_label, tb.tree.copy_label)
-        assert all(np.array_equal(p, q) for p, q in zip(ta.tree.parents, tb.tree.parents, strict=True))
-        for Wa, Wb in zip(ta.weights, tb.weights, strict=True):
-            assert Wa.shape == Wb.shape and (Wa.nnz == 0 or abs(Wa - Wb).max() <= 1e-6)
 
 
 def matrices(spec: Any) -> list[Any]:
