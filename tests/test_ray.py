@@ -123,8 +123,13 @@ def test_prime_on_ray_train_with_two_workers(ray_executor: RayExecutor, tmp_path
     info = model.info["dense"]
     assert info["workers"] == 2 and [e["epoch"] for e in info["epochs"]] == [1, 2]
     assert (tmp_path / "ckpt" / "dense" / "epoch.npz").exists()
+    # resumed with every epoch done: no worker group, the same network from the checkpoint
+    resumed = fit(X, Y, params, executor=ray_executor, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert resumed.dense is not None and model.dense is not None
+    assert resumed.info["dense"]["epochs"] == info["epochs"]
+    for name, weights in model.dense.arrays.items():
+        assert np.array_equal(resumed.dense.arrays[name], weights), name
     # a run of 3 epochs resumed from that checkpoint: the ranks load it and train the third epoch only
-    # (a resume with every epoch done restores the same network: tests/test_prime.py, one process)
     shutil.copytree(tmp_path / "ckpt" / "dense", tmp_path / "more" / "dense")
     more = fit(X, Y, params.replace(dense_epochs=3), executor=ray_executor, checkpoint_dir=tmp_path / "more",
                resume=True)
