@@ -41,3 +41,9 @@ class ParamError(XMCError, ValueError):
 
 class BundleError(XMCError):
     """A model bundle is missing, corrupt, of a foreign format or of an unsupported version."""
+
+
+def require(ok: bool, name: str, value: object, fix: str) -> None:
+    """Raise ``ParamError`` naming the field, its value and the fix unless ``ok`` (every params check)."""
+    if not ok:
+        raise ParamError(f"{name}={value!r} is invalid: {fix}")

@@ -2,6 +2,7 @@
 
 The CLI builds its flags from these dataclasses (``--max-leaf-size`` for ``max_leaf_size``), JSON configs
 are validated against them, a model saves them with its weights; a bad value fails on creation.
+The dense component's ``DenseParams`` live in ``xmc.params_dense`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from xmc.errors import ParamError
+from xmc.errors import ParamError, require
+from xmc.params_dense import DENSE_KINDS as DENSE_KINDS
+from xmc.params_dense import DenseKind as DenseKind
+from xmc.params_dense import DenseParams
 
 Negatives = Literal["tfn", "tfn+man"]
 PostProcessor = Literal["l2-hinge", "l3-hinge", "l4-hinge", "l5-hinge", "l6-hinge", "l8-hinge", "sigmoid"]
 CopyMerge = Literal["max", "mean"]
 Device = Literal["auto", "cpu", "cuda"]
 Algorithm = Literal["auto", "dual-cd", "newton-cg"]
-DenseKind = Literal["none", "prime"]
-DENSE_KINDS: tuple[str, ...] = ("none", "prime")
 
 NEGATIVES: tuple[str, ...] = ("tfn", "tfn+man")
 POST_PROCESSORS: tuple[str, ...] = ("l2-hinge", "l3-hinge", "l4-hinge", "l5-hinge", "l6-hinge", "l8-hinge",
@@ -31,17 +33,13 @@ COPY_MERGES: tuple[str, ...] = ("max", "mean")
 ALGORITHMS: tuple[str, ...] = ("auto", "dual-cd", "newton-cg")
 
 
-def _require(ok: bool, name: str, value: object, fix: str) -> None:
-    if not ok:
-        raise ParamError(f"{name}={value!r} is invalid: {fix}")
-
-
 @dataclass(frozen=True)
 class TreeParams:
     """How the label tree is built (hierarchical balanced spherical 2-means on PIFA embeddings)."""
 
     branching_factor: int = 32
-    """Children per internal node of the matcher tree (a power of two: levels group 2-means splits). 32: validation P@1 +0.1 on debian-deps over 16 (64: no better), equal on Bibtex, fit +13 %."""
+    """Children per internal node of the matcher tree (a power of two: levels group 2-means splits). 32:
+    validation P@1 +0.1 on debian-deps over 16 (64: no better), equal on Bibtex, fit +13 %."""
     max_leaf_size: int = 100
     """Most labels in a leaf cluster; the tree is deepened until every leaf fits."""
     kmeans_max_iter: int = 20
@@ -49,15 +47,16 @@ class TreeParams:
     seed: int = 0
     """Seed of the k-means initialisation; the same seed gives the same tree."""
     n_trees: int = 1
-    """Label trees in the ensemble, tree t from seed + t; their label scores are averaged (Parabel's ensemble). Each tree costs a full fit and a full prediction."""
+    """Label trees in the ensemble, tree t from seed + t; their label scores are averaged (Parabel's
+    ensemble). Each tree costs a full fit and a full prediction."""
 
     def __post_init__(self) -> None:
         b = self.branching_factor
-        _require(b >= 2 and (b & (b - 1)) == 0, "branching_factor", b, "use a power of two >= 2, e.g. 16")
-        _require(self.max_leaf_size >= 1, "max_leaf_size", self.max_leaf_size, "use an integer >= 1")
-        _require(self.kmeans_max_iter >= 1, "kmeans_max_iter", self.kmeans_max_iter, "use >= 1")
-        _require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")
-        _require(self.n_trees >= 1, "n_trees", self.n_trees, "use an integer >= 1 (1 = a single tree)")
+        require(b >= 2 and (b & (b - 1)) == 0, "branching_factor", b, "use a power of two >= 2, e.g. 16")
+        require(self.max_leaf_size >= 1, "max_leaf_size", self.max_leaf_size, "use an integer >= 1")
+        require(self.kmeans_max_iter >= 1, "kmeans_max_iter", self.kmeans_max_iter, "use >= 1")
+        require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")
+        require(self.n_trees >= 1, "n_trees", self.n_trees, "use an integer >= 1 (1 = a single tree)")
 
 
 @dataclass(frozen=True)
@@ -66,49 +65,59 @@ class SolverParams:
     batched Newton-CG in torch on a GPU."""
 
     cost: float = 0.5
-    """SVM cost C: weight of the loss against the L2 regulariser (0.5: best on validation splits of the real sets)."""
+    """SVM cost C: weight of the loss against the L2 regulariser (0.5: best on validation splits of the real
+    sets)."""
     recurring_df: int = 0
-    """> 0: C is divided by the mean share of a training row's squared norm on features in >= this many training rows (xmc.core.cost). Off: at 2, validation P@1 +0.42 on pypi-tags' TF-IDF, P@5 -0.34 / -0.36 on it and pypi-tags (docs/performance.md)."""
+    """> 0: C is divided by the mean share of a training row's squared norm on features in >= this many
+    training rows (xmc.core.cost). Off: at 2, validation P@1 +0.42 on pypi-tags' TF-IDF, P@5 -0.34 / -0.36 on
+    it and pypi-tags (docs/performance.md)."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""
     weight_threshold: float = 0.1
     """Weights with |w| below this are pruned to zero, which keeps the model sparse and fast."""
     algorithm: Algorithm = "auto"
-    """'dual-cd' (coordinate descent in the dual, numba; the CPU's), 'newton-cg' (batched in torch; a GPU's), or 'auto' (by device)."""
+    """'dual-cd' (coordinate descent in the dual, numba; the CPU's), 'newton-cg' (batched in torch; a GPU's),
+    or 'auto' (by device)."""
     dual_tol: float = 0.1
-    """Dual coordinate descent stops when the projected gradients' spread over a pass is at most this (liblinear's eps)."""
+    """Dual coordinate descent stops when the projected gradients' spread over a pass is at most this
+    (liblinear's eps)."""
     dual_max_iter: int = 20
     """Passes over a leaf's rows per label at most (dual coordinate descent)."""
     solver_tol: float = 0.1
-    """Newton stops per label at |g| <= tol * max(min(n_pos, n_neg), 1) / n * |g(0)| (liblinear's test; 0.1 as PECOS's eps)."""
+    """Newton stops per label at |g| <= tol * max(min(n_pos, n_neg), 1) / n * |g(0)| (liblinear's test; 0.1 as
+    PECOS's eps)."""
     max_newton_iter: int = 30
     """Newton steps per cluster at most."""
     max_cg_iter: int = 50
     """Conjugate-gradient steps per Newton step at most."""
     negatives: Negatives = "tfn+man"
-    """Negatives of a node: 'tfn' (instances of its siblings) or 'tfn+man' (also those the matcher routes to it; docs/performance.md)."""
+    """Negatives of a node: 'tfn' (instances of its siblings) or 'tfn+man' (also those the matcher routes to
+    it; docs/performance.md)."""
     man_top: int = 3
-    """Matcher-aware negatives come from the best this many nodes of each instance's beam (0 = the whole beam)."""
+    """Matcher-aware negatives come from the best this many nodes of each instance's beam (0 = the whole
+    beam)."""
     device: Device = "auto"
     """Where torch runs the solver: 'cuda' when available under 'auto'."""
     dtype: Literal["float32", "float64"] = "float32"
     """Solver precision; float32 is enough for the accuracy of a linear SVM and twice as fast."""
 
     def __post_init__(self) -> None:
-        _require(self.cost > 0 and math.isfinite(self.cost), "cost", self.cost, "use a positive number")
-        _require(self.bias >= 0 and math.isfinite(self.bias), "bias", self.bias, "use >= 0 (0 disables the bias)")
-        _require(self.weight_threshold >= 0, "weight_threshold", self.weight_threshold, "use >= 0")
-        _require(0 < self.solver_tol < 1, "solver_tol", self.solver_tol, "use a value in (0, 1), e.g. 0.1")
-        _require(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"use one of {ALGORITHMS}")
-        _require(self.dual_tol > 0 and math.isfinite(self.dual_tol), "dual_tol", self.dual_tol, "use a positive number")
-        _require(self.dual_max_iter >= 1, "dual_max_iter", self.dual_max_iter, "use >= 1")
-        _require(self.man_top >= 0, "man_top", self.man_top, "use >= 0 (0 = the whole beam)")
-        _require(self.recurring_df >= 0, "recurring_df", self.recurring_df, "use >= 0 (0 = C as given)")
-        _require(self.max_newton_iter >= 1, "max_newton_iter", self.max_newton_iter, "use >= 1")
-        _require(self.max_cg_iter >= 1, "max_cg_iter", self.max_cg_iter, "use >= 1")
-        _require(self.negatives in NEGATIVES, "negatives", self.negatives, f"use one of {NEGATIVES}")
-        _require(self.device in DEVICES, "device", self.device, f"use one of {DEVICES}")
-        _require(self.dtype in ("float32", "float64"), "dtype", self.dtype, "use float32 or float64")
+        require(self.cost > 0 and math.isfinite(self.cost), "cost", self.cost, "use a positive number")
+        require(self.bias >= 0 and math.isfinite(self.bias), "bias", self.bias,
+                "use >= 0 (0 disables the bias)")
+        require(self.weight_threshold >= 0, "weight_threshold", self.weight_threshold, "use >= 0")
+        require(0 < self.solver_tol < 1, "solver_tol", self.solver_tol, "use a value in (0, 1), e.g. 0.1")
+        require(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"use one of {ALGORITHMS}")
+        require(self.dual_tol > 0 and math.isfinite(self.dual_tol), "dual_tol", self.dual_tol,
+                "use a positive number")
+        require(self.dual_max_iter >= 1, "dual_max_iter", self.dual_max_iter, "use >= 1")
+        require(self.man_top >= 0, "man_top", self.man_top, "use >= 0 (0 = the whole beam)")
+        require(self.recurring_df >= 0, "recurring_df", self.recurring_df, "use >= 0 (0 = C as given)")
+        require(self.max_newton_iter >= 1, "max_newton_iter", self.max_newton_iter, "use >= 1")
+        require(self.max_cg_iter >= 1, "max_cg_iter", self.max_cg_iter, "use >= 1")
+        require(self.negatives in NEGATIVES, "negatives", self.negatives, f"use one of {NEGATIVES}")
+        require(self.device in DEVICES, "device", self.device, f"use one of {DEVICES}")
+        require(self.dtype in ("float32", "float64"), "dtype", self.dtype, "use float32 or float64")
 
 
 @dataclass(frozen=True)
@@ -128,12 +137,12 @@ class PredictParams:
     """How the scores of a label's retrieved copies combine: 'max' or 'mean'."""
 
     def __post_init__(self) -> None:
-        _require(self.beam_size >= 1, "beam_size", self.beam_size, "use >= 1, e.g. 10")
-        _require(self.topk >= 1, "topk", self.topk, "use >= 1")
-        _require(self.post_processor in POST_PROCESSORS, "post_processor", self.post_processor,
+        require(self.beam_size >= 1, "beam_size", self.beam_size, "use >= 1, e.g. 10")
+        require(self.topk >= 1, "topk", self.topk, "use >= 1")
+        require(self.post_processor in POST_PROCESSORS, "post_processor", self.post_processor,
                  f"use one of {POST_PROCESSORS}")
-        _require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "use >= 1")
-        _require(self.copy_merge in COPY_MERGES, "copy_merge", self.copy_merge, f"use one of {COPY_MERGES}")
+        require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "use >= 1")
+        require(self.copy_merge in COPY_MERGES, "copy_merge", self.copy_merge, f"use one of {COPY_MERGES}")
 
 
 @dataclass(frozen=True)
@@ -149,9 +158,13 @@ class DisentangleParams:
     min_gain: int = 2
     """A copy needs at least this many training instances of the label routed to the cluster."""
     min_gain_share: float = 0.15
-    """... and at least this share of the label's positives: a copy must carry a sense of the label, not stray documents. 0.15 against 0.05, validation P@1 / P@5: pypi-tags +0.26 / -0.01, Bibtex +0.07 / -0.10 (6 splits), debian-deps 0.00 / +0.07 (3); fits faster (fewer copies). 0.2 gained more on those (+0.32, +0.44) but lost 0.43 P@1 on bibtex-composite."""
+    """... and at least this share of the label's positives: a copy must carry a sense of the label, not stray
+    documents. 0.15 against 0.05, validation P@1 / P@5: pypi-tags +0.26 / -0.01, Bibtex +0.07 / -0.10 (6
+    splits), debian-deps 0.00 / +0.07 (3); fits faster (fewer copies). 0.2 gained more on those (+0.32, +0.44)
+    but lost 0.43 P@1 on bibtex-composite."""
     gain_beam_size: int = 1
-    """Leaves kept per instance in the matching behind G (0 = beam_size). As many as the tree's leaves make every G[l, k] = n_l: no signal."""
+    """Leaves kept per instance in the matching behind G (0 = beam_size). As many as the tree's leaves make
+    every G[l, k] = n_l: no signal."""
     gain_search_beam: int = 0
     """Beam of the search that finds those leaves (0 = beam_size; at least gain_beam_size). A
     greedy search (1) compounds errors down a deep tree: at L = 100K (4 layers) it reached a
@@ -163,93 +176,17 @@ class DisentangleParams:
     """Share of training rows held out to score rounds and stop early (0 = train on all, no early stop)."""
 
     def __post_init__(self) -> None:
-        _require(self.rounds >= 0, "rounds", self.rounds, "use >= 0 (0 = baseline)")
-        _require(self.max_copies >= 1, "max_copies", self.max_copies, "use >= 1, e.g. 2")
-        _require(self.leaf_capacity == 0 or self.leaf_capacity >= 1, "leaf_capacity", self.leaf_capacity,
+        require(self.rounds >= 0, "rounds", self.rounds, "use >= 0 (0 = baseline)")
+        require(self.max_copies >= 1, "max_copies", self.max_copies, "use >= 1, e.g. 2")
+        require(self.leaf_capacity == 0 or self.leaf_capacity >= 1, "leaf_capacity", self.leaf_capacity,
                  "use 0 (no cap) or >= 1")
-        _require(self.gain_beam_size >= 0, "gain_beam_size", self.gain_beam_size, "use >= 0 (0 = beam_size)")
-        _require(self.gain_search_beam >= 0, "gain_search_beam", self.gain_search_beam, "use >= 0 (0 = beam_size)")
-        _require(self.min_gain >= 1, "min_gain", self.min_gain, "use >= 1")
-        _require(0 <= self.min_gain_share <= 1, "min_gain_share", self.min_gain_share, "use a share in [0, 1]")
-        _require(0 <= self.validation_fraction < 0.5, "validation_fraction", self.validation_fraction,
+        require(self.gain_beam_size >= 0, "gain_beam_size", self.gain_beam_size, "use >= 0 (0 = beam_size)")
+        require(self.gain_search_beam >= 0, "gain_search_beam", self.gain_search_beam,
+                "use >= 0 (0 = beam_size)")
+        require(self.min_gain >= 1, "min_gain", self.min_gain, "use >= 1")
+        require(0 <= self.min_gain_share <= 1, "min_gain_share", self.min_gain_share, "use a share in [0, 1]")
+        require(0 <= self.validation_fraction < 0.5, "validation_fraction", self.validation_fraction,
                  "use a share in [0, 0.5), e.g. 0.1")
-
-
-@dataclass(frozen=True)
-class DenseParams:
-    """The dense component (PRIME: an encoder and label prototypes, ``xmc.core.dense``), fused with the tree.
-
-    Defaults chosen on hashed validation splits of the training data of Bibtex and debian-deps
-    (bench/results/prime.md): each figure there names the split it was measured on.
-    """
-
-    dense: DenseKind = "none"
-    """none: the label tree alone. prime: add a dense encoder and label prototypes; their scores are fused with the tree's by a weight fitted on the held-out rows (fusion_fraction)."""
-    dense_dim: int = 512
-    """Width of the document embedding and of every prototype (Bibtex validation P@1 59.1 at 512 vs 57.1 at 256)."""
-    dense_epochs: int = 20
-    """Passes over the training rows; label centroids are refreshed before each."""
-    dense_patience: int = 0
-    """Epochs without a better held-out score before training stops (0 = run every epoch). The best epoch's network (held-out (P@1 + P@5) / 2, mean of 3 epochs) is kept either way: pypi-tags test dense P@1 40.22 -> 43.66, Bibtex 60.68 -> 60.72. Patience 5 stopped Bibtex at epoch 14 (59.32): the one-cycle schedule's last epochs still gain."""
-    dense_batch_size: int = 128
-    """Documents per step; the batch's labels are each other's negatives."""
-    dense_lr: float = 0.003
-    """Peak learning rate of the one-cycle schedule (Adam; sparse Adam for the embedding rows)."""
-    feature_dropout: float = 0.4
-    """Share of each training document's features dropped per step (Bibtex validation P@1 +2.3 at 0.3)."""
-    margin_min: float = 0.3
-    """Smallest margin of the triplet loss; = margin_max, a fixed margin (held-out dense P@1 / P@5 against PRIME's dynamic 0.1: debian-deps +1.63 / +0.86, pypi-tags +0.70 / +0.89, Bibtex -0.60 / +0.97)."""
-    margin_max: float = 0.3
-    """Largest margin; the margin of a pair is the positive-negative gap clamped to [min, max] (PRIME: 0.3)."""
-    n_negatives: int = 50
-    """Hardest in-batch negatives per document in the loss."""
-    softmax_tau: float = 0.0
-    """Temperature softmax-weighting the violating negatives (PRIME: 0.1; 0 = equal weights)."""
-    dual_loss: bool = True
-    """Also apply the loss label -> documents (each prototype against the batch's documents)."""
-    label_text: bool = False
-    """Label names through the encoder's token embeddings (debian-deps held-out: P@1 -0.9, P@5 +1.1)."""
-    centroids: bool = True
-    """Each prototype starts from its label's centroid (mean embedding of its training documents)."""
-    free_vectors: bool = True
-    """A learnt free vector per label, plus a learnt bias (one more dimension of the inner product)."""
-    prototype_layers: int = 0
-    """Transformer layers of the Label Prototype Network over [text, centroid, free] (0 = their sum)."""
-    cluster_batches: bool = False
-    """Batches of documents whose labels share a tree cluster (in-batch negatives are confusable labels)."""
-    sense_prototypes: bool = False
-    """One prototype per label copy of the tree, its centroid over the documents routed to that copy."""
-    fusion_keeps: int = 1
-    """The tree's best this many labels keep their ranks in the hybrid; the fusion ranks the rest (0: all). Free fusion's held-out P@1 gains did not carry to the test splits, its P@5 gains did (docs/performance.md)."""
-    refit_trees: bool = True
-    """Once the fusion is fitted on the held-out rows (fusion_fraction), train the trees again on every row: the hybrid then ranks first what `xmc train` without --dense would (held-out rows cost debian-deps' tree 0.6 test P@1). Not with sense_prototypes (they are the copies of the first trees)."""
-    fusion_fraction: float = 0.1
-    """Rows held out (when validation_fraction is 0) to fit the fusion and the prior; both parts train on the rest."""
-    dense_workers: int = 1
-    """Data-parallel training processes (>= 2: Ray Train, DDP over gloo on CPU, NCCL on GPU)."""
-
-    def __post_init__(self) -> None:
-        _require(self.dense in DENSE_KINDS, "dense", self.dense, f"use one of {DENSE_KINDS}")
-        _require(self.dense_patience >= 0, "dense_patience", self.dense_patience, "use >= 0 (0 = every epoch)")
-        for name in ("dense_dim", "dense_epochs", "dense_batch_size", "n_negatives", "dense_workers"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "use an integer >= 1")
-        _require(self.dense_lr > 0, "dense_lr", self.dense_lr, "use a rate > 0, e.g. 0.003")
-        _require(0 <= self.feature_dropout < 1, "feature_dropout", self.feature_dropout, "use a share in [0, 1)")
-        _require(0 <= self.margin_min <= self.margin_max, "margin_min", self.margin_min,
-                 "use 0 <= margin_min <= margin_max")
-        _require(self.softmax_tau >= 0, "softmax_tau", self.softmax_tau, "use >= 0 (0 = no weighting)")
-        _require(0 <= self.prototype_layers <= 4, "prototype_layers", self.prototype_layers, "use 0..4")
-        _require(0 <= self.fusion_keeps <= 20, "fusion_keeps", self.fusion_keeps, "use 0..20 (0 = fuse every rank)")
-        _require(0 < self.fusion_fraction < 0.5, "fusion_fraction", self.fusion_fraction,
-                 "use a share in (0, 0.5), e.g. 0.1")
-        _require(self.label_text or self.centroids or self.free_vectors, "free_vectors", self.free_vectors,
-                 "a prototype needs at least one of label_text, centroids, free_vectors")
-
-    def held_out_fraction(self, validation_fraction: float) -> float:
-        """The held-out share a model with this dense part trains beside (the tree's own, if set)."""
-        if self.dense == "none":
-            return validation_fraction
-        return validation_fraction or self.fusion_fraction
 
 
 EXECUTORS = ("local", "ray")
@@ -282,19 +219,20 @@ class ExecutorParams:
     so the driver holds only what is sized by the labels (``xmc.core.sharded``). auto: shards with
     the ray executor, driver otherwise. Both give the same model."""
     work_dir: str = ""
-    """Folder of the shards and shuffles of data_plane shards ('' = the system's temp folder); on a cluster, storage every node sees. A run's own subfolder is removed when it ends."""
+    """Folder of the shards and shuffles of data_plane shards ('' = the system's temp folder); on a cluster,
+    storage every node sees. A run's own subfolder is removed when it ends."""
 
     def shards_for_bundle(self) -> bool:
         """Whether a bundle's rows stay in shards (``data_plane`` resolved)."""
         return self.data_plane == "shards" or (self.data_plane == "auto" and self.executor == "ray")
 
     def __post_init__(self) -> None:
-        _require(self.executor in EXECUTORS, "executor", self.executor, f"use one of {EXECUTORS}")
-        _require(self.data_plane in DATA_PLANES, "data_plane", self.data_plane, f"use one of {DATA_PLANES}")
+        require(self.executor in EXECUTORS, "executor", self.executor, f"use one of {EXECUTORS}")
+        require(self.data_plane in DATA_PLANES, "data_plane", self.data_plane, f"use one of {DATA_PLANES}")
         for name in ("num_workers", "memory_per_worker_mb", "max_retries"):
-            _require(getattr(self, name) >= 0, name, getattr(self, name), "use >= 0")
+            require(getattr(self, name) >= 0, name, getattr(self, name), "use >= 0")
         for name in ("cpus_per_worker", "batches_per_worker"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "use >= 1")
+            require(getattr(self, name) >= 1, name, getattr(self, name), "use >= 1")
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.errors import ParamError
+from xmc.errors import ParamError, require
 from xmc.io.files import atomic_dir
-from xmc.params import _require
 from xmc.research.composite import TrueSplit
 
 BLOCK = 2048
@@ -64,16 +63,16 @@ class SynthSpec:
     """Seed of the sense table and of every document block."""
 
     def __post_init__(self) -> None:
-        _require(self.n_labels >= 2, "n_labels", self.n_labels, "use >= 2")
-        _require(self.n_features >= 16, "n_features", self.n_features, "use >= 16")
-        _require(self.n_topics == 0 or self.n_topics >= 2, "n_topics", self.n_topics, "use 0 (auto) or >= 2")
-        _require(0 <= self.multi_sense_share <= 1, "multi_sense_share", self.multi_sense_share,
+        require(self.n_labels >= 2, "n_labels", self.n_labels, "use >= 2")
+        require(self.n_features >= 16, "n_features", self.n_features, "use >= 16")
+        require(self.n_topics == 0 or self.n_topics >= 2, "n_topics", self.n_topics, "use 0 (auto) or >= 2")
+        require(0 <= self.multi_sense_share <= 1, "multi_sense_share", self.multi_sense_share,
                  "use a share in [0, 1]")
         for name in ("words_per_topic", "words_per_doc"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "use >= 1")
-        _require(0 <= self.noise_share < 1, "noise_share", self.noise_share, "use a share in [0, 1)")
-        _require(self.signature_words >= 0, "signature_words", self.signature_words, "use >= 0")
-        _require(1 <= self.labels_per_doc <= MAX_LABELS_PER_DOC, "labels_per_doc", self.labels_per_doc,
+            require(getattr(self, name) >= 1, name, getattr(self, name), "use >= 1")
+        require(0 <= self.noise_share < 1, "noise_share", self.noise_share, "use a share in [0, 1)")
+        require(self.signature_words >= 0, "signature_words", self.signature_words, "use >= 0")
+        require(1 <= self.labels_per_doc <= MAX_LABELS_PER_DOC, "labels_per_doc", self.labels_per_doc,
                  "use a mean in [1, 8]")
 
     @property
