@@ -1,5 +1,5 @@
-"""The fit's C per unit of recurring row mass (``xmc.core.cost``): by hand, in the fit, in the
-sharded fit, and in a saved model."""
+"""The fit's C per unit of recurring row mass and the rankers' C per label (``xmc.core.cost``): by
+hand, in the fit, in the sharded fit, and in a saved model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from tests.conftest import same_model, topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
 from xmc.core.cost import (
     MAX_COST_SCALE,
+    MAX_LABEL_COST_SCALE,
     document_frequency,
+    label_costs,
     recurring_share_sum,
     resolve_cost,
     resolve_cost_of_rows,
@@ -101,3 +103,33 @@ def test_the_sharded_fit_resolves_the_same_cost(tmp_path: Path) -> None:
     assert sharded.info["cost"] == pytest.approx(inproc.info["cost"])
     assert sharded.params == inproc.params and sharded.params.solver.cost > 0.55
     same_model(sharded, inproc)
+
+
+def test_label_costs_by_hand() -> None:
+    solver = XMCParams().solver
+    assert label_costs(np.array([3, 500]), solver) == 0.5  # the default: one C for every label
+    per_label = XMCParams().replace(label_cost_exponent=-0.5, label_cost_reference=100).solver
+    costs = label_costs(np.array([0, 1, 25, 100, 400, 10**6]), per_label)
+    # (n / 100)^-0.5: 0 counts as 1 and is clipped at 4x, like 1; 25 -> 2x, 400 -> 0.5x, 1e6 -> 1/4
+    np.testing.assert_allclose(costs, 0.5 * np.array([4, 4, 2, 1, 0.5, 1 / MAX_LABEL_COST_SCALE]))
+
+
+def test_one_cost_per_label_trains_the_rankers_only_in_both_fits(tmp_path: Path) -> None:
+    """The matcher layers keep C (the same weights as with one C); the rankers change; the sharded
+    fit, with a round and held-out rows, gives the in-process model; the model keeps its params."""
+    X, Y = topic_data(n=400, n_labels=20, d=60, seed=4)
+    ex = LocalExecutor(show_progress=False)
+    per_label = XMCParams().replace(max_leaf_size=4, rounds=0, label_cost_exponent=-0.5,
+                                    label_cost_reference=100)
+    a = fit(X, Y, per_label, executor=ex)
+    b = fit(X, Y, per_label.replace(label_cost_exponent=0.0), executor=ex)
+    assert a.tree.n_layers >= 2
+    for Wa, Wb in zip(a.weights[:-1], b.weights[:-1], strict=True):
+        assert (Wa != Wb).nnz == 0
+    assert abs(a.weights[-1] - b.weights[-1]).max() > 1e-2
+    params = per_label.replace(rounds=1, validation_fraction=0.1)
+    write_bundle(tmp_path / "b", X, Y, max_rows=150)
+    sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
+    same_model(sharded, fit(X, Y, params, executor=ex))
+    sharded.save(tmp_path / "m")
+    assert XMCModel.load(tmp_path / "m").params.solver.label_cost_exponent == -0.5

@@ -36,6 +36,28 @@ def test_matches_an_independent_optimiser(cost: float, n: int, algorithm: str) -
         np.testing.assert_allclose(W[:, j], ref.x, atol=2e-3)
 
 
+@pytest.mark.parametrize("algorithm", ["newton-cg", "dual-cd"])
+@pytest.mark.parametrize("n", [ROWSPACE_MAX_ROWS // 2, 2 * ROWSPACE_MAX_ROWS])
+def test_one_cost_per_label_is_each_label_s_own_optimum(n: int, algorithm: str) -> None:
+    """``label_cost_exponent`` hands the solver one C per column: column j reaches the optimum at
+    its own C (0.3, 1, 3), which differs from the optimum at the others'."""
+    rng = np.random.default_rng(4)
+    X = sp.random(n, 12, density=0.4, random_state=5, dtype=np.float64).tocsr()
+    Y = (rng.random((n, 3)) < 0.3).astype(np.float32)
+    costs = np.array([0.3, 1.0, 3.0])
+    params = SolverParams(bias=1.0, solver_tol=1e-4, dtype="float64", device="cpu", algorithm=algorithm,
+                          dual_tol=1e-7, dual_max_iter=100_000)  # type: ignore[arg-type]
+    W = solve_squared_hinge(X, Y, params, costs)
+    Xa = np.hstack([X.toarray(), np.ones((n, 1))])
+    for j, cost in enumerate(costs):
+        y = np.where(Y[:, j] > 0, 1.0, -1.0)
+        ref = so.minimize(_objective, np.zeros(13), args=(Xa, y, cost), jac=True, method="L-BFGS-B",
+                          options={"gtol": 1e-10, "maxiter": 5000})
+        assert _objective(W[:, j].astype(np.float64), Xa, y, cost)[0] == pytest.approx(ref.fun, rel=1e-5)
+        other = solve_squared_hinge(X, Y[:, [j]], params, costs[(j + 1) % 3])
+        assert np.abs(other[:, 0] - W[:, j]).max() > 1e-2
+
+
 def test_separable_columns_rank_their_positives_first() -> None:
     X = sp.csr_matrix(np.eye(6, dtype=np.float32))
     Y = np.zeros((6, 2), np.float32)

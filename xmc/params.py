@@ -71,6 +71,12 @@ class SolverParams:
     """> 0: C is divided by the mean share of a training row's squared norm on features in >= this many
     training rows (xmc.core.cost). Off: at 2, validation P@1 +0.42 on pypi-tags' TF-IDF, P@5 -0.34 / -0.36 on
     it and pypi-tags (docs/performance.md)."""
+    label_cost_exponent: float = 0.0
+    """g: the rankers (last layer) of label l train with C_l = C (n_l / label_cost_reference)^g, n_l its
+    positive rows in its leaf, the factor clipped to [1/4, 4] (xmc.core.cost.label_costs); 0 = one C for
+    every label. The matcher layers keep C."""
+    label_cost_reference: float = 100.0
+    """r: the positives at which a label's ranker keeps C under ``label_cost_exponent``."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""
     weight_threshold: float = 0.1
@@ -112,6 +118,10 @@ class SolverParams:
                 "use a positive number")
         require(self.dual_max_iter >= 1, "dual_max_iter", self.dual_max_iter, "use >= 1")
         require(self.man_top >= 0, "man_top", self.man_top, "use >= 0 (0 = the whole beam)")
+        require(math.isfinite(self.label_cost_exponent), "label_cost_exponent", self.label_cost_exponent,
+                "use a finite number (0 = one C for every label)")
+        require(self.label_cost_reference > 0 and math.isfinite(self.label_cost_reference),
+                "label_cost_reference", self.label_cost_reference, "use a positive number")
         require(self.recurring_df >= 0, "recurring_df", self.recurring_df, "use >= 0 (0 = C as given)")
         require(self.max_newton_iter >= 1, "max_newton_iter", self.max_newton_iter, "use >= 1")
         require(self.max_cg_iter >= 1, "max_cg_iter", self.max_cg_iter, "use >= 1")

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.params import XMCParams
+from xmc.params import SolverParams, XMCParams
 
 MAX_COST_SCALE = 4.0
 """C is never scaled by more than this (rho below 1/4): C = 2, the largest measured, at the default 0.5."""
+MAX_LABEL_COST_SCALE = 4.0
+"""A label's C stays within [C / this, C * this] under ``label_cost_exponent``."""
 
 
 def document_frequency(X: sp.csr_matrix) -> np.ndarray:
@@ -66,3 +68,18 @@ def resolve_cost_of_rows(params: XMCParams, X: sp.csr_matrix) -> tuple[XMCParams
     if params.solver.recurring_df == 0:
         return params, {}
     return resolve_cost(params, *recurring_share_sum(X, document_frequency(X), params.solver.recurring_df))
+
+
+def label_costs(n_pos: np.ndarray, solver: SolverParams) -> float | np.ndarray:
+    """C of each ranker of a leaf from its positives ``n_pos`` there: ``C (n / r)^g``, the factor
+    within [1 / ``MAX_LABEL_COST_SCALE``, ``MAX_LABEL_COST_SCALE``]; the plain C when g is 0.
+
+    Why: with one C, a label with a handful of positives is regularised towards a score below its
+    frequent neighbours' whatever its evidence (g < 0 lets its few rows count more, and a label
+    with thousands of rows is smoothed more).
+    """
+    g = solver.label_cost_exponent
+    if g == 0:
+        return solver.cost
+    scale = (np.maximum(np.asarray(n_pos, dtype=np.float64), 1.0) / solver.label_cost_reference) ** g
+    return solver.cost * np.clip(scale, 1 / MAX_LABEL_COST_SCALE, MAX_LABEL_COST_SCALE)

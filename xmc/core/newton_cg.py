@@ -55,41 +55,46 @@ def _to_torch_csr(X: sp.csr_matrix, dtype: torch.dtype, device: torch.device) ->
 
 
 def solve_newton(X_aug: sp.csr_matrix, Y: np.ndarray, params: SolverParams,
-                 device: torch.device) -> np.ndarray:
-    """Weights (d + 1, m) by Newton-CG over the features, or in the row span for small problems."""
+                 device: torch.device, cost: float | np.ndarray | None = None) -> np.ndarray:
+    """Weights (d + 1, m) by Newton-CG over the features, or in the row span for small problems.
+
+    ``cost``: one C per label (m), or one for all; ``params.cost`` when None."""
     dtype = torch.float32 if params.dtype == "float32" else torch.float64
+    given = np.asarray(params.cost if cost is None else cost, dtype=np.float64)
+    C = np.array(np.broadcast_to(given, (Y.shape[1],)))  # a writable copy for torch
+    costs = torch.from_numpy(C).to(dtype=dtype, device=device)
     if X_aug.shape[0] <= ROWSPACE_MAX_ROWS:
-        return _newton_rowspace(X_aug, Y, params, dtype, device)
+        return _newton_rowspace(X_aug, Y, params, costs)
     Xt = _to_torch_csr(X_aug, dtype, device)
     XtT = _to_torch_csr(sp.csr_matrix(X_aug.T), dtype, device)
     sign = torch.from_numpy(np.where(Y > 0, 1.0, -1.0)).to(dtype=dtype, device=device)
-    W = _newton_cg(Xt, XtT, sign, params)
+    W = _newton_cg(Xt, XtT, sign, params, costs)
     return W.cpu().numpy().astype(np.float32)
 
 
 def _newton_cg(
-    X: torch.Tensor, XT: torch.Tensor, sign: torch.Tensor, params: SolverParams
+    X: torch.Tensor, XT: torch.Tensor, sign: torch.Tensor, params: SolverParams, costs: torch.Tensor
 ) -> torch.Tensor:
     """Newton-CG from W = 0 until every column passes its gradient test.
 
     The columns still running are kept as one compact working set (Wa, Za, sa), cut down only
     when some column stops: gathering a (d x m) block every step was 15 % of a leaf's solve.
+    ``costs`` (m): column j's C.
     """
-    C = params.cost
     d = X.shape[1]
     m = sign.shape[1]
     n = sign.shape[0]
     W = torch.zeros((d, m), dtype=sign.dtype, device=sign.device)
     n_pos = (sign > 0).sum(0)
     balance = torch.clamp(torch.minimum(n_pos, n - n_pos), min=1).to(sign.dtype) / n
-    g0_norm = torch.linalg.vector_norm(2 * C * (XT @ sign), dim=0)
+    g0_norm = torch.linalg.vector_norm(2 * costs * (XT @ sign), dim=0)
     g_stop = params.solver_tol * balance * g0_norm  # liblinear: eps * max(min(pos, neg), 1) / n
     active = torch.arange(m, device=sign.device)
-    Wa, sa = W, sign
+    Wa, sa, C = W, sign, costs
     Za = torch.zeros_like(sign)  # X @ Wa, kept up to date
     for _ in range(params.max_newton_iter):
         slack = torch.clamp(1 - sa * Za, min=0)  # (1 - y z)+ ; D = slack > 0
-        G = torch.addmm(Wa, XT, sa * slack, alpha=-2 * C)
+        G = Wa - XT @ (2 * C * sa * slack)
         g_norm = (G * G).sum(0).sqrt_()
         keep = g_norm > g_stop[active]
         if not bool(keep.all()):
@@ -100,6 +105,7 @@ def _newton_cg(
             idx = keep.nonzero().squeeze(1)
             active, g_norm = active[idx], g_norm[idx]
             Wa, Za, sa, slack, G = _columns(idx, Wa, Za, sa, slack, G)
+            C = C[idx]
         D = (slack > 0).to(sa.dtype)
         P = _conjugate_gradient(X, XT, D, G.neg_(), C, _CG_FORCING * g_norm, params.max_cg_iter)
         XP = X @ P
@@ -112,10 +118,10 @@ def _newton_cg(
 
 
 def _conjugate_gradient(
-    X: torch.Tensor, XT: torch.Tensor, D: torch.Tensor, B: torch.Tensor, C: float,
+    X: torch.Tensor, XT: torch.Tensor, D: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     tol: torch.Tensor, max_iter: int,
 ) -> torch.Tensor:
-    """Solve (I + 2C X^T D X) P = B column by column, all columns in one batch.
+    """Solve (I + 2 C_j X^T D_j X) P_j = B_j column by column, all columns in one batch.
 
     Columns that converge are frozen (alpha = 0) and, once fewer than half of the batch still
     runs, dropped from it, so a few slow columns do not keep the whole batch's products busy.
@@ -136,9 +142,9 @@ def _conjugate_gradient(
             if Pc is not P:
                 P.index_copy_(1, cols, Pc)
             idx = running.nonzero().squeeze(1)
-            cols, rs, tol_sq, running = cols[idx], rs[idx], tol_sq[idx], running[idx]
+            cols, rs, tol_sq, running, C = cols[idx], rs[idx], tol_sq[idx], running[idx], C[idx]
             Pc, R, Q, Dc = _columns(idx, Pc, R, Q, Dc)
-        HQ = torch.addmm(Q, XT, Dc * (X @ Q), alpha=2 * C)
+        HQ = Q + XT @ ((2 * C) * Dc * (X @ Q))
         qhq = (Q * HQ).sum(0)
         alpha = torch.where(running, rs / torch.clamp(qhq, min=1e-30), torch.zeros_like(rs))
         Pc.addcmul_(Q, alpha)
@@ -160,7 +166,7 @@ def _columns(idx: torch.Tensor, *blocks: torch.Tensor) -> tuple[torch.Tensor, ..
 
 def _armijo_step(
     W: torch.Tensor, Z: torch.Tensor, sign: torch.Tensor, P: torch.Tensor, XP: torch.Tensor,
-    neg_G: torch.Tensor, C: float,
+    neg_G: torch.Tensor, C: torch.Tensor,
 ) -> torch.Tensor:
     """Per-column step 2^-s: the largest that decreases f by at least 1% of the linear model.
 
@@ -173,7 +179,7 @@ def _armijo_step(
 
 def _armijo(
     ww: torch.Tensor, wp: torch.Tensor, pp: torch.Tensor, slope: torch.Tensor, margin: torch.Tensor,
-    slope_margin: torch.Tensor, C: float,
+    slope_margin: torch.Tensor, C: torch.Tensor,
 ) -> torch.Tensor:
     """The Armijo backtracking from the inner products along the step and the margins y z, y dz."""
 
@@ -193,9 +199,8 @@ def _armijo(
     return torch.where(accepted, step, torch.zeros_like(step))
 
 
-def _newton_rowspace(
-    X_aug: sp.csr_matrix, Y: np.ndarray, params: SolverParams, dtype: torch.dtype, device: torch.device
-) -> np.ndarray:
+def _newton_rowspace(X_aug: sp.csr_matrix, Y: np.ndarray, params: SolverParams,
+                     C: torch.Tensor) -> np.ndarray:
     """Newton's method with W = X^T A: the optimum lies in the span of the rows (the bias is a
     feature and is regularised, so the representer theorem holds), and every quantity of the
     primal solver has an n-space form through the Gram matrix K = X X^T:
@@ -206,9 +211,9 @@ def _newton_rowspace(
     (I + 2C X^T D_j X) p_j = -grad_j exactly. Rows outside D_j (zero loss) give b = -r there,
     which leaves the SPD system (I + 2C D_j K D_j) b = -r + 2C D_j K (1 - D_j) r: one batched
     Cholesky over the columns still running. Same stopping test and Armijo search as
-    ``_newton_cg``.
+    ``_newton_cg``. ``C`` (m): column j's cost.
     """
-    C = params.cost
+    dtype, device = C.dtype, C.device
     n, m = Y.shape
     K = torch.from_numpy((X_aug @ X_aug.T).toarray()).to(dtype=dtype, device=device)
     sign = torch.from_numpy(np.where(Y > 0, 1.0, -1.0)).to(dtype=dtype, device=device)
@@ -226,8 +231,8 @@ def _newton_rowspace(
         if len(run) == 0:
             break
         D = (slack[:, run] > 0).to(dtype)  # (n x r)
-        rhs = -R[:, run] + 2 * C * D * (K @ ((1 - D) * R[:, run]))
-        H = eye + 2 * C * (D.T[:, :, None] * K[None, :, :] * D.T[:, None, :])  # (r x n x n)
+        rhs = -R[:, run] + 2 * C[run] * D * (K @ ((1 - D) * R[:, run]))
+        H = eye + 2 * C[run, None, None] * (D.T[:, :, None] * K[None, :, :] * D.T[:, None, :])  # (r x n x n)
         B = torch.zeros_like(A)
         B[:, run] = torch.cholesky_solve(rhs.T.unsqueeze(2), torch.linalg.cholesky(H)).squeeze(2).T
         KB = K @ B

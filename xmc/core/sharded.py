@@ -64,7 +64,7 @@ from xmc.core.shard_units import (
     validate_shard,
 )
 from xmc.core.solver import resolve_device, use_dual_cd
-from xmc.core.train import spread_children
+from xmc.core.train import layer_solver, spread_children
 from xmc.core.tree import LabelTree
 from xmc.errors import DataFormatError
 from xmc.io.features import bundle_digest, split_parts
@@ -139,7 +139,8 @@ class ShardedRows:
             shards = tuple(u.shard for u, w in zip(self.train, written, strict=True) if p in w)
             n_rows = sum(w.get(p, 0) for w in written)
             units.append(PartitionUnit(t, p, int(ptr[p]), int(ptr[p + 1]), int(ptr[p]), n_rows, shards))
-        paths = self.executor.map(train_partition, PartitionSpec(folder, self.n_features, solver),
+        part = PartitionSpec(folder, self.n_features, layer_solver(solver, t, tree.n_layers))
+        paths = self.executor.map(train_partition, part,
                                   spread_children(units), desc=desc)
         unit = AssembleUnit(tuple(paths), self._new_path(), *((kept.old, kept.moves) if kept else ()))
         (path,) = self.executor.map(assemble_layer, AssembleSpec(self.n_features, len(tree.parents[t])),

@@ -51,10 +51,12 @@ def use_dual_cd(params: SolverParams, device: str) -> bool:
     return params.algorithm == "dual-cd"
 
 
-def solve_squared_hinge(X: sp.csr_matrix, Y: np.ndarray, params: SolverParams) -> np.ndarray:
+def solve_squared_hinge(X: sp.csr_matrix, Y: np.ndarray, params: SolverParams,
+                        cost: float | np.ndarray | None = None) -> np.ndarray:
     """Weights (d + 1, m) of m one-vs-rest squared-hinge SVMs; the last row is the bias weight.
 
-    ``X`` is (n x d) CSR, ``Y`` an (n x m) 0/1 array. Returns float32, before pruning.
+    ``X`` is (n x d) CSR, ``Y`` an (n x m) 0/1 array, ``cost`` one C per column (m) or one for all
+    (``params.cost`` when None). Returns float32, before pruning.
     """
     n, d = X.shape
     m = Y.shape[1]
@@ -67,9 +69,10 @@ def solve_squared_hinge(X: sp.csr_matrix, Y: np.ndarray, params: SolverParams) -
     if use_dual_cd(params, device):
         from xmc.core.dual_cd import solve_dual_cd
 
-        return solve_dual_cd(X_aug, Y, params.cost, params.dual_tol, params.dual_max_iter)
+        return solve_dual_cd(X_aug, Y, params.cost if cost is None else cost, params.dual_tol,
+                             params.dual_max_iter)
     import torch
 
     from xmc.core.newton_cg import solve_newton
 
-    return solve_newton(X_aug, Y, params, torch.device(device))
+    return solve_newton(X_aug, Y, params, torch.device(device), cost)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.cost import label_costs
 from xmc.core.executor import Executor
 from xmc.core.solver import solve_squared_hinge
 from xmc.core.sparse import nonzero_rows
@@ -87,7 +88,8 @@ def fit_rows(X_p: sp.csr_matrix, Y_p: sp.spmatrix, child_start: int, child_stop:
     local[features] = np.arange(len(features), dtype=X_p.indices.dtype)
     remap = local[X_p.indices]
     X_local = sp.csr_matrix((X_p.data, remap, X_p.indptr), shape=(X_p.shape[0], len(features)))
-    W = solve_squared_hinge(X_local, Y_p.toarray(), solver)
+    Y_dense = Y_p.toarray()
+    W = solve_squared_hinge(X_local, Y_dense, solver, label_costs((Y_dense > 0).sum(axis=0), solver))
     W[np.abs(W) < solver.weight_threshold] = 0.0
     r, c = np.nonzero(W)
     global_feature = np.append(features, n_features)[r]  # local row d -> bias row D
@@ -103,6 +105,12 @@ the solver's approximate stopping makes the weights differ slightly (same for ev
 SPLIT_MIN_WORK = 250_000
 """... where heavy = rows x children of at least this: below it (Bibtex's root, 4.9K rows x 16)
 the extra passes over the rows cost more than the parallelism saves."""
+
+
+def layer_solver(solver: SolverParams, t: int, n_layers: int) -> SolverParams:
+    """The solver of layer t: one C per label (``label_cost_exponent``) on the rankers only; a matcher
+    cluster holds thousands of positives, and a C cut by its size cost debian-deps 0.3-0.5 P@1."""
+    return solver if t == n_layers - 1 else replace(solver, label_cost_exponent=0.0)
 
 
 def routed_rows(
@@ -220,7 +228,7 @@ def train_layers(
             matched = match(X, tree, out[:t], predict, bias=solver.bias, keep=solver.man_top or None).tocsc()
         units = layer_units(tree, t, targets[t], matched)
         results = executor.map(
-            train_cluster, LayerData(X, targets[t], solver), units,
+            train_cluster, LayerData(X, targets[t], layer_solver(solver, t, tree.n_layers)), units,
             desc=f"layer {t + 1}/{tree.n_layers}",
         )
         out[t] = assemble(results, X.shape[1], len(tree.parents[t]))
