@@ -55,6 +55,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "teacher-forced": {"negatives": "tfn"},
     "man-top-2": {"man_top": 2},
     "man-beam": {"man_top": 0},
+    "label-cost-0.1": {"label_cost_exponent": -0.1},
+    "label-cost-0.2": {"label_cost_exponent": -0.2},
 }
 """Named variants: fields of XMCParams changed from the defaults (flat names, as the CLI's flags)."""
 REAL_SETS = ("bibtex", "debian-deps", "pypi-tags", "debian-deps-tfidf", "pypi-tags-tfidf", "bibtex-composite")
@@ -95,8 +97,9 @@ def unseen_dropped(Xt: Any, Yt: Any, Xv: Any, Yv: Any) -> tuple[Any, Any, Any, A
     return Xt, Yt, Xv, Yv
 
 
-def score(splits: list[tuple[Any, ...]], changes: dict[str, Any]) -> dict[str, float]:
-    """Mean validation P@1, P@5 and fit seconds of one variant over the paired splits."""
+def score(splits: list[tuple[Any, ...]], changes: dict[str, Any]) -> dict[str, Any]:
+    """Mean validation P@1, P@5 and fit seconds of one variant over the paired splits, and the
+    per-split P@1 and P@5 (``split_P@1``, ``split_P@5``) for the paired changes."""
     rows = []
     for Xt, Yt, Xv, Yv in splits:
         start = time.perf_counter()
@@ -105,7 +108,44 @@ def score(splits: list[tuple[Any, ...]], changes: dict[str, Any]) -> dict[str, f
         m = evaluate(Yv, model.predict(Xv, topk=5), (1, 5))
         rows.append((m["P@1"], m["P@5"], seconds))
     p1, p5, seconds = np.mean(rows, axis=0)
-    return {"P@1": float(p1), "P@5": float(p5), "fit_s": float(seconds)}
+    return {"P@1": float(p1), "P@5": float(p5), "fit_s": float(seconds),
+            "split_P@1": [float(r[0]) for r in rows], "split_P@5": [float(r[1]) for r in rows]}
+
+
+NOISE_SE = 2.0
+"""A set is lost beyond noise when its paired P@1 change is below -NOISE_SE standard errors (over the
+splits) and below -0.05 (a change of a few rows is noise however steady)."""
+
+
+def paired(variant: dict[str, Any], default: dict[str, Any], metric: str) -> tuple[float, float]:
+    """(mean change, its standard error) of a metric over the paired splits."""
+    d = np.subtract(variant[f"split_{metric}"], default[f"split_{metric}"])
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), se
+
+
+def changes_table(results: dict[str, dict[str, dict[str, Any]]], sets: list[str]) -> str:
+    """Markdown: each variant's P@1 change +- paired standard error and P@5 change per set against
+    'default', the mean P@1 change, and the sets lost beyond noise (the selection rule: a variant
+    becomes a default only where the mean gains and no set is lost beyond noise)."""
+    base = results["default"]
+    head = ("| variant | " + " | ".join(f"{s} P@1 +- se / P@5" for s in sets)
+            + " | mean P@1 | lost beyond noise |")
+    lines = [head, "|" + "---|" * (len(sets) + 3)]
+    for variant, per_set in results.items():
+        if variant == "default":
+            continue
+        cells, lost, mean = [], [], []
+        for s in sets:
+            d1, se = paired(per_set[s], base[s], "P@1")
+            d5, _ = paired(per_set[s], base[s], "P@5")
+            cells.append(f"{d1:+.2f} +- {se:.2f} / {d5:+.2f}")
+            mean.append(d1)
+            if d1 < -0.05 and d1 < -NOISE_SE * se:
+                lost.append(s)
+        lines.append(f"| {variant} | " + " | ".join(cells)
+                     + f" | {np.mean(mean):+.2f} | {', '.join(lost) or 'none'} |")
+    return "\n".join(lines)
 
 
 def table(results: dict[str, dict[str, dict[str, float]]], sets: list[str]) -> str:
@@ -149,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} {variant}: validation P@1 {r['P@1']:.2f} P@5 {r['P@5']:.2f} "
                   f"fit {r['fit_s']:.1f} s", flush=True)
     text = table(results, sets)
+    if "default" in results and len(results) > 1 and args.splits > 1:
+        text += ("\n\nPaired changes against the default (mean over the splits):\n\n"
+                 + changes_table(results, sets))
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "select_defaults.md").write_text(

@@ -20,6 +20,21 @@ def test_table_gives_each_set_and_the_mean_change_from_default() -> None:
     assert lines[3].endswith("| 50.75 | +0.75 |")
 
 
+def test_paired_changes_name_the_sets_lost_beyond_noise() -> None:
+    """Set a loses 0.3 on every split (steady: beyond noise); b loses 0.3 on average but swings by
+    +-1 (within noise); c gains."""
+    def row(p1: list[float]) -> dict[str, object]:
+        return {"P@1": sum(p1) / len(p1), "P@5": 20.0, "fit_s": 1.0, "split_P@1": p1, "split_P@5": [20.0] * 3}
+
+    results = {"default": {"a": row([60, 61, 62]), "b": row([40, 41, 42]), "c": row([50, 50, 50])},
+               "x": {"a": row([59.7, 60.7, 61.7]), "b": row([41.1, 39.0, 42.0]), "c": row([51, 51, 51])}}
+    d, se = sd.paired(results["x"]["b"], results["default"]["b"], "P@1")
+    assert d == pytest.approx(-0.3) and se == pytest.approx(0.9074, abs=1e-4)
+    line = sd.changes_table(results, ["a", "b", "c"]).splitlines()[2]
+    assert line.startswith("| x | -0.30 +- 0.00 / +0.00 | -0.30 +- 0.91 / +0.00 | +1.00 +- 0.00 / +0.00 |")
+    assert line.endswith("| +0.13 | a |")
+
+
 def test_unknown_set_variant_or_field_is_refused_before_any_fit(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         sd.main(["--sets", "nope", "--out", str(tmp_path)])
