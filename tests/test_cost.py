@@ -23,6 +23,7 @@ from xmc.core.cost import (
 )
 from xmc.core.fit import fit
 from xmc.core.sharded import fit_sharded
+from xmc.errors import ParamError
 from xmc.io.features import write_bundle
 
 SCALED = XMCParams().replace(recurring_df=2)
@@ -112,6 +113,10 @@ def test_label_costs_by_hand() -> None:
     costs = label_costs(np.array([0, 1, 25, 100, 400, 10**6]), per_label)
     # (n / 100)^-0.5: 0 counts as 1 and is clipped at 4x, like 1; 25 -> 2x, 400 -> 0.5x, 1e6 -> 1/4
     np.testing.assert_allclose(costs, 0.5 * np.array([4, 4, 2, 1, 0.5, 1 / MAX_LABEL_COST_SCALE]))
+    with pytest.raises(ParamError, match="label_cost_reference=0.0 is invalid: use a positive number"):
+        XMCParams().replace(label_cost_reference=0.0)
+    with pytest.raises(ParamError, match="label_cost_exponent=nan is invalid"):
+        XMCParams().replace(label_cost_exponent=float("nan"))
 
 
 def test_one_cost_per_label_trains_the_rankers_only_in_both_fits(tmp_path: Path) -> None:
