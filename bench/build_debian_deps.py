@@ -32,7 +32,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,10 @@ def is_test(name: str) -> bool:
     return hashlib.sha1(name.encode("utf-8")).digest()[0] < TEST_BYTE_BELOW
 
 
-def build(dump: str) -> tuple[list[Record], list[Record]]:
-    """Train and test documents of a ``dumpavail`` text; a package's first stanza wins."""
+def build(dump: str, make: Callable[[dict[str, str]], Record | None] = document,
+          ) -> tuple[list[Record], list[Record]]:
+    """Train and test documents of a ``dumpavail`` text (``make`` turns a stanza into one, or
+    None); a package's first stanza wins."""
     docs: dict[str, Record] = {}
     seen: set[str] = set()
     for fields in stanzas(dump):
@@ -111,7 +113,7 @@ def build(dump: str) -> tuple[list[Record], list[Record]]:
         if not name or name in seen:
             continue
         seen.add(name)
-        doc = document(fields)
+        doc = make(fields)
         if doc is not None:
             docs[name] = doc
     train = [docs[n] for n in sorted(docs) if not is_test(n)]
@@ -154,8 +156,10 @@ def compare(out: Path, ref: Path) -> dict[str, Any]:
             "same_text": sum(mine[n]["text"] == theirs[n]["text"] for n in both)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, make: Callable[[dict[str, str]], Record | None] = document,
+         doc: str | None = __doc__) -> int:
+    """The command line of this builder, and of another corpus of the same index (``make``, ``doc``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--dump", type=Path, help="read this saved `apt-cache dumpavail` text instead")
     ap.add_argument("--compare", type=Path, help="a reference build's folder to compare with")
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True,
                               errors="replace").stdout
-    train, test = build(dump)
+    train, test = build(dump, make)
     args.out.mkdir(parents=True, exist_ok=True)
     write_jsonl_gz(args.out / "train.jsonl.gz", train)
     write_jsonl_gz(args.out / "test.jsonl.gz", test)

@@ -3,7 +3,7 @@
     python bench/compare.py [--seeds 3] [--sets real|synthetic|all|NAME,NAME...]
                             [--systems ...] [--out bench/results]
 
-Sets: real (bibtex; debian-deps and pypi-tags through our own featurizer; *-tfidf, the same
+Sets: real (bibtex; debian-deps, pypi-tags and debian-tags through our own featurizer; *-tfidf, the same
 corpus as a reference TF-IDF that no system chose), derived (bibtex-composite) and synthetic
 (synth-*). The default runs all but synth-100k.
 
@@ -44,6 +44,7 @@ from xmc.research.synth import SynthSpec, generate
 BIBTEX = ROOT / "data" / "bibtex"
 DEBIAN = ROOT / "data" / "debian-deps"
 PYPI = ROOT / "data" / "pypi-tags"
+DEBIAN_TAGS = ROOT / "data" / "debian-tags"
 SMALL_LEAF = 16
 """Bibtex's leaf size for our model (issue 3's setting: 159 labels make leaf 100 a 2-leaf tree)."""
 SMALL_LEAF_PEERS = {
@@ -87,7 +88,7 @@ def composite() -> tuple[Any, ...]:
             "(xmc.research.composite, seed 0)")
 
 
-TEXT_CORPORA = {"debian-deps": DEBIAN, "pypi-tags": PYPI}
+TEXT_CORPORA = {"debian-deps": DEBIAN, "pypi-tags": PYPI, "debian-tags": DEBIAN_TAGS}
 """Raw-text corpora the repository carries (records {id, text, labels}, reference builds)."""
 
 
@@ -175,6 +176,8 @@ DATASETS = {d.name: d for d in [
     Dataset("debian-deps-tfidf", reference_tfidf("debian-deps")),
     Dataset("pypi-tags", featurized("pypi-tags")),
     Dataset("pypi-tags-tfidf", reference_tfidf("pypi-tags")),
+    Dataset("debian-tags", featurized("debian-tags")),
+    Dataset("debian-tags-tfidf", reference_tfidf("debian-tags")),
     Dataset("bibtex-composite", composite, small_leaf=True, kind="derived"),
     Dataset("synth-1k", synthetic(1_000, 20_000, 20_000, 5_000), kind="synthetic"),
     Dataset("synth-10k", synthetic(10_000, 50_000, 100_000, 10_000), kind="synthetic"),

@@ -7,8 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import build_debian_deps as bdd  # noqa: E402
+import build_debian_tags as bdt  # noqa: E402
 
 DUMP = """\
 Package: foo-utils
@@ -62,10 +65,20 @@ def test_main_writes_files_and_stats(tmp_path: Path) -> None:
         assert json.loads(f.readline())["id"] == "foo-utils"
 
 
-def test_reference_build_is_carried_with_its_checksums() -> None:
+def test_tags_recipe_labels_a_package_with_its_debtags() -> None:
+    """The same documents and split, labelled with the Tag field (folded over lines); a package
+    without tags is left out, whatever its dependencies."""
+    train, test = bdd.build(DUMP, bdt.tagged_document)
+    docs = {r["id"]: r for r in train + test}
+    assert set(docs) == {"foo-utils"} and docs["foo-utils"]["labels"] == ["a::b", "c::d"]
+    assert docs["foo-utils"]["text"] == bdd.build(DUMP)[0 if train else 1][0]["text"]
+
+
+@pytest.mark.parametrize("corpus", ["debian-deps", "debian-tags"])
+def test_reference_build_is_carried_with_its_checksums(corpus: str) -> None:
     import hashlib
 
-    folder = Path(__file__).resolve().parents[1] / "data" / "debian-deps"
+    folder = Path(__file__).resolve().parents[1] / "data" / corpus
     text = (folder / "PROVENANCE.md").read_text()
     for name in ("train.jsonl.gz", "test.jsonl.gz", "stats.json"):
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() in text, name
