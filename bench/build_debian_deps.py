@@ -88,10 +88,12 @@ def description(fields: dict[str, str]) -> str:
     return " ".join(line for line in (s.strip() for s in lines) if line and line != ".")
 
 
-def document(fields: dict[str, str]) -> Record | None:
-    """A stanza as a document, or None when it names no package or depends on nothing."""
+def document(fields: dict[str, str],
+             labels_of: Callable[[dict[str, str]], set[str]] = dependencies) -> Record | None:
+    """A stanza as a document labelled by ``labels_of`` (its dependencies here), or None when it
+    names no package or has no label."""
     name = fields.get("Package", "")
-    labels = dependencies(fields)
+    labels = labels_of(fields)
     if not name or not labels:
         return None
     return {"id": name, "text": f"{name.replace('-', ' ')} . {description(fields)}", "labels": sorted(labels)}

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_debian_deps import Record, description, main  # noqa: E402
+from build_debian_deps import Record, document, main  # noqa: E402
 
 
 def tags(fields: dict[str, str]) -> set[str]:
@@ -31,12 +31,7 @@ def tags(fields: dict[str, str]) -> set[str]:
 
 def tagged_document(fields: dict[str, str]) -> Record | None:
     """A stanza as a document labelled with its debtags, or None when it has no tag."""
-    name = fields.get("Package", "")
-    labels = tags(fields)
-    if not name or not labels:
-        return None
-    return {"id": name, "text": f"{name.replace('-', ' ')} . {description(fields)}", "labels": sorted(labels)}
-
+    return document(fields, tags)
 
 if __name__ == "__main__":
     sys.exit(main(make=tagged_document, doc=__doc__))
