@@ -7,6 +7,7 @@ One session-scoped SparkSession (local[2], two shuffle partitions; tests/conftes
 from __future__ import annotations
 
 import json
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+import snowballstemmer
 
 from tests.conftest import BIBTEX
 from xmc.core.model import XMCModel
@@ -115,11 +117,13 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
 
     bundle, records = text_bundle["bundle"], text_bundle["records"]
     manifest = read_manifest(bundle)
-    # reference: Spark's tokens -> stop words -> bigrams -> numpy TF-IDF; split by crc32 of the id
+    # reference: Spark's tokens -> stop words -> Snowball's English stems (the default; called here
+    # directly, not through xmc's stem_tokens) -> bigrams -> numpy TF-IDF; split by crc32 of the id
     stop = set(StopWordsRemover.loadDefaultStopWords("english"))
+    stemmer = snowballstemmer.stemmer("english")
     terms = []
     for toks in _spark_tokens(spark, [str(r["text"]) for r in records]):
-        kept = [t for t in toks if t not in stop]
+        kept = stemmer.stemWords([t for t in toks if t not in stop])
         terms.append(kept + [f"{a} {b}" for a, b in zip(kept, kept[1:], strict=False)])
     test = np.array([zlib.crc32(str(r["id"]).encode()) % 10_000 < 2_500 for r in records])
     df_train = Counter(t for doc, te in zip(terms, test, strict=True) if not te for t in set(doc))
@@ -127,7 +131,7 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
     vocab, idf, X_ref = _reference_tfidf(terms, ~test, min_df=2, max_features=MAX_FEATURES)
 
     vec = TextVectorizer.load(bundle / "vectorizer")
-    assert vec.vocab == vocab and {"हिन्दी", "cafe\u0301", "οδος", "x_y"} <= set(vocab)
+    assert vec.vocab == vocab and {"हिन्दी", "cafe\u0301", "οδος", stemmer.stemWord("x_y")} <= set(vocab)
     np.testing.assert_allclose(vec.idf, idf, rtol=1e-12)
     names = LabelVocab.build(read_records(text_bundle["tmp"] / "corpus.jsonl")[i]
                              for i in np.flatnonzero(~test)).names
@@ -351,17 +355,26 @@ def test_params_and_vectorizer_without_spark(tmp_path: Path) -> None:
         TextVectorizer.load(tmp_path)
 
 
-def test_default_vocabulary_keeps_a_word_seen_once_but_not_a_pair_seen_once(
+def test_default_vocabulary_keeps_a_word_seen_once_and_stems_but_not_a_pair_seen_once(
     spark: Any, tmp_path: Path
 ) -> None:
-    """The defaults (min_df 1, min_df_bigram 2): a rare word still matches new text; a one-off
+    """The defaults (min_df 1, min_df_bigram 2, English stems): a rare word still matches new text;
+    'crossings' and 'crossing' are one stem, so their pair with 'zebra' is seen twice; a one-off
     word pair does not enter the vocabulary (one featurization: each costs the suite ~12 s)."""
     path = tmp_path / "c.jsonl"
-    write_jsonl(path, [{"id": "a", "text": "zebra crossing sign", "labels": ["road"]},
-                       {"id": "b", "text": "zebra crossing light", "labels": ["road"]}])
+    write_jsonl(path, [{"id": "a", "text": "zebra crossings sign", "labels": ["road"]},
+                       {"id": "b", "text": "Zebra crossing lights", "labels": ["road"]}])
     _featurize(spark, [path], tmp_path / "d")
-    vocab = set(TextVectorizer.load(tmp_path / "d" / "vectorizer").vocab)
-    assert {"sign", "light", "zebra crossing"} <= vocab  # words seen once; the pair seen twice
-    assert not {"crossing sign", "crossing light"} & vocab  # pairs seen once
+    vec = TextVectorizer.load(tmp_path / "d" / "vectorizer")
+    vocab = set(vec.vocab)
+    assert {"sign", "light", "zebra cross"} <= vocab  # words seen once; the pair of stems seen twice
+    assert not {"crossing", "crossings", "lights", "cross sign", "cross light"} & vocab
+    assert vec.stemmer == "english"
+    # bench/select_featurize.py's vectorizer (no Spark) is the one Spark fitted on the same records
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from select_featurize import fitted_vectorizer
+
+    mirror = fitted_vectorizer(["zebra crossings sign", "Zebra crossing lights"], FeaturizeParams())
+    assert mirror.vocab == vec.vocab and np.allclose(mirror.idf, vec.idf, rtol=1e-12)
     with pytest.raises(Exception, match="min_df_bigram=0"):
         FeaturizeParams(min_df_bigram=0)

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 
 from xmc.cli.common import add_dataclass_flags, job_main, print_json
-from xmc.engines.spark.params import INPUT_FORMATS, STOP_WORDS, FeaturizeParams
+from xmc.engines.spark.params import INPUT_FORMATS, STEMMERS, STOP_WORDS, FeaturizeParams
 
 DESCRIPTION = """Turn raw labelled text (JSONL or Parquet records {id, text, labels}) or an XC BoW
 file into a features bundle: TF-IDF shards per split, the fitted vectorizer, label vocabulary,
@@ -26,7 +26,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per field (``min_df`` -> ``--min-df``), help and default from the dataclass."""
     group = parser.add_argument_group(
         "featurize parameters (defaults from xmc.engines.spark.params.FeaturizeParams)")
-    add_dataclass_flags(group, FeaturizeParams, {"InputFormat": INPUT_FORMATS, "StopWords": STOP_WORDS})
+    add_dataclass_flags(group, FeaturizeParams, {"InputFormat": INPUT_FORMATS, "StopWords": STOP_WORDS,
+                                                    "Stemmer": STEMMERS})
 
 
 def params_from_args(args: argparse.Namespace) -> FeaturizeParams:

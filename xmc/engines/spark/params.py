@@ -18,9 +18,17 @@ from xmc.params import coerce_fields, read_json_object
 
 InputFormat = Literal["auto", "jsonl", "parquet", "xc"]
 StopWords = Literal["none", "english"]
+Stemmer = str
+"""'none' or a Snowball stemmer's language (STEMMERS)."""
 
 INPUT_FORMATS: tuple[str, ...] = ("auto", "jsonl", "parquet", "xc")
 STOP_WORDS: tuple[str, ...] = ("none", "english")
+STEMMERS: tuple[str, ...] = (
+    "none", "arabic", "armenian", "basque", "catalan", "czech", "danish", "dutch", "dutch_porter", "english",
+    "esperanto", "estonian", "finnish", "french", "german", "greek", "hindi", "hungarian", "indonesian",
+    "irish", "italian", "lithuanian", "nepali", "norwegian", "persian", "polish", "porter", "portuguese",
+    "romanian", "russian", "serbian", "sesotho", "spanish", "swedish", "tamil", "turkish", "yiddish")
+"""'none' and snowballstemmer 3.1's languages (tests/test_stemming.py checks the list against it)."""
 
 
 def _require(ok: bool, name: str, value: object, fix: str) -> None:
@@ -42,6 +50,11 @@ class FeaturizeParams:
     """Shorter tokens are dropped (one-letter tokens are mostly noise)."""
     stop_words: StopWords = "none"
     """'english' removes Spark's English stop-word list (saved with the vectorizer)."""
+    stemmer: Stemmer = "english"
+    """Snowball stemmer applied to every token after stop words, before pairs are formed ('none'
+    keeps tokens as they are): 'libraries' and 'library' become one term. On validation splits of
+    the text sets' training records (8 / 8 / 4), P@1 pypi-tags +0.63 +- 0.23, debian-tags +0.07 +-
+    0.10, debian-deps -0.02 +- 0.08, at the same fit time. Name the corpus's language."""
     ngram_max: int = 2
     """Longest word n-gram: 1 (words) or 2 (words and adjacent word pairs; +1.3 P@1 on debian-deps validation splits)."""
     min_df: int = 1
@@ -86,6 +99,7 @@ class FeaturizeParams:
         _require(self.token_pattern != "", "token_pattern", self.token_pattern, r"use a regex such as \w+")
         _require(self.min_token_length >= 1, "min_token_length", self.min_token_length, "use >= 1")
         _require(self.stop_words in STOP_WORDS, "stop_words", self.stop_words, f"use one of {STOP_WORDS}")
+        _require(self.stemmer in STEMMERS, "stemmer", self.stemmer, f"use one of {', '.join(STEMMERS)}")
         _require(self.ngram_max in (1, 2), "ngram_max", self.ngram_max, "use 1 or 2")
         _require(self.min_df >= 1, "min_df", self.min_df, "use >= 1")
         _require(self.min_df_bigram >= 1, "min_df_bigram", self.min_df_bigram, "use >= 1")

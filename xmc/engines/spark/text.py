@@ -14,7 +14,7 @@ import pandas as pd  # the text encoder's pandas UDF resolves its type hints at 
 from pyspark.ml.feature import NGram, RegexTokenizer, StopWordsRemover
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, FloatType
+from pyspark.sql.types import ArrayType, FloatType, StringType
 
 from xmc.engines.spark.params import FeaturizeParams
 from xmc.io.vectorizer import TextVectorizer, java_pattern
@@ -28,8 +28,21 @@ def stop_words(params: FeaturizeParams) -> list[str]:
     return list(StopWordsRemover.loadDefaultStopWords(params.stop_words))
 
 
+def stem_column(column: str, language: str) -> Column:
+    """``array<string>`` of tokens -> their Snowball stems, in the executors' Python workers one
+    Arrow batch at a time, by ``xmc.io.vectorizer.stem_tokens``: the very function prediction calls
+    on new text, so both sides make the same terms (Spark ML has no stemmer)."""
+    @F.pandas_udf(ArrayType(StringType()))  # type: ignore[call-overload]
+    def stems(tokens: pd.Series) -> pd.Series:
+        from xmc.io.vectorizer import stem_tokens
+
+        return pd.Series([stem_tokens(list(t), language) for t in tokens])
+
+    return stems(F.col(column))
+
+
 def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> DataFrame:
-    """``text`` -> ``terms`` (array<string>): tokens, minus stop words, plus bigrams when asked."""
+    """``text`` -> ``terms`` (array<string>): tokens, minus stop words, stemmed, plus bigrams when asked."""
     tokenizer = RegexTokenizer(
         inputCol="text", outputCol="_tokens", pattern=java_pattern(params.token_pattern), gaps=False,
         toLowercase=params.lowercase, minTokenLength=params.min_token_length)
@@ -39,11 +52,14 @@ def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> Data
         # Locale pinned so the case-insensitive match does not depend on the cluster's JVM locale.
         out = StopWordsRemover(inputCol=col, outputCol="_kept", stopWords=stop, locale="en").transform(out)
         col = "_kept"
+    if params.stemmer != "none":
+        out = out.withColumn("_stems", stem_column(col, params.stemmer))
+        col = "_stems"
     terms = F.col(col)
     if params.ngram_max == 2:
         out = NGram(n=2, inputCol=col, outputCol="_bigrams").transform(out)
         terms = F.concat(F.col(col), F.col("_bigrams"))
-    return out.withColumn("terms", terms).drop("_tokens", "_kept", "_bigrams")
+    return out.withColumn("terms", terms).drop("_tokens", "_kept", "_stems", "_bigrams")
 
 
 def fit_vocabulary(train: DataFrame, n_docs: int, params: FeaturizeParams) -> DataFrame:
@@ -89,7 +105,8 @@ def vectorizer_of(vocab: DataFrame, n_docs: int, params: FeaturizeParams, stop: 
     return TextVectorizer(
         table.column("term").to_pylist(), table.column("idf").to_numpy(), lowercase=params.lowercase,
         token_pattern=params.token_pattern, min_token_length=params.min_token_length,
-        stop_words=tuple(stop), ngram_max=params.ngram_max, sublinear_tf=params.sublinear_tf,
+        stop_words=tuple(stop), stemmer=params.stemmer, ngram_max=params.ngram_max,
+        sublinear_tf=params.sublinear_tf,
         l2_normalize=params.l2_normalize, n_docs=n_docs)
 
 

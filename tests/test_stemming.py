@@ -1,0 +1,86 @@
+"""Stemming in the text transform: the languages offered, the predict-time vectorizer's stems and pairs,
+what a saved vectorizer records, and bad settings. Spark's side is checked against Snowball in
+tests/test_featurize.py (the featurized rows equal a reference built from Snowball's own stems)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import snowballstemmer
+
+from xmc.engines.spark.params import STEMMERS, FeaturizeParams
+from xmc.errors import BundleError, ParamError
+from xmc.io.vectorizer import TextVectorizer, stem_tokens
+
+
+def test_the_languages_offered_are_snowballs() -> None:
+    assert set(STEMMERS) == {"none", *snowballstemmer.algorithms()}
+    assert FeaturizeParams().stemmer in STEMMERS
+    with pytest.raises(ParamError, match="stemmer='klingon'.*english"):
+        FeaturizeParams(stemmer="klingon")
+
+
+def test_stems_merge_word_forms_and_pairs_are_made_of_stems() -> None:
+    vec = TextVectorizer(["librari", "python", "python librari"], np.ones(3), stemmer="english", ngram_max=2)
+    assert vec.terms("Python libraries") == ["python", "librari", "python librari"]
+    X = vec.transform(["Python libraries", "a python library", "python"])
+    assert np.allclose(X[0].toarray(), X[1].toarray()) and X[0].nnz == 3  # the same terms either way
+    assert X[2].nnz == 1
+    plain = TextVectorizer(["libraries", "python"], np.ones(2), ngram_max=2)  # 'none': tokens as they are
+    assert plain.terms("Python libraries") == ["python", "libraries", "python libraries"]
+    assert stem_tokens(["running", "runs"], "none") == ["running", "runs"]
+    assert stem_tokens(["corriendo", "corre"], "spanish") == snowballstemmer.stemmer("spanish").stemWords(
+        ["corriendo", "corre"])
+
+
+def test_threads_get_the_same_stems() -> None:
+    """A Snowball stemmer keeps its word in its own state: threads stemming at once (as a thread pool
+    transforming batches does) must each have their own, or words get each other's endings. Each
+    thread stems words no other thread has, so the shared cache of stems does not hide a clash."""
+    bases = ("connect", "organis", "nation", "librar", "general", "happ", "relat", "condition")
+    endings = ("ing", "ed", "ies", "s", "ation", "ational", "fulness", "ously", "ization", "iveness")
+    words = [f"{b}{e}{'x' * r}{e}" for b in bases for e in endings for r in range(40)]
+    want = snowballstemmer.stemmer("english").stemWords(words)
+    start = threading.Barrier(4)
+    got: dict[int, list[str]] = {}
+
+    def work(k: int) -> None:
+        mine = [f"q{k}{w}" for w in words]  # a prefix of its own: every word a cache miss
+        start.wait()
+        got[k] = stem_tokens(mine, "english")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        assert [g.removeprefix(f"q{k}") for g in got[k]] == want
+
+
+def test_saved_vectorizer_keeps_its_stemmer_and_version(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    vec = TextVectorizer(["librari"], np.ones(1), stemmer="english")
+    vec.save(tmp_path / "v")
+    meta = json.loads((tmp_path / "v" / "vectorizer.json").read_text())
+    installed = importlib.metadata.version("snowballstemmer")
+    assert meta["stemmer"] == "english" and meta["stemmer_version"] == installed
+    assert TextVectorizer.load(tmp_path / "v").transform(["libraries"]).nnz == 1
+    # a vocabulary stemmed by another version of the stemmers: loads, with a warning that says so
+    (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**meta, "stemmer_version": "0.1"}))
+    with caplog.at_level(logging.WARNING, logger="xmc.vectorizer"):
+        TextVectorizer.load(tmp_path / "v")
+    assert "snowballstemmer 0.1" in caplog.text and "re-featurize" in caplog.text
+    # a vectorizer saved before stemming existed has no such field: its tokens stay as they are
+    old = {k: v for k, v in meta.items() if k not in ("stemmer", "stemmer_version")}
+    (tmp_path / "v" / "vectorizer.json").write_text(json.dumps(old))
+    assert TextVectorizer.load(tmp_path / "v").stemmer == "none"
+    (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**meta, "stemmer": "klingon"}))
+    with pytest.raises(BundleError, match="no Snowball stemmer for 'klingon'"):
+        TextVectorizer.load(tmp_path / "v")
