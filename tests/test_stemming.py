@@ -16,7 +16,9 @@ import snowballstemmer
 
 from xmc.engines.spark.params import STEMMERS, FeaturizeParams
 from xmc.errors import BundleError, ParamError
-from xmc.io.vectorizer import TextVectorizer, stem_tokens
+from xmc.io import stems
+from xmc.io.stems import stem_tokens, stemmer_class
+from xmc.io.vectorizer import TextVectorizer
 
 
 def test_the_languages_offered_are_snowballs() -> None:
@@ -24,6 +26,28 @@ def test_the_languages_offered_are_snowballs() -> None:
     assert FeaturizeParams().stemmer in STEMMERS
     with pytest.raises(ParamError, match="stemmer='klingon'.*english"):
         FeaturizeParams(stemmer="klingon")
+
+
+def test_every_language_loads_snowballs_pure_python_stemmer() -> None:
+    """By class, never through snowballstemmer.stemmer(), which hands out PyStemmer's C stemmers
+    wherever PyStemmer is installed (not the version the vocabulary records)."""
+    for language in STEMMERS[1:]:
+        cls = stemmer_class(language)
+        assert cls.__module__ == f"snowballstemmer.{language}_stemmer", language
+        assert stem_tokens(["tokens"], language)[0]  # every language stems a word
+    for bad in ("klingon", "English", "../english", "english_", ""):
+        with pytest.raises(ValueError, match="no Snowball stemmer.*english"):
+            stemmer_class(bad)
+
+
+def test_the_cache_of_stems_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Spark worker stems a whole corpus: its memory must not grow with the vocabulary."""
+    monkeypatch.setattr(stems, "STEMS_MAX", 50)
+    reference = stemmer_class("english")()
+    for k in range(20):
+        words = [f"walk{k}x{i}ing" for i in range(10)]
+        assert stem_tokens(words, "english") == [reference.stemWord(w) for w in words]
+        assert len(stems._STEMS) <= 50 + 10
 
 
 def test_stems_merge_word_forms_and_pairs_are_made_of_stems() -> None:
@@ -71,6 +95,9 @@ def test_saved_vectorizer_keeps_its_stemmer_and_version(tmp_path: Path,
     meta = json.loads((tmp_path / "v" / "vectorizer.json").read_text())
     installed = importlib.metadata.version("snowballstemmer")
     assert meta["stemmer"] == "english" and meta["stemmer_version"] == installed
+    assert meta["schema_version"] == 2  # an xmc from before stemming refuses it rather than not stem
+    TextVectorizer(["x"], np.ones(1)).save(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "vectorizer.json").read_text())["schema_version"] == 1
     assert TextVectorizer.load(tmp_path / "v").transform(["libraries"]).nnz == 1
     # a vocabulary stemmed by another version of the stemmers: loads, with a warning that says so
     (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**meta, "stemmer_version": "0.1"}))

@@ -4,7 +4,7 @@
 settings; ``TextVectorizer`` applies the same transform to new documents on one machine:
 
     lowercase -> tokens (regex matches, length >= min_token_length) -> drop stop words
-    -> Snowball stems (``stemmer``; ``stem_tokens``, which Spark's executors call too)
+    -> Snowball stems (``stemmer``; ``xmc.io.stems.stem_tokens``, which Spark's executors call too)
     -> terms = tokens (+ adjacent token pairs "a b" when ngram_max = 2) -> counts of vocabulary terms
     -> tf = 1 + ln(count) (sublinear) or count -> tf * idf, idf = ln((1 + N) / (1 + df)) + 1
     -> L2-normalised row
@@ -20,12 +20,10 @@ punctuation, join controls), so both sides cut the same tokens. The folder holds
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 import logging
 import re
 import sys
-import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
@@ -37,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.errors import BundleError
+from xmc.io.stems import stem_tokens, stemmer_class, stemmer_version
 from xmc.io.text_encoder import TextEncoder
 
 log = logging.getLogger("xmc.vectorizer")
@@ -45,6 +44,8 @@ ENCODER_DIR = "encoder"
 
 FORMAT = "xmc-vectorizer"
 SCHEMA_VERSION = 1
+STEMMED_SCHEMA_VERSION = 2
+"""A vectorizer whose vocabulary holds stems: an older reader, which knows only version 1, refuses it."""
 # Java's (?U)\w: Alphabetic (letters, letter numbers, Other_Alphabetic), marks, decimal digits,
 # connector punctuation, join controls. Extra ranges: the join controls, and the Other_Alphabetic
 # symbols outside those categories (circled and squared Latin letters).
@@ -98,36 +99,6 @@ def java_pattern(token_pattern: str) -> str:
     return "(?U)" + token_pattern
 
 
-_STEMS: dict[tuple[str, str], str] = {}
-"""(language, token) -> stem, shared by the threads of a process: a corpus repeats its tokens, and
-Snowball's pure-Python stemming is the expensive part of a document's terms."""
-_STEMS_MAX = 2_000_000
-_LOCAL = threading.local()
-
-
-def stem_tokens(tokens: list[str], language: str) -> list[str]:
-    """Each token's Snowball stem in ``language`` ('none': the tokens unchanged).
-
-    A stemmer object keeps its word in its own state, so each thread has its own."""
-    if language == "none":
-        return tokens
-    stemmers = _LOCAL.__dict__.setdefault("stemmers", {})
-    stemmer = stemmers.get(language)
-    if stemmer is None:
-        import snowballstemmer  # only a stemming vectorizer loads its 36 languages (0.15 s)
-
-        stemmer = stemmers[language] = snowballstemmer.stemmer(language)
-    if len(_STEMS) > _STEMS_MAX:
-        _STEMS.clear()
-    out = []
-    for token in tokens:
-        stem = _STEMS.get((language, token))
-        if stem is None:
-            stem = _STEMS[(language, token)] = stemmer.stemWord(token)
-        out.append(stem)
-    return out
-
-
 def utf16_len(token: str) -> int:
     """Java's String.length (UTF-16 units), which Spark's minimum token length counts."""
     return len(token) + sum(1 for ch in token if ord(ch) > 0xFFFF)
@@ -166,11 +137,10 @@ class TextVectorizer:
         self._regex = re.compile(python_pattern(self.token_pattern))
         self._stop = frozenset(w.lower() for w in self.stop_words)
         if self.stemmer != "none":
-            import snowballstemmer
-
-            if self.stemmer not in snowballstemmer.algorithms():
-                raise BundleError(f"vectorizer: no Snowball stemmer for {self.stemmer!r}; "
-                                  f"known: none, {', '.join(snowballstemmer.algorithms())}")
+            try:
+                stemmer_class(self.stemmer)
+            except ValueError as e:
+                raise BundleError(f"vectorizer: {e}") from None
 
     @property
     def n_terms(self) -> int:
@@ -243,7 +213,10 @@ class TextVectorizer:
         meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "n_features": self.n_terms,
                 "idf": "ln((1 + n_docs) / (1 + df)) + 1", **self.config()}
         if self.stemmer != "none":  # the stems a vocabulary holds are those of this version
-            meta["stemmer_version"] = importlib.metadata.version("snowballstemmer")
+            meta["stemmer_version"] = stemmer_version()
+            # an xmc from before stemming would load this, ignore the stemmer and miss every
+            # inflected word quietly: version 2 makes it refuse the file instead
+            meta["schema_version"] = STEMMED_SCHEMA_VERSION
         if self.encoder is not None:
             meta["text_encoder"] = {"folder": ENCODER_DIR, "dim": self.encoder.dim,
                                     "weight": self.encoder_weight}
@@ -266,8 +239,9 @@ class TextVectorizer:
         except Exception as e:  # json, zipfile, zlib and numpy raise their own types on a bad file
             raise BundleError(f"{folder}: unreadable vectorizer ({type(e).__name__}: {e})") from None
         if (not isinstance(meta, dict) or meta.get("format") != FORMAT
-                or meta.get("schema_version") != SCHEMA_VERSION):
-            raise BundleError(f"{folder}/vectorizer.json: not an {FORMAT} v{SCHEMA_VERSION} file")
+                or meta.get("schema_version") not in (SCHEMA_VERSION, STEMMED_SCHEMA_VERSION)):
+            raise BundleError(f"{folder}/vectorizer.json: not an {FORMAT} v{SCHEMA_VERSION} or "
+                              f"v{STEMMED_SCHEMA_VERSION} file")
         if not isinstance(vocab, list) or len(vocab) != meta.get("n_features"):
             raise BundleError(f"{folder}/vocab.json: expected a list of {meta.get('n_features')} terms")
         if idf.ndim != 1 or not np.issubdtype(idf.dtype, np.floating) or not np.all(np.isfinite(idf)):
@@ -296,7 +270,7 @@ def _check_stemmer_version(folder: Path, stemmer: str, saved: str | None) -> Non
     whose stem changed between versions no longer finds its column, so predictions drift quietly."""
     if stemmer == "none" or saved is None:
         return
-    installed = importlib.metadata.version("snowballstemmer")
+    installed = stemmer_version()
     if installed != saved:
         log.warning(f"{folder}: the vocabulary was stemmed by snowballstemmer {saved}, this is {installed}; "
                     "some words may miss their terms (pip install snowballstemmer=={saved}, or re-featurize)")

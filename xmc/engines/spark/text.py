@@ -1,4 +1,5 @@
-"""TF-IDF in Spark: Spark ML tokenizer, stop words and n-grams, then vocabulary and weights in Spark SQL.
+"""TF-IDF in Spark: Spark ML tokenizer, stop words, Snowball stems (a pandas UDF) and n-grams, then
+vocabulary and weights in Spark SQL.
 
 The vocabulary is chosen here rather than by ``CountVectorizer`` because ours must be
 deterministic and bounded by document frequency: words with ``df >= min_df`` and word pairs
@@ -30,12 +31,22 @@ def stop_words(params: FeaturizeParams) -> list[str]:
 
 def stem_column(column: str, language: str) -> Column:
     """``array<string>`` of tokens -> their Snowball stems, in the executors' Python workers one
-    Arrow batch at a time, by ``xmc.io.vectorizer.stem_tokens``: the very function prediction calls
-    on new text, so both sides make the same terms (Spark ML has no stemmer)."""
+    Arrow batch at a time, by ``xmc.io.stems.stem_tokens``: the very function prediction calls on
+    new text, so both sides make the same terms (Spark ML has no stemmer). An executor whose
+    snowballstemmer is another version than the driver's (which the vectorizer records) fails the
+    job rather than stem part of the corpus differently."""
+    from xmc.io.stems import stemmer_class, stemmer_version
+
+    stemmer_class(language)  # an unknown language fails here, on the driver
+    expected = stemmer_version()
+
     @F.pandas_udf(ArrayType(StringType()))  # type: ignore[call-overload]
     def stems(tokens: pd.Series) -> pd.Series:
-        from xmc.io.vectorizer import stem_tokens
+        from xmc.io.stems import stem_tokens, stemmer_version
 
+        if (found := stemmer_version()) != expected:
+            raise RuntimeError(f"this Spark executor has snowballstemmer {found}, the driver {expected}: "
+                               f"install snowballstemmer=={expected} on every worker")
         return pd.Series([stem_tokens(list(t), language) for t in tokens])
 
     return stems(F.col(column))
