@@ -138,9 +138,9 @@ def featurized(corpus: str) -> Callable[[], tuple[Any, ...]]:
         Xt = TextVectorizer.load(bundle / "vectorizer").transform(r["text"] for r in test)
         Yt = label_matrix([r["labels"] for r in test], {n: i for i, n in enumerate(names)})
         return (split.X, split.Y, Xt, Yt,
-                f"{corpus} (data/{corpus}), features by `xmc featurize` at its defaults (words with "
-                "min_df 1, word pairs with min_df 2, sublinear tf, L2); test labels unseen in train dropped "
-                "(they count as misses)")
+                f"{corpus} (data/{corpus}), features by `xmc featurize` at its defaults (English stems "
+                "with min_df 1, their pairs with min_df 2, sublinear tf, L2); test labels unseen in train "
+                "dropped (they count as misses)")
     return build
 
 

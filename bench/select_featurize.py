@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "select_featurize.md").write_text(
-        f"`python bench/select_featurize.py --sets {args.sets} --splits {args.splits}`: held-out fifths of "
+        f"`python bench/select_featurize.py --sets {args.sets} --splits {args.splits} --variants "
+        + " ".join(f"'{v}'" for v in args.variants) + "`: held-out fifths of "
         "the training records only; mean over the splits, changes paired against the defaults.\n\n"
         + text + "\n")
     (args.out / "select_featurize.json").write_text(json.dumps(

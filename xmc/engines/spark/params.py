@@ -46,15 +46,21 @@ class FeaturizeParams:
     """Lowercase text before tokenizing."""
     token_pattern: str = r"\w+"
     """A token is a match of this regex; \\w means Unicode letters, marks, digits and '_' (Java's (?U)\\w)."""
-    min_token_length: int = 2
-    """Shorter tokens are dropped (one-letter tokens are mostly noise)."""
+    min_token_length: int = 1
+    """Shorter tokens are dropped; the length is the token's, before stemming (a stem may be
+    shorter). 1 keeps one-letter words ('C', 'R', 'X' name languages and systems): against 2, on
+    held-out fifths of the training records (bench/select_featurize.py), P@1 / P@5 debian-tags
+    +0.26 +- 0.03 / +0.13 (8 splits), debian-deps +0.05 +- 0.06 / +0.24 (4), pypi-tags +0.10 +-
+    0.11 / -0.06 (16)."""
     stop_words: StopWords = "none"
     """'english' removes Spark's English stop-word list (saved with the vectorizer)."""
     stemmer: Stemmer = "english"
     """Snowball stemmer applied to every token after stop words, before pairs are formed ('none'
-    keeps tokens as they are): 'libraries' and 'library' become one term. On validation splits of
-    the text sets' training records (8 / 8 / 4), P@1 pypi-tags +0.63 +- 0.23, debian-tags +0.07 +-
-    0.10, debian-deps -0.02 +- 0.08, at the same fit time. Name the corpus's language."""
+    keeps tokens as they are): 'libraries' and 'library' become one term. On held-out fifths of the
+    text corpora's training records (bench/select_featurize.py; 8 / 8 / 4 splits), P@1 pypi-tags
+    +0.63 +- 0.24, debian-tags +0.05 +- 0.09, debian-deps +0.03 +- 0.12, at the same fit time.
+    Name the corpus's language. Stemming runs in the Spark executors' Python workers; 'none' keeps
+    them JVM-only."""
     ngram_max: int = 2
     """Longest word n-gram: 1 (words) or 2 (words and adjacent word pairs; +1.3 P@1 on debian-deps validation splits)."""
     min_df: int = 1
