@@ -3,6 +3,7 @@ a real `mlflow models serve`, and a fresh Python process loading ``models:/NAME@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -210,7 +211,9 @@ def test_champion_loads_in_a_fresh_process_on_raw_text(registered_text: dict[str
             "out = m.predict(texts, params={'topk': 2})\n"
             "framed = m.predict(pd.DataFrame({'text': texts}), params={'topk': 2})\n"
             "assert framed['labels'].tolist() == out['labels'].tolist()\n"
-            "print(json.dumps({'labels': out['labels'].tolist(), 'scores': out['scores'].tolist()}))\n")
+            f"deps = open(mlflow.pyfunc.get_model_dependencies({champion_uri('xmc-text')!r})).read()\n"
+            "print(json.dumps({'labels': out['labels'].tolist(), 'scores': out['scores'].tolist(), "
+            "'deps': deps}))\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered_text["uri"]}
     r = subprocess.run([sys.executable, "-c", code], input=json.dumps(registered_text["texts"][:4]),
                        capture_output=True, text=True, env=env, timeout=120,
@@ -221,6 +224,8 @@ def test_champion_loads_in_a_fresh_process_on_raw_text(registered_text: dict[str
     top = model.predict(registered_text["X"][:4], topk=2).toarray().argmax(axis=1)
     assert [labels[0] for labels in out["labels"]] == [f"label-{j}" for j in top]
     assert all(len(labels) == 2 for labels in out["labels"])
+    # its vocabulary holds Snowball stems: serving it elsewhere installs the stemmer version that made them
+    assert f"snowballstemmer=={importlib.metadata.version('snowballstemmer')}" in out["deps"].split()
 
 
 @contextmanager

@@ -46,7 +46,9 @@ CHAMPION = "champion"
 MODEL_NAME_IN_RUN = "model"
 PLOT_SAMPLE_ROWS = 10_000
 """Rows scored for the final metrics and plots when there is no validation split (bounded cost)."""
-REQUIREMENTS = ("mlflow", "numpy", "scipy", "pandas", "torch")
+REQUIREMENTS = ("mlflow", "numpy", "scipy", "pandas", "torch", "snowballstemmer")
+"""What a logged model needs beside xmc (pinned at the versions of the run): snowballstemmer makes the
+stems a raw-text model's vocabulary holds, so serving it elsewhere needs that very version."""
 
 
 class TrackingError(XMCError):
