@@ -7,6 +7,7 @@ One session-scoped SparkSession (local[2], two shuffle partitions; tests/conftes
 from __future__ import annotations
 
 import json
+import re
 import sys
 import zlib
 from collections import Counter
@@ -45,9 +46,9 @@ def _featurize(spark: Any, inputs: list[Path], out: Path, **params: Any) -> dict
 
 
 UNICODE_DOCS = [  # words Python's \w would cut differently from Java's (?U)\w; u2 lands in the test split
-    {"id": "u1", "text": "Hindi हिन्दी भाषा, café naïve; ΟΔΟΣ x_y 42 ½ cafe\u0301 connected",
+    {"id": "u1", "text": "Hindi हिन्दी भाषा, café naïve; ΟΔΟΣ x_y 42 ½ cafe\u0301 connected libssl3 ٣ab",
      "labels": ["lang"]},
-    {"id": "u5", "text": "हिन्दी भाषा again: CAFÉ naïve ΟΔΟΣ cafe\u0301 x_y 42 Connecting",
+    {"id": "u5", "text": "हिन्दी भाषा again: CAFÉ naïve ΟΔΟΣ cafe\u0301 x_y 42 Connecting libssl1 ab٣",
      "labels": ["lang", "misc"]},
     {"id": "u6", "text": "more हिन्दी and ΟΔΟΣ with cafe\u0301 naïve x_y connects", "labels": ["lang"]},
     {"id": "u2", "text": "हिन्दी x_y cafe\u0301 ΟΔΟΣ in the test split", "labels": ["lang"]},
@@ -100,8 +101,8 @@ MAX_FEATURES = 600  # below the ~900 terms with df >= 2, above those with df >= 
 @pytest.fixture(scope="module")
 def text_bundle(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One `xmc featurize` run: a learnable synthetic corpus (xmc.research.synth) plus Unicode edge cases,
-    25% test split by id hash, bigrams, English stop words, a truncated vocabulary; held-out
-    records of the same world beside it."""
+    25% test split by id hash, bigrams, English stop words, tokens cut at digits, a truncated
+    vocabulary; held-out records of the same world beside it."""
     from xmc.cli import main
 
     tmp = tmp_path_factory.mktemp("text")
@@ -110,7 +111,7 @@ def text_bundle(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     write_jsonl(tmp / "corpus.jsonl", records)
     write_jsonl(tmp / "heldout.jsonl", [{"id": r["id"], "text": r["text"]} for r in heldout])
     assert main(["featurize", "--input", str(tmp / "corpus.jsonl"), "--out", str(tmp / "bundle"),
-                 "--ngram-max", "2", "--stop-words", "english", "--min-df", "2",
+                 "--ngram-max", "2", "--stop-words", "english", "--min-df", "2", "--split-digits",
                  "--max-features", str(MAX_FEATURES), "--test-fraction", "0.25", "--cooc-topk", "3"]) == 0
     return {"tmp": tmp, "bundle": tmp / "bundle", "records": records, "heldout": heldout}
 
@@ -120,13 +121,15 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
 
     bundle, records = text_bundle["bundle"], text_bundle["records"]
     manifest = read_manifest(bundle)
-    # reference: Spark's tokens -> stop words -> Snowball's English stems (the default; called here
-    # directly, not through xmc's stem_tokens) -> bigrams -> numpy TF-IDF; split by crc32 of the id
+    # reference: Spark's tokens -> runs of digits and the rest (--split-digits) -> stop words ->
+    # Snowball's English stems (the default; called here directly, not through xmc) -> bigrams ->
+    # numpy TF-IDF; split by crc32 of the id
     stop = set(StopWordsRemover.loadDefaultStopWords("english"))
     stemmer = snowballstemmer.stemmer("english")
     terms = []
     for toks in _spark_tokens(spark, [str(r["text"]) for r in records]):
-        kept = stemmer.stemWords([t for t in toks if t not in stop])
+        pieces = [p for t in toks for p in re.findall(r"\d+|\D+", t)]  # '٣' is a digit (Nd) to both
+        kept = stemmer.stemWords([t for t in pieces if t not in stop])
         terms.append(kept + [f"{a} {b}" for a, b in zip(kept, kept[1:], strict=False)])
     test = np.array([zlib.crc32(str(r["id"]).encode()) % 10_000 < 2_500 for r in records])
     df_train = Counter(t for doc, te in zip(terms, test, strict=True) if not te for t in set(doc))
@@ -137,6 +140,8 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
     assert vec.vocab == vocab
     assert {"हिन्दी", "cafe\u0301", "οδος", "connect", stemmer.stemWord("x_y")} <= set(vocab)
     assert not {"connected", "connecting", "connects", "x_y"} & set(vocab)  # Spark stemmed them
+    # and cut at digits: the synthetic words w0..w399 are 'w' and a number to Spark as to the reference
+    assert {"w", "42"} <= set(vocab) and not [t for t in vocab if re.fullmatch(r"w\d+", t)]
     np.testing.assert_allclose(vec.idf, idf, rtol=1e-12)
     names = LabelVocab.build(read_records(text_bundle["tmp"] / "corpus.jsonl")[i]
                              for i in np.flatnonzero(~test)).names

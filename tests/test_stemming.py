@@ -63,6 +63,24 @@ def test_stems_merge_word_forms_and_pairs_are_made_of_stems() -> None:
         ["corriendo", "corre"])
 
 
+def test_tokens_are_cut_into_runs_of_digits_and_the_rest(tmp_path: Path) -> None:
+    """A name and its version number become two terms (Unicode digits too), before stems and pairs."""
+    vec = TextVectorizer(["python", "3", "python 3"], np.ones(3), split_digits=True, stemmer="english",
+                         ngram_max=2, min_token_length=1)
+    assert vec.tokens("Python3 libraries2.0 x٣y") == ["python", "3", "librari", "2", "0", "x", "٣", "y"]
+    assert vec.terms("python3") == ["python", "3", "python 3"]
+    assert TextVectorizer([], np.zeros(0)).tokens("python3") == ["python3"]  # off: tokens as they are
+    vec.save(tmp_path / "v")
+    meta = json.loads((tmp_path / "v" / "vectorizer.json").read_text())
+    assert meta["split_digits"] is True and meta["schema_version"] == 2
+    assert TextVectorizer.load(tmp_path / "v").transform(["python3"]).nnz == 3
+    TextVectorizer(["x"], np.ones(1), split_digits=True).save(tmp_path / "cut")  # cut, not stemmed: v2 too
+    assert json.loads((tmp_path / "cut" / "vectorizer.json").read_text())["schema_version"] == 2
+    old = {k: v for k, v in meta.items() if k not in ("split_digits", "stemmer", "stemmer_version")}
+    (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**old, "schema_version": 1}))
+    assert TextVectorizer.load(tmp_path / "v").split_digits is False  # saved before the cut existed
+
+
 def test_threads_get_the_same_stems() -> None:
     """A Snowball stemmer keeps its word in its own state: threads stemming at once (as a thread pool
     transforming batches does) must each have their own, or words get each other's endings. Each

@@ -3,7 +3,8 @@
 ``xmc featurize`` fits a vocabulary and IDF in Spark and saves them with the exact tokenizer
 settings; ``TextVectorizer`` applies the same transform to new documents on one machine:
 
-    lowercase -> tokens (regex matches, length >= min_token_length) -> drop stop words
+    lowercase -> tokens (regex matches, length >= min_token_length) -> runs of digits and of the
+    rest (``split_digits``) -> drop stop words
     -> Snowball stems (``stemmer``; ``xmc.io.stems.stem_tokens``, which Spark's executors call too)
     -> terms = tokens (+ adjacent token pairs "a b" when ngram_max = 2) -> counts of vocabulary terms
     -> tf = 1 + ln(count) (sublinear) or count -> tf * idf, idf = ln((1 + N) / (1 + df)) + 1
@@ -45,7 +46,10 @@ ENCODER_DIR = "encoder"
 FORMAT = "xmc-vectorizer"
 SCHEMA_VERSION = 1
 STEMMED_SCHEMA_VERSION = 2
-"""A vectorizer whose vocabulary holds stems: an older reader, which knows only version 1, refuses it."""
+"""A vectorizer whose terms are stems or cut at digits: an older reader, which knows only version 1
+and would ignore those settings, refuses it."""
+DIGIT_RUNS = re.compile(r"\d+|\D+")
+r"""Runs of digits and of other characters (Python's \d on str is Unicode Nd, as Java's (?U)\d)."""
 # Java's (?U)\w: Alphabetic (letters, letter numbers, Other_Alphabetic), marks, decimal digits,
 # connector punctuation, join controls. Extra ranges: the join controls, and the Other_Alphabetic
 # symbols outside those categories (circled and squared Latin letters).
@@ -114,6 +118,8 @@ class TextVectorizer:
     token_pattern: str = r"\w+"
     min_token_length: int = 2
     stop_words: tuple[str, ...] = ()
+    split_digits: bool = False
+    """Cut each token into its runs of digits and of the rest (absent in files saved before it: False)."""
     stemmer: str = "none"
     """Snowball language of the stems the vocabulary holds ('none': tokens as they are; a vectorizer
     saved before stemming existed has no such field and loads as 'none')."""
@@ -153,11 +159,14 @@ class TextVectorizer:
         return len(self.vocab) + (self.encoder.dim if self.encoder is not None else 0)
 
     def tokens(self, text: str) -> list[str]:
-        """Tokens after lowercasing, the length filter, stop-word removal and stemming (Spark's order)."""
+        """Tokens after lowercasing, the length filter, the cut at digits, stop-word removal and
+        stemming (Spark's order)."""
         if self.lowercase:
             text = text.lower()
         m = self.min_token_length
         toks = [t for t in self._regex.findall(text) if len(t) >= m or utf16_len(t) >= m]
+        if self.split_digits:
+            toks = [piece for t in toks for piece in DIGIT_RUNS.findall(t)]
         if self._stop:
             toks = [t for t in toks if t.lower() not in self._stop]
         return stem_tokens(toks, self.stemmer)
@@ -202,7 +211,8 @@ class TextVectorizer:
     def config(self) -> dict[str, Any]:
         return {"lowercase": self.lowercase, "token_pattern": self.token_pattern,
                 "min_token_length": self.min_token_length, "stop_words": list(self.stop_words),
-                "stemmer": self.stemmer, "ngram_max": self.ngram_max, "sublinear_tf": self.sublinear_tf,
+                "split_digits": self.split_digits, "stemmer": self.stemmer, "ngram_max": self.ngram_max,
+                "sublinear_tf": self.sublinear_tf,
                 "l2_normalize": self.l2_normalize, "n_docs": self.n_docs}
 
     def save(self, folder: str | Path) -> None:
@@ -214,8 +224,9 @@ class TextVectorizer:
                 "idf": "ln((1 + n_docs) / (1 + df)) + 1", **self.config()}
         if self.stemmer != "none":  # the stems a vocabulary holds are those of this version
             meta["stemmer_version"] = stemmer_version()
-            # an xmc from before stemming would load this, ignore the stemmer and miss every
-            # inflected word quietly: version 2 makes it refuse the file instead
+        if self.stemmer != "none" or self.split_digits:
+            # an xmc from before these would load this, ignore them and miss every stemmed or cut
+            # term quietly: version 2 makes it refuse the file instead
             meta["schema_version"] = STEMMED_SCHEMA_VERSION
         if self.encoder is not None:
             meta["text_encoder"] = {"folder": ENCODER_DIR, "dim": self.encoder.dim,
@@ -250,7 +261,8 @@ class TextVectorizer:
                 "l2_normalize", "n_docs")
         try:
             vectorizer = cls(vocab, idf, stop_words=tuple(meta["stop_words"]),
-                             stemmer=meta.get("stemmer", "none"), **{k: meta[k] for k in keys})
+                             stemmer=meta.get("stemmer", "none"),
+                             split_digits=bool(meta.get("split_digits", False)), **{k: meta[k] for k in keys})
             _check_stemmer_version(folder, vectorizer.stemmer, meta.get("stemmer_version"))
             if "text_encoder" in meta:
                 vectorizer.encoder = TextEncoder.load(folder / ENCODER_DIR)

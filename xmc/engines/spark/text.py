@@ -20,6 +20,9 @@ from pyspark.sql.types import ArrayType, FloatType, StringType
 from xmc.engines.spark.params import FeaturizeParams
 from xmc.io.vectorizer import TextVectorizer, java_pattern
 
+DIGIT_RUNS = r"(?U)(\d+|\D+)"
+"""A token's runs of digits and of other characters, as ``xmc.io.vectorizer.DIGIT_RUNS`` cuts them."""
+
 
 def stop_words(params: FeaturizeParams) -> list[str]:
     """Spark's stop-word list for the setting (read through the running JVM; saved with the
@@ -53,12 +56,17 @@ def stem_column(column: str, language: str) -> Column:
 
 
 def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> DataFrame:
-    """``text`` -> ``terms`` (array<string>): tokens, minus stop words, stemmed, plus bigrams when asked."""
+    """``text`` -> ``terms`` (array<string>): tokens, cut at digits, minus stop words, stemmed, plus
+    bigrams when asked."""
     tokenizer = RegexTokenizer(
         inputCol="text", outputCol="_tokens", pattern=java_pattern(params.token_pattern), gaps=False,
         toLowercase=params.lowercase, minTokenLength=params.min_token_length)
     out = tokenizer.transform(docs)
     col = "_tokens"
+    if params.split_digits:  # runs of digits and of the rest; Java's (?U)\d is Python's \d (Unicode Nd)
+        pieces = F.transform(col, lambda t: F.regexp_extract_all(t, F.lit(DIGIT_RUNS), F.lit(1)))
+        out = out.withColumn("_split", F.flatten(pieces))
+        col = "_split"
     if stop:
         # Locale pinned so the case-insensitive match does not depend on the cluster's JVM locale.
         out = StopWordsRemover(inputCol=col, outputCol="_kept", stopWords=stop, locale="en").transform(out)
@@ -70,7 +78,7 @@ def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> Data
     if params.ngram_max == 2:
         out = NGram(n=2, inputCol=col, outputCol="_bigrams").transform(out)
         terms = F.concat(F.col(col), F.col("_bigrams"))
-    return out.withColumn("terms", terms).drop("_tokens", "_kept", "_stems", "_bigrams")
+    return out.withColumn("terms", terms).drop("_tokens", "_split", "_kept", "_stems", "_bigrams")
 
 
 def fit_vocabulary(train: DataFrame, n_docs: int, params: FeaturizeParams) -> DataFrame:
@@ -116,7 +124,8 @@ def vectorizer_of(vocab: DataFrame, n_docs: int, params: FeaturizeParams, stop: 
     return TextVectorizer(
         table.column("term").to_pylist(), table.column("idf").to_numpy(), lowercase=params.lowercase,
         token_pattern=params.token_pattern, min_token_length=params.min_token_length,
-        stop_words=tuple(stop), stemmer=params.stemmer, ngram_max=params.ngram_max,
+        stop_words=tuple(stop), split_digits=params.split_digits, stemmer=params.stemmer,
+        ngram_max=params.ngram_max,
         sublinear_tf=params.sublinear_tf,
         l2_normalize=params.l2_normalize, n_docs=n_docs)
 
