@@ -101,8 +101,8 @@ MAX_FEATURES = 600  # below the ~900 terms with df >= 2, above those with df >= 
 @pytest.fixture(scope="module")
 def text_bundle(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One `xmc featurize` run: a learnable synthetic corpus (xmc.research.synth) plus Unicode edge cases,
-    25% test split by id hash, bigrams, English stop words, tokens cut at digits, a truncated
-    vocabulary; held-out records of the same world beside it."""
+    25% test split by id hash, bigrams, English stop words, a truncated vocabulary (and the other
+    defaults: stems, trailing numbers cut off); held-out records of the same world beside it."""
     from xmc.cli import main
 
     tmp = tmp_path_factory.mktemp("text")
@@ -111,7 +111,7 @@ def text_bundle(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     write_jsonl(tmp / "corpus.jsonl", records)
     write_jsonl(tmp / "heldout.jsonl", [{"id": r["id"], "text": r["text"]} for r in heldout])
     assert main(["featurize", "--input", str(tmp / "corpus.jsonl"), "--out", str(tmp / "bundle"),
-                 "--ngram-max", "2", "--stop-words", "english", "--min-df", "2", "--split-digits",
+                 "--ngram-max", "2", "--stop-words", "english", "--min-df", "2",
                  "--max-features", str(MAX_FEATURES), "--test-fraction", "0.25", "--cooc-topk", "3"]) == 0
     return {"tmp": tmp, "bundle": tmp / "bundle", "records": records, "heldout": heldout}
 
@@ -121,14 +121,15 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
 
     bundle, records = text_bundle["bundle"], text_bundle["records"]
     manifest = read_manifest(bundle)
-    # reference: Spark's tokens -> runs of digits and the rest (--split-digits) -> stop words ->
-    # Snowball's English stems (the default; called here directly, not through xmc) -> bigrams ->
-    # numpy TF-IDF; split by crc32 of the id
+    # reference: Spark's tokens -> a trailing number cut off (the default) -> stop words -> Snowball's
+    # English stems (the default; called here directly, not through xmc) -> bigrams -> numpy TF-IDF;
+    # split by crc32 of the id
     stop = set(StopWordsRemover.loadDefaultStopWords("english"))
     stemmer = snowballstemmer.stemmer("english")
     terms = []
     for toks in _spark_tokens(spark, [str(r["text"]) for r in records]):
-        pieces = [p for t in toks for p in re.findall(r"\d+|\D+", t)]  # '٣' is a digit (Nd) to both
+        cuts = [re.match(r"^(\D+?)(\d+)$", t) for t in toks]  # '٣' is a digit (Nd) to both
+        pieces = [p for t, m in zip(toks, cuts, strict=True) for p in (m.groups() if m else (t,))]
         kept = stemmer.stemWords([t for t in pieces if t not in stop])
         terms.append(kept + [f"{a} {b}" for a, b in zip(kept, kept[1:], strict=False)])
     test = np.array([zlib.crc32(str(r["id"]).encode()) % 10_000 < 2_500 for r in records])

@@ -63,22 +63,33 @@ def test_stems_merge_word_forms_and_pairs_are_made_of_stems() -> None:
         ["corriendo", "corre"])
 
 
-def test_tokens_are_cut_into_runs_of_digits_and_the_rest(tmp_path: Path) -> None:
-    """A name and its version number become two terms (Unicode digits too), before stems and pairs."""
-    vec = TextVectorizer(["python", "3", "python 3"], np.ones(3), split_digits=True, stemmer="english",
-                         ngram_max=2, min_token_length=1)
-    assert vec.tokens("Python3 libraries2.0 x٣y") == ["python", "3", "librari", "2", "0", "x", "٣", "y"]
-    assert vec.terms("python3") == ["python", "3", "python 3"]
-    assert TextVectorizer([], np.zeros(0)).tokens("python3") == ["python3"]  # off: tokens as they are
-    vec.save(tmp_path / "v")
+def test_tokens_are_cut_at_digits(tmp_path: Path) -> None:
+    """A name and its version number become two terms (Unicode digits too), before stems and pairs:
+    'trailing' cuts only a trailing number, 'all' every run of digits."""
+    def vec(mode: str) -> TextVectorizer:
+        return TextVectorizer(["python", "3"], np.ones(2), split_digits=mode, stemmer="english", ngram_max=2,
+                              min_token_length=1)
+
+    text = "Python3 libraries2 2captcha x86_64 x٣ ab12cd"
+    assert vec("trailing").tokens(text) == ["python", "3", "librari", "2", "2captcha", "x86_64", "x", "٣",
+                                            "ab12cd"]
+    assert vec("all").tokens(text) == ["python", "3", "librari", "2", "2", "captcha", "x", "86", "_", "64",
+                                       "x", "٣", "ab", "12", "cd"]
+    assert vec("none").tokens(text)[:2] == ["python3", "libraries2"]
+    assert vec("trailing").terms("python3") == ["python", "3", "python 3"]
+    vec("trailing").save(tmp_path / "v")
     meta = json.loads((tmp_path / "v" / "vectorizer.json").read_text())
-    assert meta["split_digits"] is True and meta["schema_version"] == 2
-    assert TextVectorizer.load(tmp_path / "v").transform(["python3"]).nnz == 3
-    TextVectorizer(["x"], np.ones(1), split_digits=True).save(tmp_path / "cut")  # cut, not stemmed: v2 too
+    assert meta["split_digits"] == "trailing" and meta["schema_version"] == 2
+    assert TextVectorizer.load(tmp_path / "v").transform(["python3"]).nnz == 2
+    TextVectorizer(["x"], np.ones(1), split_digits="all").save(tmp_path / "cut")  # cut, not stemmed: v2 too
     assert json.loads((tmp_path / "cut" / "vectorizer.json").read_text())["schema_version"] == 2
     old = {k: v for k, v in meta.items() if k not in ("split_digits", "stemmer", "stemmer_version")}
     (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**old, "schema_version": 1}))
-    assert TextVectorizer.load(tmp_path / "v").split_digits is False  # saved before the cut existed
+    assert TextVectorizer.load(tmp_path / "v").split_digits == "none"  # saved before the cut existed
+    with pytest.raises(BundleError, match="split_digits='some'"):
+        TextVectorizer([], np.zeros(0), split_digits="some")
+    with pytest.raises(ParamError, match="split_digits='some'"):
+        FeaturizeParams(split_digits="some")
 
 
 def test_threads_get_the_same_stems() -> None:

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 
 from xmc.cli.common import add_dataclass_flags, job_main, print_json
-from xmc.engines.spark.params import INPUT_FORMATS, STEMMERS, STOP_WORDS, FeaturizeParams
+from xmc.engines.spark.params import INPUT_FORMATS, SPLIT_DIGITS, STEMMERS, STOP_WORDS, FeaturizeParams
 
 DESCRIPTION = """Turn raw labelled text (JSONL or Parquet records {id, text, labels}) or an XC BoW
 file into a features bundle: TF-IDF shards per split, the fitted vectorizer, label vocabulary,
@@ -27,7 +27,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "featurize parameters (defaults from xmc.engines.spark.params.FeaturizeParams)")
     add_dataclass_flags(group, FeaturizeParams, {"InputFormat": INPUT_FORMATS, "StopWords": STOP_WORDS,
-                                                    "Stemmer": STEMMERS})
+                                                    "Stemmer": STEMMERS, "SplitDigits": SPLIT_DIGITS})
 
 
 def params_from_args(args: argparse.Namespace) -> FeaturizeParams:

@@ -3,8 +3,8 @@
 ``xmc featurize`` fits a vocabulary and IDF in Spark and saves them with the exact tokenizer
 settings; ``TextVectorizer`` applies the same transform to new documents on one machine:
 
-    lowercase -> tokens (regex matches, length >= min_token_length) -> runs of digits and of the
-    rest (``split_digits``) -> drop stop words
+    lowercase -> tokens (regex matches, length >= min_token_length) -> cut at digits
+    (``split_digits``: a trailing number, or every run of digits) -> drop stop words
     -> Snowball stems (``stemmer``; ``xmc.io.stems.stem_tokens``, which Spark's executors call too)
     -> terms = tokens (+ adjacent token pairs "a b" when ngram_max = 2) -> counts of vocabulary terms
     -> tf = 1 + ln(count) (sublinear) or count -> tf * idf, idf = ln((1 + N) / (1 + df)) + 1
@@ -49,6 +49,7 @@ STEMMED_SCHEMA_VERSION = 2
 """A vectorizer whose terms are stems or cut at digits: an older reader, which knows only version 1
 and would ignore those settings, refuses it."""
 DIGIT_RUNS = re.compile(r"\d+|\D+")
+TRAILING_DIGITS = re.compile(r"^(\D+?)(\d+)$")
 r"""Runs of digits and of other characters (Python's \d on str is Unicode Nd, as Java's (?U)\d)."""
 # Java's (?U)\w: Alphabetic (letters, letter numbers, Other_Alphabetic), marks, decimal digits,
 # connector punctuation, join controls. Extra ranges: the join controls, and the Other_Alphabetic
@@ -103,6 +104,12 @@ def java_pattern(token_pattern: str) -> str:
     return "(?U)" + token_pattern
 
 
+def _trailing_cut(token: str) -> tuple[str, ...]:
+    """'libssl3' -> ('libssl', '3'): non-digits then digits to the end; any other token whole."""
+    m = TRAILING_DIGITS.match(token)
+    return (m.group(1), m.group(2)) if m else (token,)
+
+
 def utf16_len(token: str) -> int:
     """Java's String.length (UTF-16 units), which Spark's minimum token length counts."""
     return len(token) + sum(1 for ch in token if ord(ch) > 0xFFFF)
@@ -118,8 +125,9 @@ class TextVectorizer:
     token_pattern: str = r"\w+"
     min_token_length: int = 2
     stop_words: tuple[str, ...] = ()
-    split_digits: bool = False
-    """Cut each token into its runs of digits and of the rest (absent in files saved before it: False)."""
+    split_digits: str = "none"
+    """'trailing' (a trailing number cut off), 'all' (every run of digits and of the rest) or 'none'
+    (absent in files saved before it)."""
     stemmer: str = "none"
     """Snowball language of the stems the vocabulary holds ('none': tokens as they are; a vectorizer
     saved before stemming existed has no such field and loads as 'none')."""
@@ -135,6 +143,8 @@ class TextVectorizer:
 
     def __post_init__(self) -> None:
         self.idf = np.asarray(self.idf, dtype=np.float64)
+        if self.split_digits not in ("none", "trailing", "all"):
+            raise BundleError(f"vectorizer: split_digits={self.split_digits!r}; use none, trailing or all")
         if self.idf.shape != (len(self.vocab),):
             raise BundleError(f"vectorizer: {len(self.vocab)} terms but {self.idf.shape} idf values")
         self._index = {term: j for j, term in enumerate(self.vocab)}
@@ -165,8 +175,10 @@ class TextVectorizer:
             text = text.lower()
         m = self.min_token_length
         toks = [t for t in self._regex.findall(text) if len(t) >= m or utf16_len(t) >= m]
-        if self.split_digits:
+        if self.split_digits == "all":
             toks = [piece for t in toks for piece in DIGIT_RUNS.findall(t)]
+        elif self.split_digits == "trailing":
+            toks = [piece for t in toks for piece in _trailing_cut(t)]
         if self._stop:
             toks = [t for t in toks if t.lower() not in self._stop]
         return stem_tokens(toks, self.stemmer)
@@ -224,7 +236,7 @@ class TextVectorizer:
                 "idf": "ln((1 + n_docs) / (1 + df)) + 1", **self.config()}
         if self.stemmer != "none":  # the stems a vocabulary holds are those of this version
             meta["stemmer_version"] = stemmer_version()
-        if self.stemmer != "none" or self.split_digits:
+        if self.stemmer != "none" or self.split_digits != "none":
             # an xmc from before these would load this, ignore them and miss every stemmed or cut
             # term quietly: version 2 makes it refuse the file instead
             meta["schema_version"] = STEMMED_SCHEMA_VERSION
@@ -262,7 +274,7 @@ class TextVectorizer:
         try:
             vectorizer = cls(vocab, idf, stop_words=tuple(meta["stop_words"]),
                              stemmer=meta.get("stemmer", "none"),
-                             split_digits=bool(meta.get("split_digits", False)), **{k: meta[k] for k in keys})
+                             split_digits=str(meta.get("split_digits", "none")), **{k: meta[k] for k in keys})
             _check_stemmer_version(folder, vectorizer.stemmer, meta.get("stemmer_version"))
             if "text_encoder" in meta:
                 vectorizer.encoder = TextEncoder.load(folder / ENCODER_DIR)

@@ -18,11 +18,13 @@ from xmc.params import coerce_fields, read_json_object
 
 InputFormat = Literal["auto", "jsonl", "parquet", "xc"]
 StopWords = Literal["none", "english"]
+SplitDigits = Literal["none", "trailing", "all"]
 Stemmer = str
 """'none' or a Snowball stemmer's language (STEMMERS)."""
 
 INPUT_FORMATS: tuple[str, ...] = ("auto", "jsonl", "parquet", "xc")
 STOP_WORDS: tuple[str, ...] = ("none", "english")
+SPLIT_DIGITS: tuple[str, ...] = ("none", "trailing", "all")
 STEMMERS: tuple[str, ...] = (
     "none", "arabic", "armenian", "basque", "catalan", "czech", "danish", "dutch", "dutch_porter", "english",
     "esperanto", "estonian", "finnish", "french", "german", "greek", "hindi", "hungarian", "indonesian",
@@ -52,13 +54,14 @@ class FeaturizeParams:
     held-out fifths of the training records (bench/select_featurize.py), P@1 / P@5 debian-tags
     +0.26 +- 0.03 / +0.13 (8 splits), debian-deps +0.05 +- 0.06 / +0.24 (4), pypi-tags +0.10 +-
     0.11 / -0.06 (16)."""
-    split_digits: bool = False
-    """Cut each token into its runs of digits and of other characters ('python3' -> 'python', '3';
-    'libssl3' -> 'libssl', '3'), after the length filter and before stop words and stems: a name
-    and its version number become two terms. On held-out fifths of the training records
-    (bench/select_featurize.py), P@1 +- se / P@5: debian-tags +0.82 +- 0.11 / +0.05 (8 splits),
-    debian-deps +0.33 +- 0.11 / +0.18 (4), but pypi-tags -0.23 +- 0.09 / -0.06 (16): a loss beyond
-    noise on one corpus, so off by default; turn it on where names carry version numbers."""
+    split_digits: SplitDigits = "trailing"
+    """Cut tokens at digits, after the length filter and before stop words and stems. 'trailing':
+    a token of non-digits ending in digits becomes the two ('libssl3' -> 'libssl', '3'; '2captcha'
+    and 'x86_64' stay whole); 'all': every run of digits and of the rest; 'none': no cut. Against
+    'none', on held-out fifths of the training records (bench/select_featurize.py), P@1 +- se / P@5:
+    'trailing' debian-tags +0.55 +- 0.10 / +0.04 (8 splits), debian-deps +0.06 +- 0.09 / +0.10
+    (4), pypi-tags -0.02 +- 0.08 / -0.02 (16); 'all' +0.82 / +0.33 but pypi-tags -0.23 +- 0.09,
+    a loss beyond noise."""
     stop_words: StopWords = "none"
     """'english' removes Spark's English stop-word list (saved with the vectorizer)."""
     stemmer: Stemmer = "english"
@@ -112,6 +115,8 @@ class FeaturizeParams:
         _require(self.token_pattern != "", "token_pattern", self.token_pattern, r"use a regex such as \w+")
         _require(self.min_token_length >= 1, "min_token_length", self.min_token_length, "use >= 1")
         _require(self.stop_words in STOP_WORDS, "stop_words", self.stop_words, f"use one of {STOP_WORDS}")
+        _require(self.split_digits in SPLIT_DIGITS, "split_digits", self.split_digits,
+                 f"use one of {', '.join(SPLIT_DIGITS)}")
         _require(self.stemmer in STEMMERS, "stemmer", self.stemmer, f"use one of {', '.join(STEMMERS)}")
         _require(self.ngram_max in (1, 2), "ngram_max", self.ngram_max, "use 1 or 2")
         _require(self.min_df >= 1, "min_df", self.min_df, "use >= 1")

@@ -22,6 +22,16 @@ from xmc.io.vectorizer import TextVectorizer, java_pattern
 
 DIGIT_RUNS = r"(?U)(\d+|\D+)"
 """A token's runs of digits and of other characters, as ``xmc.io.vectorizer.DIGIT_RUNS`` cuts them."""
+TRAILING_DIGITS = r"(?U)^(\D+?)(\d+)$"
+"""Non-digits then digits to the end, as ``xmc.io.vectorizer.TRAILING_DIGITS`` matches them."""
+
+
+def _cut(token: Column, mode: str) -> Column:
+    """A token -> the array of its pieces ('trailing' or 'all', ``FeaturizeParams.split_digits``)."""
+    if mode == "all":
+        return F.regexp_extract_all(token, F.lit(DIGIT_RUNS), F.lit(1))
+    cut = F.array(F.regexp_extract(token, TRAILING_DIGITS, 1), F.regexp_extract(token, TRAILING_DIGITS, 2))
+    return F.when(token.rlike(TRAILING_DIGITS), cut).otherwise(F.array(token))
 
 
 def stop_words(params: FeaturizeParams) -> list[str]:
@@ -63,9 +73,8 @@ def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> Data
         toLowercase=params.lowercase, minTokenLength=params.min_token_length)
     out = tokenizer.transform(docs)
     col = "_tokens"
-    if params.split_digits:  # runs of digits and of the rest; Java's (?U)\d is Python's \d (Unicode Nd)
-        pieces = F.transform(col, lambda t: F.regexp_extract_all(t, F.lit(DIGIT_RUNS), F.lit(1)))
-        out = out.withColumn("_split", F.flatten(pieces))
+    if params.split_digits != "none":  # Java's (?U)\d is Python's \d on str (Unicode Nd)
+        out = out.withColumn("_split", F.flatten(F.transform(col, lambda t: _cut(t, params.split_digits))))
         col = "_split"
     if stop:
         # Locale pinned so the case-insensitive match does not depend on the cluster's JVM locale.
