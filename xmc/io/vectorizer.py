@@ -49,8 +49,9 @@ STEMMED_SCHEMA_VERSION = 2
 """A vectorizer whose terms are stems or cut at digits: an older reader, which knows only version 1
 and would ignore those settings, refuses it."""
 DIGIT_RUNS = re.compile(r"\d+|\D+")
-TRAILING_DIGITS = re.compile(r"^(\D+?)(\d+)$")
 r"""Runs of digits and of other characters (Python's \d on str is Unicode Nd, as Java's (?U)\d)."""
+TRAILING_DIGITS = re.compile(r"^(\D+?)(\d+)$")
+"""Non-digits then digits to the end ('libssl3'); Spark's: ``xmc.engines.spark.text.TRAILING_DIGITS``."""
 # Java's (?U)\w: Alphabetic (letters, letter numbers, Other_Alphabetic), marks, decimal digits,
 # connector punctuation, join controls. Extra ranges: the join controls, and the Other_Alphabetic
 # symbols outside those categories (circled and squared Latin letters).

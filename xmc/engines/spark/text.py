@@ -134,9 +134,8 @@ def vectorizer_of(vocab: DataFrame, n_docs: int, params: FeaturizeParams, stop: 
         table.column("term").to_pylist(), table.column("idf").to_numpy(), lowercase=params.lowercase,
         token_pattern=params.token_pattern, min_token_length=params.min_token_length,
         stop_words=tuple(stop), split_digits=params.split_digits, stemmer=params.stemmer,
-        ngram_max=params.ngram_max,
-        sublinear_tf=params.sublinear_tf,
-        l2_normalize=params.l2_normalize, n_docs=n_docs)
+        ngram_max=params.ngram_max, sublinear_tf=params.sublinear_tf, l2_normalize=params.l2_normalize,
+        n_docs=n_docs)
 
 
 def embed_column(encoder_folder: str) -> Column:
