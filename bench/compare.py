@@ -12,7 +12,10 @@ L2-normalised, same splits) and is scored by the same code; see bench/harness.py
 bench/.peers-venv, made on first use. Writes OUT/peers.md (the table the README shows),
 OUT/peers.json (every run) and OUT/peers.png, and prints the bars:
 - our disentangled model's P@1 against the best peer, per dataset;
-- its fit time over PECOS XR-Linear's on the largest synthetic set (target <= 1.5x).
+- its fit time over PECOS XR-Linear's on the largest synthetic set (target <= 1.5x);
+- with ``--systems ...,paper-round-pecos`` (opt-in: the paper's own round on PECOS, run from a
+  checkout of amzn/pecos's examples/overlap-xmc named by $XMC_PAPER_ROUND_SRC), the seconds of one
+  reassignment round of ours against theirs, per dataset (issue 16: ours must cost less).
 Fit time excludes loading and an untimed warm-up fit on 1000 rows that every system does first.
 """
 
@@ -22,6 +25,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -226,6 +230,8 @@ def summarise(runs: list[Outcome]) -> dict[str, Any]:
     for key in ("fit_s", "predict_s", "model_bytes"):
         out[key] = float(np.mean([getattr(r, key) for r in runs]))
     out["peak_rss_mib"] = float(max(r.peak_rss_mib or 0.0 for r in runs))
+    if all(r.stages for r in runs):
+        out["stages"] = {k: float(np.mean([r.stages[k] for r in runs])) for k in runs[0].stages}
     return out
 
 
@@ -305,6 +311,26 @@ def verdicts(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return out
 
 
+PAPER = "paper-round-pecos"
+
+
+def round_costs(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Issue 16's bar on the round: one reassignment round of ours against the paper's own round on
+    PECOS (its reorganisation plus XR-Linear trained again), and the whole fits beside them."""
+    out = []
+    for ds, rows in table.items():
+        paper = rows.get(PAPER, {})
+        for name in ("xmc-disentangled", OURS_DEFAULT_LEAF.name):
+            ours = rows.get(name, {})
+            if "round" not in ours.get("stages", {}) or "round" not in paper.get("stages", {}):
+                continue
+            mine, theirs = ours["stages"]["round"], paper["stages"]["round"]
+            out.append(f"{ds}: one round, {name} {mine:.2f} s vs the paper's on PECOS {theirs:.2f} s "
+                       f"({mine / theirs:.2f}x, bar < 1: {'PASS' if mine < theirs else 'FAIL'}); whole fit "
+                       f"{ours['fit_s']:.2f} s vs {paper['fit_s']:.2f} s")
+    return out
+
+
 MEASURES = (("P@1", "P@1", True), ("P@5", "P@5", True), ("fit_s", "fit s", False),
             ("peak_rss_mib", "peak RSS MiB", False))
 """(key, label, higher is better) of the measures ours is held against the best peer on."""
@@ -380,6 +406,11 @@ def main() -> None:
     unknown = [n for n in names if n not in SYSTEMS and n not in OPT_IN]
     if unknown:
         ap.error(f"unknown systems {unknown}; choose from {[*SYSTEMS, *OPT_IN]}")
+    source = os.environ.get("XMC_PAPER_ROUND_SRC", "")
+    if PAPER in names and not (source and (Path(source) / "reorganize_clusters.py").is_file()):
+        ap.error(f"{PAPER} runs the paper's own code: set XMC_PAPER_ROUND_SRC to the examples/overlap-xmc "
+                 f"folder of a checkout of https://github.com/amzn/pecos (measured at commit 7b989e0a); "
+                 f"got {source!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     runs: list[Outcome] = []
     about: dict[str, str] = {}
@@ -405,7 +436,7 @@ def main() -> None:
               f"{args.sets}` on {platform.machine()} Linux, {THREADS} cores (every system uses them "
               f"all); xmc {__version__}, peers as pinned in bench/peers/requirements-nodeps.txt. "
               f"Mean over {args.seeds} seeds; ± is the P@1 standard deviation.")
-    lines = verdicts(table) + not_leading(table)
+    lines = verdicts(table) + not_leading(table) + round_costs(table)
     md = markdown(table, about, header) + "\n" + "\n".join(f"- {v}" for v in lines) + "\n"
     (args.out / "peers.md").write_text(md)
     systems = {s.name: s.about for s in [*SYSTEMS.values(), *OPT_IN.values(), *SMALL_LEAF_PEERS.values(),

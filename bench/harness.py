@@ -70,6 +70,9 @@ SYSTEMS = {s.name: s for s in [
 OPT_IN = {s.name: s for s in [
     System("xmc-prime", "xmc", {"rounds": 1, "dense": "prime"},
            "ours + the PRIME dense part fused with the tree (--dense prime); opt-in: its fit takes minutes"),
+    System("paper-round-pecos", "paper-round", {},
+           "the paper's own round on PECOS XR-Linear (amzn/pecos examples/overlap-xmc, lambda 2, beam 10); "
+           "opt-in: needs that folder in $XMC_PAPER_ROUND_SRC"),
 ]}
 """Systems run only when named in ``--systems`` (not in the default table: too slow for every run)."""
 
@@ -88,6 +91,8 @@ class Outcome:
     peak_rss_mib: float | None = None
     model_bytes: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds of the fit's stages where the engine tells them apart (base, round)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,7 +118,8 @@ def peer_python() -> Path:
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "-r", str(PEERS / "requirements.txt")], check=True)
     subprocess.run([*pip, "--no-deps", "-r", str(PEERS / "requirements-nodeps.txt")], check=True)
-    subprocess.run([str(python), "-c", "import pecos.xmc.xlinear, omikuji, napkinxc.models"], check=True)
+    subprocess.run([str(python), "-c", "import pecos.xmc.xlinear, omikuji, napkinxc.models, numba"],
+                   check=True)
     stamp.write_text(_stamp())
     return python
 
@@ -174,7 +180,7 @@ def run(system: System, data: Path, work: Path, *, seed: int = 0, extra: dict[st
     res = json.loads((work / "result.json").read_text())
     pred = np.load(work / "pred.npz")
     return Outcome(system.name, data.name, seed, "ok", res["fit_s"], res["predict_s"], res["peak_rss_mib"],
-                   res["model_bytes"], score(data, pred["indices"]))
+                   res["model_bytes"], score(data, pred["indices"]), res.get("stages", {}))
 
 
 def score(data: Path, indices: np.ndarray) -> dict[str, float]:

@@ -90,3 +90,39 @@ def test_verdicts_name_the_best_peer_overall_and_at_the_same_leaf() -> None:
             "DOES NOT LEAD") in lines
     assert ("bibtex: at the same leaf (16), xmc-disentangled P@1 63.00 vs best peer "
             "omikuji-parabel-leaf16 62.00 (+1.00): LEADS") in lines
+
+
+def test_a_disentangled_run_reports_its_round_apart_from_its_base(data: Path, tmp_path: Path) -> None:
+    out = harness.run(harness.SYSTEMS["xmc-disentangled"], data, tmp_path / "run", extra={"max_leaf_size": 8})
+    assert out.status == "ok", out.status
+    assert set(out.stages) == {"base", "round"}
+    assert out.stages["base"] > 0 and out.stages["round"] > 0
+    assert out.fit_s is not None and out.stages["base"] + out.stages["round"] <= out.fit_s
+
+
+def test_round_costs_hold_our_round_against_the_papers() -> None:
+    import compare
+
+    def row(fit_s: float, round_s: float) -> dict[str, object]:
+        return {"status": "ok", "fit_s": fit_s, "stages": {"base": fit_s - round_s, "round": round_s}}
+
+    table = {"a": {"xmc-disentangled": row(3.0, 1.0), compare.PAPER: row(6.0, 4.0)},
+             "b": {"xmc-disentangled": row(3.0, 2.0), compare.PAPER: row(2.5, 1.5)},
+             "c": {"xmc-disentangled": row(3.0, 2.0)}}  # the paper's round did not run: no line
+    assert compare.round_costs(table) == [
+        "a: one round, xmc-disentangled 1.00 s vs the paper's on PECOS 4.00 s (0.25x, bar < 1: PASS); "
+        "whole fit 3.00 s vs 6.00 s",
+        "b: one round, xmc-disentangled 2.00 s vs the paper's on PECOS 1.50 s (1.33x, bar < 1: FAIL); "
+        "whole fit 3.00 s vs 2.50 s",
+    ]
+
+
+def test_the_papers_round_is_refused_without_its_source() -> None:
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "XMC_PAPER_ROUND_SRC"}
+    done = subprocess.run([sys.executable, str(harness.ROOT / "bench" / "compare.py"), "--sets", "bibtex",
+                           "--systems", "paper-round-pecos"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "XMC_PAPER_ROUND_SRC" in done.stderr and "amzn/pecos" in done.stderr

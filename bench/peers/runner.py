@@ -31,6 +31,14 @@ WARMUP_ROWS = 1000
 """Rows of the untimed warm-up fit every engine does first, in the same process."""
 Fitted = tuple[Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray]], Path]
 """A fitted system: predict(X) -> (indices, scores) of the top k, and the folder its model is saved in."""
+STAGES: dict[str, float] = {}
+"""Seconds of a fit's stages where the engine tells them apart (``base``: the single partition,
+``round``: one reassignment round), written to result.json beside the whole fit time."""
+PAPER_SOURCE = "XMC_PAPER_ROUND_SRC"
+"""Environment variable naming the folder ``examples/overlap-xmc`` of a checkout of amzn/pecos:
+the paper's own implementation of the round (Liu et al., NeurIPS 2021), which no package ships."""
+PAPER_COPIES = 2
+"""lambda of the paper's run_base.sh (``--n_copies 2``), as our default."""
 
 
 def topk_from_csr(P: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,23 +78,105 @@ def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, t
         torch.set_num_threads(threads)
     model = fit(X, Y, params)
     model.save(work / "model")
+    records = model.info.get("rounds", [])
+    if len(records) > 1:  # n_trees 1: the baseline's tree and matcher, then the round's stages
+        STAGES["base"] = sum(records[0]["seconds"].get(k, 0.0) for k in ("tree", "train"))
+        STAGES["round"] = sum(sum(r["seconds"].values()) for r in records[1:])
     return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK), TOPK)), work / "model"
 
 
-def fit_pecos(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
+def train_pecos(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], threads: int) -> Any:
+    """XR-Linear at PECOS's defaults: PIFA label embeddings, hierarchical k-means, its solver."""
     from pecos.xmc import Indexer, LabelEmbeddingFactory
     from pecos.xmc.xlinear.model import XLinearModel
 
-    beam = int(p.get("beam_size", 10))
     feat = LabelEmbeddingFactory.create(Y, X, method="pifa")
     chain = Indexer.gen(feat, indexer_type="hierarchicalkmeans", threads=threads,
                         max_leaf_size=int(p.get("max_leaf_size", 100)), nr_splits=int(p.get("nr_splits", 16)),
                         seed=int(p.get("seed", 0)))
-    model = XLinearModel.train(X, Y, C=chain, threads=threads)
+    return XLinearModel.train(X, Y, C=chain, threads=threads)
+
+
+def fit_pecos(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
+    beam = int(p.get("beam_size", 10))
+    model = train_pecos(X, Y, p, threads)
     model.save(str(work / "model"))
 
     def predict(Xt: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         return topk_from_csr(model.predict(Xt, beam_size=beam, only_topk=TOPK, threads=threads), TOPK)
+
+    return predict, work / "model"
+
+
+def scipy_for_paper() -> Any:
+    """scipy.sparse as the paper's code expects it (its README pins scipy 1.4.1, which has no build for
+    this Python): that scipy took plain lists for a LIL matrix's ``rows`` and ``data``, today's wants
+    object arrays. Only that assignment is adapted; every computation is theirs, on today's scipy."""
+    from types import ModuleType
+
+    class ListRowsLil(sp.lil_matrix):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in ("rows", "data") and not isinstance(value, np.ndarray):
+                rows = np.empty(len(value), dtype=object)
+                rows[:] = [list(v) for v in value]
+                value = rows
+            super().__setattr__(name, value)
+
+    shim = ModuleType("scipy_sparse_for_paper")
+    shim.__dict__.update(sp.__dict__)
+    shim.lil_matrix = ListRowsLil
+    return shim
+
+
+def fit_paper_round(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path,
+                    threads: int) -> Fitted:
+    """The paper's round on PECOS, as its authors ship it (examples/overlap-xmc/run_base.sh).
+
+    XR-Linear at PECOS's defaults (``fit_pecos``'s tree), then their ``get_topk_clusters`` (the
+    training rows' beam matching, counts Y^T M, up to ``PAPER_COPIES`` clusters per label, a copy
+    being a new label column), XR-Linear trained again on that chain, and at prediction the copies'
+    scores merged by their mean over the copies a row reached (error_analyze.py's ``merge_by="mean"``).
+    Their code is imported from ``$XMC_PAPER_ROUND_SRC``, not copied into this repository.
+    """
+    import importlib
+    import sys
+    from types import SimpleNamespace
+
+    from pecos.utils.cluster_util import ClusterChain
+    from pecos.xmc.xlinear.model import XLinearModel
+
+    source = os.environ.get(PAPER_SOURCE)
+    if not source or not (Path(source) / "reorganize_clusters.py").is_file():
+        raise SystemExit(f"{PAPER_SOURCE} must name amzn/pecos's examples/overlap-xmc folder "
+                         f"(holding reorganize_clusters.py); got {source!r}")
+    sys.path.insert(0, source)
+    paper = importlib.import_module("reorganize_clusters")
+    paper.args = SimpleNamespace(n_copies=PAPER_COPIES)  # their function reads the script's global args
+    paper.smat = scipy_for_paper()
+    beam = int(p.get("beam_size", 10))
+    t0 = time.perf_counter()
+    base = train_pecos(X, Y, p, threads)
+    t1 = time.perf_counter()
+    if len(base.model.model_chain) < 2:  # their matching reads the layers above the leaves
+        raise SystemExit(f"the paper's round needs a tree of two layers or more; {Y.shape[1]} labels fit "
+                         "in one PECOS leaf, so there are no clusters to reassign")
+    C, Y_copies, mapper, _ = paper.get_topk_clusters(base, X, sp.csr_matrix(Y), beam)
+    chain = ClusterChain([m.pC.buf for m in base.model.model_chain[:-1]] + [C])
+    model = XLinearModel.train(X, Y_copies, C=chain, threads=threads)
+    STAGES["base"], STAGES["round"] = t1 - t0, time.perf_counter() - t1
+    model.save(str(work / "model"))
+    n_labels = Y.shape[1]
+    copy_of = np.arange(Y_copies.shape[1])
+    for column, label in mapper.items():
+        copy_of[column] = label
+    to_label = sp.csr_matrix((np.ones(len(copy_of), dtype=np.float32), (np.arange(len(copy_of)), copy_of)),
+                             shape=(len(copy_of), n_labels))
+
+    def predict(Xt: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        P = sp.csr_matrix(model.predict(Xt, beam_size=beam, only_topk=160, threads=threads))
+        summed, reached = P @ to_label, P.sign() @ to_label
+        mean = summed.multiply(reached.power(-1.0))
+        return topk_from_csr(sp.csr_matrix(mean), TOPK)
 
     return predict, work / "model"
 
@@ -153,6 +243,7 @@ def fit_napkinxc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Pa
 
 FIT: dict[str, Callable[[sp.csr_matrix, sp.csr_matrix, dict[str, Any], Path, int], Fitted]] = {
     "xmc": fit_xmc, "pecos": fit_pecos, "omikuji": fit_omikuji, "napkinxc": fit_napkinxc,
+    "paper-round": fit_paper_round,
 }
 """Engines by name; a system in the harness is an engine plus params."""
 
@@ -193,6 +284,7 @@ def main() -> None:
         write_xc(warm / "train.txt", X[:n_warm], Y[:n_warm])
         write_xc(args.work / "train.txt", X, Y)
     FIT[args.engine](X[:n_warm], Y[:n_warm], params, warm, args.threads)[0](Xt[:10])
+    STAGES.clear()
     t0 = time.perf_counter()
     predict, model_path = FIT[args.engine](X, Y, params, args.work, args.threads)
     fit_s = time.perf_counter() - t0
@@ -203,7 +295,7 @@ def main() -> None:
     result = {"engine": args.engine, "params": params, "threads": args.threads, "fit_s": fit_s,
               "predict_s": predict_s, "n_test": int(Xt.shape[0]),
               "peak_rss_mib": peak_rss_mib(),
-              "model_bytes": folder_bytes(model_path)}
+              "model_bytes": folder_bytes(model_path), "stages": STAGES}
     (args.work / "result.json").write_text(json.dumps(result, indent=2))
 
 
