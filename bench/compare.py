@@ -36,7 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import OPT_IN, RESULTS, ROOT, SYSTEMS, THREADS, WORK, Outcome, System, prepare, run
+from harness import (
+    OPT_IN,
+    PAPER_SOURCE,
+    RESULTS,
+    ROOT,
+    SYSTEMS,
+    THREADS,
+    WORK,
+    Outcome,
+    System,
+    prepare,
+    run,
+)
 from tfidf import ReferenceTfidf, label_matrix
 
 from xmc import XMCParams, __version__  # noqa: F401
@@ -406,9 +418,9 @@ def main() -> None:
     unknown = [n for n in names if n not in SYSTEMS and n not in OPT_IN]
     if unknown:
         ap.error(f"unknown systems {unknown}; choose from {[*SYSTEMS, *OPT_IN]}")
-    source = os.environ.get("XMC_PAPER_ROUND_SRC", "")
+    source = os.environ.get(PAPER_SOURCE, "")
     if PAPER in names and not (source and (Path(source) / "reorganize_clusters.py").is_file()):
-        ap.error(f"{PAPER} runs the paper's own code: set XMC_PAPER_ROUND_SRC to the examples/overlap-xmc "
+        ap.error(f"{PAPER} runs the paper's own code: set {PAPER_SOURCE} to the examples/overlap-xmc "
                  f"folder of a checkout of https://github.com/amzn/pecos (measured at commit 7b989e0a); "
                  f"got {source!r}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,9 @@ PEERS = ROOT / "bench" / "peers"
 PEERS_VENV = ROOT / "bench" / ".peers-venv"
 RUNNER = PEERS / "runner.py"
 RESULTS = ROOT / "bench" / "results"
+PAPER_SOURCE = "XMC_PAPER_ROUND_SRC"
+"""Environment variable naming amzn/pecos's examples/overlap-xmc folder for the opt-in
+paper-round-pecos system (bench/peers/runner.py reads the same name in the peers' interpreter)."""
 WORK = ROOT / "runs" / "bench"
 THREADS = os.cpu_count() or 1
 """Every system gets every core of the machine (its own default on a dedicated box)."""
