@@ -444,10 +444,16 @@ def main() -> None:
             print(f"{ds.name:>16} {system.name:>22}: " + (
                 f"P@1 {r['P@1']:.2f} P@5 {r['P@5']:.2f} fit {r['fit_s']:.2f}s predict {r['predict_s']:.2f}s "
                 f"RSS {r['peak_rss_mib']:.0f} MiB" if r["status"] == "ok" else r["status"]), flush=True)
-    header = (f"Measured {started} with `python bench/compare.py --seeds {args.seeds} --sets "
-              f"{args.sets}` on {platform.machine()} Linux, {THREADS} cores (every system uses them "
-              f"all); xmc {__version__}, peers as pinned in bench/peers/requirements-nodeps.txt. "
-              f"Mean over {args.seeds} seeds; ± is the P@1 standard deviation.")
+    command = f"python bench/compare.py --seeds {args.seeds} --sets {args.sets}"
+    if args.systems != ap.get_default("systems"):
+        command += f" --systems {args.systems}"
+    header = (f"Measured {started} with `{command}` on {platform.machine()} Linux, {THREADS} cores "
+              f"(every system uses them all); xmc {__version__}, peers as pinned in "
+              f"bench/peers/requirements-nodeps.txt. Mean over {args.seeds} seeds; ± is the P@1 standard "
+              f"deviation.")
+    if PAPER in names:  # which copy of their code ran
+        digest = hashlib.sha256((Path(source) / "reorganize_clusters.py").read_bytes()).hexdigest()
+        header += f" {PAPER}: the reorganize_clusters.py in ${PAPER_SOURCE} had sha256 {digest[:16]}."
     lines = verdicts(table) + not_leading(table) + round_costs(table)
     md = markdown(table, about, header) + "\n" + "\n".join(f"- {v}" for v in lines) + "\n"
     (args.out / "peers.md").write_text(md)

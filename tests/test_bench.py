@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -126,3 +127,31 @@ def test_the_papers_round_is_refused_without_its_source() -> None:
                            "--systems", "paper-round-pecos"], env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert "XMC_PAPER_ROUND_SRC" in done.stderr and "amzn/pecos" in done.stderr
+
+
+def _runner() -> ModuleType:
+    sys.path.insert(0, str(harness.PEERS))
+    import runner  # bench/peers/runner.py: numpy and scipy only at import
+
+    return runner
+
+
+def test_the_papers_copies_merge_by_their_mean_over_the_copies_a_row_reached() -> None:
+    import scipy.sparse as sp
+
+    runner = _runner()
+    to_label = runner.copies_to_labels(np.array([0, 1, 2, 0]), 3)  # column 3: a copy of label 0
+    P = sp.csr_matrix(np.array([[0.8, 0.5, 0.0, 0.4],    # both copies of label 0 reached
+                                [0.0, 0.0, 0.2, 0.9]]))  # only the copy
+    merged = runner.mean_over_reached_copies(P, to_label).toarray()
+    np.testing.assert_allclose(merged, [[0.6, 0.5, 0.0], [0.9, 0.0, 0.2]], rtol=1e-6)
+
+
+def test_the_papers_scipy_takes_lists_as_lil_rows() -> None:
+    import scipy.sparse as sp
+
+    shim = _runner().scipy_for_paper()
+    assert shim.csr_matrix is sp.csr_matrix and shim.lil_matrix is not sp.lil_matrix
+    lil = shim.lil_matrix((2, 3), dtype=np.float32)
+    lil.rows, lil.data = [[0], [1, 2]], [[1.0], [2.0, 3.0]]  # as their construct_new_C_and_Y hands them
+    np.testing.assert_array_equal(lil.tocsc().toarray(), [[1, 0, 0], [0, 2, 3]])

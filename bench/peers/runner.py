@@ -21,6 +21,7 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,13 @@ WARMUP_ROWS = 1000
 Fitted = tuple[Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray]], Path]
 """A fitted system: predict(X) -> (indices, scores) of the top k, and the folder its model is saved in."""
 STAGES: dict[str, float] = {}
-"""Seconds of a fit's stages where the engine tells them apart (``base``: the single partition,
-``round``: one reassignment round), written to result.json beside the whole fit time."""
+"""Seconds of a fit's stages where the engine tells them apart, written to result.json beside the
+whole fit time. ``round``: one reassignment round (comparable across engines: the new clusters and
+every layer trained again on them). ``base``: what came before it, which differs by engine (ours
+builds the tree and trains the matcher only, its rankers waiting for the round; the paper's fits a
+whole XR-Linear model), so it is not compared."""
+ROUND_STAGES = ("gains", "assign", "matcher", "rankers", "validate")
+"""Our round record's timed stages (``xmc.core.disentangle``; ``validate`` is 0 without a held-out share)."""
 PAPER_SOURCE = "XMC_PAPER_ROUND_SRC"
 """Environment variable naming the folder ``examples/overlap-xmc`` of a checkout of amzn/pecos:
 the paper's own implementation of the round (Liu et al., NeurIPS 2021), which no package ships."""
@@ -79,9 +85,9 @@ def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, t
     model = fit(X, Y, params)
     model.save(work / "model")
     records = model.info.get("rounds", [])
-    if len(records) > 1:  # n_trees 1: the baseline's tree and matcher, then the round's stages
+    if params.tree.n_trees == 1 and len(records) > 1:  # an ensemble's info holds one tree's rounds
         STAGES["base"] = sum(records[0]["seconds"].get(k, 0.0) for k in ("tree", "train"))
-        STAGES["round"] = sum(sum(r["seconds"].values()) for r in records[1:])
+        STAGES["round"] = sum(r["seconds"].get(k, 0.0) for r in records[1:] for k in ROUND_STAGES)
     return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK), TOPK)), work / "model"
 
 
@@ -108,34 +114,50 @@ def fit_pecos(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path,
     return predict, work / "model"
 
 
-def scipy_for_paper() -> Any:
+class ListRowsLil(sp.lil_matrix):
+    """A LIL matrix that takes plain lists for its ``rows`` and ``data``, as scipy 1.4 did (the
+    paper's code assigns lists; today's scipy wants object arrays of lists)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("rows", "data") and not isinstance(value, np.ndarray):
+            rows = np.empty(len(value), dtype=object)
+            rows[:] = [list(v) for v in value]
+            value = rows
+        super().__setattr__(name, value)
+
+
+def scipy_for_paper() -> ModuleType:
     """scipy.sparse as the paper's code expects it (its README pins scipy 1.4.1, which has no build for
-    this Python): that scipy took plain lists for a LIL matrix's ``rows`` and ``data``, today's wants
-    object arrays. Only that assignment is adapted; every computation is theirs, on today's scipy."""
-    from types import ModuleType
-
-    class ListRowsLil(sp.lil_matrix):
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name in ("rows", "data") and not isinstance(value, np.ndarray):
-                rows = np.empty(len(value), dtype=object)
-                rows[:] = [list(v) for v in value]
-                value = rows
-            super().__setattr__(name, value)
-
+    this Python): ``lil_matrix`` is ``ListRowsLil``, the rest is today's scipy. Only that assignment
+    is adapted; every computation is theirs."""
     shim = ModuleType("scipy_sparse_for_paper")
     shim.__dict__.update(sp.__dict__)
-    shim.lil_matrix = ListRowsLil
+    setattr(shim, "lil_matrix", ListRowsLil)  # noqa: B010 (a module attribute mypy cannot see)
     return shim
+
+
+def copies_to_labels(copy_of: np.ndarray, n_labels: int) -> sp.csr_matrix:
+    """(copy columns x labels) 0/1 matrix: column c of a score matrix belongs to label copy_of[c]."""
+    ones = np.ones(len(copy_of), dtype=np.float32)
+    return sp.csr_matrix((ones, (np.arange(len(copy_of)), copy_of)), shape=(len(copy_of), n_labels))
+
+
+def mean_over_reached_copies(P: sp.csr_matrix, to_label: sp.csr_matrix) -> sp.csr_matrix:
+    """A label's score: the mean of its copies' scores over the copies the row reached (the paper's
+    error_analyze.py, ``merge_by="mean"``; a copy the beam never reached does not count)."""
+    P = sp.csr_matrix(P)
+    summed, reached = P @ to_label, P.sign() @ to_label
+    return sp.csr_matrix(summed.multiply(reached.power(-1.0)))
 
 
 def fit_paper_round(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path,
                     threads: int) -> Fitted:
     """The paper's round on PECOS, as its authors ship it (examples/overlap-xmc/run_base.sh).
 
-    XR-Linear at PECOS's defaults (``fit_pecos``'s tree), then their ``get_topk_clusters`` (the
-    training rows' beam matching, counts Y^T M, up to ``PAPER_COPIES`` clusters per label, a copy
-    being a new label column), XR-Linear trained again on that chain, and at prediction the copies'
-    scores merged by their mean over the copies a row reached (error_analyze.py's ``merge_by="mean"``).
+    XR-Linear (``fit_pecos``'s tree at run_base.sh's ``--nr-splits 32``, the system's params), then
+    their ``get_topk_clusters`` (the training rows' beam matching, counts Y^T M, up to
+    ``PAPER_COPIES`` clusters per label, a copy being a new label column), XR-Linear trained again
+    on that chain, and at prediction the copies' scores merged by ``mean_over_reached_copies``.
     Their code is imported from ``$XMC_PAPER_ROUND_SRC``, not copied into this repository.
     """
     import importlib
@@ -149,10 +171,11 @@ def fit_paper_round(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work:
     if not source or not (Path(source) / "reorganize_clusters.py").is_file():
         raise SystemExit(f"{PAPER_SOURCE} must name amzn/pecos's examples/overlap-xmc folder "
                          f"(holding reorganize_clusters.py); got {source!r}")
-    sys.path.insert(0, source)
+    if source not in sys.path:
+        sys.path.insert(0, source)
     paper = importlib.import_module("reorganize_clusters")
-    paper.args = SimpleNamespace(n_copies=PAPER_COPIES)  # their function reads the script's global args
-    paper.smat = scipy_for_paper()
+    setattr(paper, "args", SimpleNamespace(n_copies=PAPER_COPIES))  # noqa: B010 (their script's global)
+    setattr(paper, "smat", scipy_for_paper())  # noqa: B010
     beam = int(p.get("beam_size", 10))
     t0 = time.perf_counter()
     base = train_pecos(X, Y, p, threads)
@@ -165,18 +188,14 @@ def fit_paper_round(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work:
     model = XLinearModel.train(X, Y_copies, C=chain, threads=threads)
     STAGES["base"], STAGES["round"] = t1 - t0, time.perf_counter() - t1
     model.save(str(work / "model"))
-    n_labels = Y.shape[1]
-    copy_of = np.arange(Y_copies.shape[1])
+    copy_of = np.arange(Y_copies.shape[1])  # columns past Y's are copies: mapper names their label
     for column, label in mapper.items():
         copy_of[column] = label
-    to_label = sp.csr_matrix((np.ones(len(copy_of), dtype=np.float32), (np.arange(len(copy_of)), copy_of)),
-                             shape=(len(copy_of), n_labels))
+    to_label = copies_to_labels(copy_of, Y.shape[1])
 
     def predict(Xt: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        P = sp.csr_matrix(model.predict(Xt, beam_size=beam, only_topk=160, threads=threads))
-        summed, reached = P @ to_label, P.sign() @ to_label
-        mean = summed.multiply(reached.power(-1.0))
-        return topk_from_csr(sp.csr_matrix(mean), TOPK)
+        P = model.predict(Xt, beam_size=beam, only_topk=160, post_processor="l3-hinge", threads=threads)
+        return topk_from_csr(mean_over_reached_copies(P, to_label), TOPK)
 
     return predict, work / "model"
 
