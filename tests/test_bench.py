@@ -14,6 +14,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from xmc import XMCParams
 from xmc.core.metrics import evaluate
 from xmc.io.readers import read_npz
 from xmc.research.synth import SynthSpec, generate
@@ -96,7 +97,8 @@ def test_verdicts_name_the_best_peer_overall_and_at_the_same_leaf() -> None:
 def test_a_disentangled_run_reports_its_round_apart_from_its_base(data: Path, tmp_path: Path) -> None:
     out = harness.run(harness.SYSTEMS["xmc-disentangled"], data, tmp_path / "run", extra={"max_leaf_size": 8})
     assert out.status == "ok", out.status
-    assert set(out.stages) == {"base", "round"}
+    assert set(out.stages) == {"base", "round", "rounds"}
+    assert out.stages["rounds"] == XMCParams().disentangle.rounds  # the system is the product's defaults
     assert out.stages["base"] > 0 and out.stages["round"] > 0
     assert out.fit_s is not None and out.stages["base"] + out.stages["round"] <= out.fit_s
 
@@ -104,17 +106,18 @@ def test_a_disentangled_run_reports_its_round_apart_from_its_base(data: Path, tm
 def test_round_costs_hold_our_round_against_the_papers() -> None:
     import compare
 
-    def row(fit_s: float, round_s: float) -> dict[str, object]:
-        return {"status": "ok", "fit_s": fit_s, "stages": {"base": fit_s - round_s, "round": round_s}}
+    def row(fit_s: float, round_s: float, rounds: int = 1) -> dict[str, object]:
+        return {"status": "ok", "fit_s": fit_s,
+                "stages": {"base": fit_s - round_s, "round": round_s, "rounds": rounds}}
 
-    table = {"a": {"xmc-disentangled": row(3.0, 1.0), compare.PAPER: row(6.0, 4.0)},
+    table = {"a": {"xmc-disentangled": row(3.0, 1.0, 2), compare.PAPER: row(6.0, 4.0)},
              "b": {"xmc-disentangled": row(3.0, 2.0), compare.PAPER: row(2.5, 1.5)},
              "c": {"xmc-disentangled": row(3.0, 2.0)}}  # the paper's round did not run: no line
     assert compare.round_costs(table) == [
-        "a: one round, xmc-disentangled 1.00 s vs the paper's on PECOS 4.00 s (0.25x, bar < 1: PASS); "
-        "whole fit 3.00 s vs 6.00 s",
-        "b: one round, xmc-disentangled 2.00 s vs the paper's on PECOS 1.50 s (1.33x, bar < 1: FAIL); "
-        "whole fit 3.00 s vs 2.50 s",
+        "a: xmc-disentangled's 2 rounds 1.00 s vs the paper's one round on PECOS 4.00 s (0.25x, bar < 1: "
+        "PASS); whole fit 3.00 s vs 6.00 s",
+        "b: xmc-disentangled's 1 round 2.00 s vs the paper's one round on PECOS 1.50 s (1.33x, bar < 1: "
+        "FAIL); whole fit 3.00 s vs 2.50 s",
     ]
 
 

@@ -34,8 +34,9 @@ Fitted = tuple[Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray]], Path]
 """A fitted system: predict(X) -> (indices, scores) of the top k, and the folder its model is saved in."""
 STAGES: dict[str, float] = {}
 """Seconds of a fit's stages where the engine tells them apart, written to result.json beside the
-whole fit time. ``round``: one reassignment round (comparable across engines: the new clusters and
-every layer trained again on them). ``base``: what came before it, which differs by engine (ours
+whole fit time. ``round``: the reassignment rounds, ``rounds`` of them (ours: R, the paper's: 1),
+each ending with every layer trained on the new clusters (ours skips the rankers of all but the
+last). ``base``: what came before them, which differs by engine (ours
 builds the tree and trains the matcher only, its rankers waiting for the round; the paper's fits a
 whole XR-Linear model), so it is not compared."""
 ROUND_STAGES = ("gains", "assign", "matcher", "rankers", "validate")
@@ -88,6 +89,7 @@ def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, t
     if params.tree.n_trees == 1 and len(records) > 1:  # an ensemble's info holds one tree's rounds
         STAGES["base"] = sum(records[0]["seconds"].get(k, 0.0) for k in ("tree", "train"))
         STAGES["round"] = sum(r["seconds"].get(k, 0.0) for r in records[1:] for k in ROUND_STAGES)
+        STAGES["rounds"] = len(records) - 1
     return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK), TOPK)), work / "model"
 
 
@@ -186,7 +188,7 @@ def fit_paper_round(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work:
     C, Y_copies, mapper, _ = paper.get_topk_clusters(base, X, sp.csr_matrix(Y), beam)
     chain = ClusterChain([m.pC.buf for m in base.model.model_chain[:-1]] + [C])
     model = XLinearModel.train(X, Y_copies, C=chain, threads=threads)
-    STAGES["base"], STAGES["round"] = t1 - t0, time.perf_counter() - t1
+    STAGES["base"], STAGES["round"], STAGES["rounds"] = t1 - t0, time.perf_counter() - t1, 1
     model.save(str(work / "model"))
     copy_of = np.arange(Y_copies.shape[1])  # columns past Y's are copies: mapper names their label
     for column, label in mapper.items():
