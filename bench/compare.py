@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from harness import (
     OPT_IN,
+    PAPER,
     PAPER_SOURCE,
     RESULTS,
     ROOT,
@@ -321,9 +322,6 @@ def verdicts(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 out.append(f"{ds}: fit time {name} / pecos-xrlinear = {rows[name]['fit_s']:.1f} s / "
                            f"{pecos:.1f} s = {r:.2f}x{verdict}")
     return out
-
-
-PAPER = "paper-round-pecos"
 
 
 def round_costs(table: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

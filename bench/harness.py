@@ -33,6 +33,8 @@ PEERS = ROOT / "bench" / "peers"
 PEERS_VENV = ROOT / "bench" / ".peers-venv"
 RUNNER = PEERS / "runner.py"
 RESULTS = ROOT / "bench" / "results"
+PAPER = "paper-round-pecos"
+"""The opt-in system that runs the paper's own round on PECOS."""
 PAPER_SOURCE = "XMC_PAPER_ROUND_SRC"
 """Environment variable naming amzn/pecos's examples/overlap-xmc folder for the opt-in
 paper-round-pecos system (bench/peers/runner.py reads the same name in the peers' interpreter)."""
@@ -73,7 +75,7 @@ SYSTEMS = {s.name: s for s in [
 OPT_IN = {s.name: s for s in [
     System("xmc-prime", "xmc", {"dense": "prime"},
            "ours + the PRIME dense part fused with the tree (--dense prime); opt-in: its fit takes minutes"),
-    System("paper-round-pecos", "paper-round", {"nr_splits": 32},
+    System(PAPER, "paper-round", {"nr_splits": 32},
            "the paper's own round on PECOS XR-Linear as its run_base.sh runs it (amzn/pecos "
            "examples/overlap-xmc: 32-way k-means, lambda 2, beam 10); opt-in: needs that folder in "
            "$XMC_PAPER_ROUND_SRC"),
