@@ -72,6 +72,29 @@ def test_merge_copies_max_and_mean() -> None:
     assert got == pytest.approx({5: 0.4, 7: 0.5})
 
 
+def test_merge_copies_matches_a_per_row_reference_with_ties_and_padding() -> None:
+    """The compiled merge against a dict per row: every label once, with the max (or the mean over
+    finite scores) of its copies; tied scores and -inf copies included."""
+    rng = np.random.default_rng(0)
+    copy_label = rng.integers(0, 40, size=120)  # 120 copies of 40 labels: most labels have several
+    idx = rng.integers(-1, 120, size=(50, 60))
+    score = rng.choice(np.array([0.0, 0.25, 0.5, 1.0, -np.inf], np.float32), size=(50, 60))
+    for how in ("max", "mean"):
+        labels, s = _merge_copies(idx, score, copy_label, False, how)
+        for i in range(idx.shape[0]):
+            copies: dict[int, list[float]] = {}
+            for c, v in zip(idx[i], score[i], strict=True):
+                if c >= 0:
+                    copies.setdefault(int(copy_label[c]), []).append(float(v))
+            if how == "max":
+                want = {label: max(v) for label, v in copies.items()}
+            else:
+                want = {label: float(np.mean([x for x in v if np.isfinite(x)])) if any(np.isfinite(v))
+                        else -np.inf for label, v in copies.items()}
+            got = {int(label): float(v) for label, v in zip(labels[i], s[i], strict=True) if label >= 0}
+            assert got == pytest.approx(want), (how, i)
+
+
 def test_gains_are_a_sum_over_shards(toy) -> None:  # type: ignore[no-untyped-def]
     X, Y = toy
     model = fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, beam_size=2))

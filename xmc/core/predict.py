@@ -134,25 +134,11 @@ def _merge_copies(
     cand_idx: np.ndarray, cand_score: np.ndarray, copy_label: np.ndarray, unique_labels: bool, how: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map copies to labels; a label retrieved through several copies gets their max (or mean)."""
-    labels = np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1)
     if unique_labels:
-        return labels, cand_score
-    n, w = labels.shape
-    order = np.lexsort((-cand_score, labels), axis=1)  # per row: by label, best copy first
-    labels = np.take_along_axis(labels, order, axis=1)
-    scores = np.take_along_axis(cand_score, order, axis=1).astype(np.float64)
-    first = np.ones((n, w), dtype=bool)
-    first[:, 1:] = labels[:, 1:] != labels[:, :-1]
-    if how == "mean":
-        flat_first = first.ravel()
-        group = np.cumsum(flat_first) - 1
-        finite = np.isfinite(scores.ravel())
-        sums = np.bincount(group, weights=np.where(finite, scores.ravel(), 0.0))
-        counts = np.bincount(group, weights=finite.astype(np.float64))
-        mean = np.divide(sums, counts, out=np.full_like(sums, -np.inf), where=counts > 0)
-        scores = np.where(first, mean[group].reshape(n, w), scores)
-    keep = first & (labels >= 0)
-    return np.where(keep, labels, -1), np.where(keep, scores, -np.inf)
+        return np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1), cand_score
+    from xmc.core.copy_merge import merge_copy_scores  # numba: loaded only for trees with copies
+
+    return merge_copy_scores(cand_idx, cand_score, copy_label, how)
 
 
 def scoring_layers(tree: LabelTree, weights: Sequence[sp.csc_matrix]) -> list[ScoringLayer]:
