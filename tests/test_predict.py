@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmc.core.predict import ScoringLayer, post_process
+from xmc.core.predict import ScoringLayer, _expand, post_process
 from xmc.params import POST_PROCESSORS
 
 
@@ -44,6 +44,38 @@ def test_block_scores_equal_the_plain_product() -> None:
         rows = np.array([3, 0, 11])  # a subset of rows in any order, as the beam passes them
         np.testing.assert_allclose(layer.scores(X[rows], p), expected[rows], rtol=1e-6, atol=1e-7)
 
+
+
+def test_compiled_expansion_gives_each_beam_entry_the_blocks_scores_bit_for_bit() -> None:
+    """The kernel of the beam search (``_expand``) against ``ScoringLayer.scores`` per entry: the same
+    float32 sums (same order), the path's score multiplied in, padding where a slot is empty, and a
+    parent with an empty block scoring its children 0 (before the transform)."""
+    W, ptr = _layer_case(300, [4, 1, 7, 3, 5], density=0.05, seed=0)
+    W = sp.csc_matrix(W.multiply(np.isin(np.arange(W.shape[1]), [4], invert=True)[None, :]))
+    W.eliminate_zeros()  # parent 1's block is empty
+    X = sp.random(12, 300, density=0.1, random_state=1, dtype=np.float32, format="csr")
+    layer = ScoringLayer(W, ptr)
+    rng = np.random.default_rng(2)
+    beam_idx = np.array([rng.permutation(5)[:3] for _ in range(12)], dtype=np.int64)
+    beam_idx[[0, 5], 2] = -1  # slots a short beam left empty
+    beam_score = rng.uniform(0.1, 1.0, size=beam_idx.shape).astype(np.float32)
+    beam_score[beam_idx < 0] = -np.inf
+    cand_idx, cand_score = _expand(X, layer, beam_idx, beam_score, "l6-hinge")
+    w = layer.width
+    assert cand_idx.shape == cand_score.shape == (12, 3 * w)
+    for i in range(12):
+        for slot in range(3):
+            p = int(beam_idx[i, slot])
+            cols = slice(slot * w, (slot + 1) * w)
+            block_idx, block_score = cand_idx[i, cols], cand_score[i, cols]
+            if p < 0:
+                assert (block_idx == -1).all() and np.isneginf(block_score).all()
+                continue
+            m = int(ptr[p + 1] - ptr[p])
+            want = post_process(layer.scores(X[[i]], p)[0], "l6-hinge") * beam_score[i, slot]
+            assert block_idx[:m].tolist() == list(range(int(ptr[p]), int(ptr[p + 1])))
+            assert np.array_equal(block_score[:m], want.astype(np.float32))
+            assert (block_idx[m:] == -1).all() and np.isneginf(block_score[m:]).all()
 
 
 def test_a_shared_layer_scores_the_same_from_threads_and_after_pickling() -> None:

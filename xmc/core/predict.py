@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.kernels import expand_scores, merge_copy_scores
 from xmc.core.sparse import from_topk, topk_dense, topk_rows, with_bias
 from xmc.core.tree import LabelTree
 from xmc.params import PredictParams
@@ -94,24 +95,16 @@ class ScoringLayer:
 def _expand(
     Xb: sp.csr_matrix, layer: ScoringLayer, beam_idx: np.ndarray, beam_score: np.ndarray, kind: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Score the children of every beam entry; returns padded (n x b*width) index/score blocks."""
-    n, b = beam_idx.shape
+    """Score the children of every beam entry; returns padded (n x b*width) index/score blocks.
+
+    The linear scores come from the compiled kernel (``xmc.core.kernels.expand_scores``: the sums
+    of ``layer.scores`` row by row); the transform and the product down the path stay numpy's."""
     w = layer.width
-    cand_idx = np.full((n, b * w), -1, dtype=np.int64)
-    cand_score = np.full((n, b * w), -np.inf, dtype=np.float32)
-    flat = beam_idx.ravel()
-    valid = np.flatnonzero(flat >= 0)
-    order = valid[np.argsort(flat[valid], kind="stable")]
-    parents, starts = np.unique(flat[order], return_index=True)
-    for p, group in zip(parents, np.split(order, starts[1:]), strict=True):
-        rows, slots = np.divmod(group, b)
-        scores = layer.scores(Xb[rows], int(p))
-        m = scores.shape[1]
-        scores = post_process(scores, kind) * beam_score[rows, slots][:, None]
-        cols = slots[:, None] * w + np.arange(m)[None, :]
-        cand_score[rows[:, None], cols] = scores
-        cand_idx[rows[:, None], cols] = layer.ptr[p] + np.arange(m)[None, :]
-    return cand_idx, cand_score
+    cand_idx, z = expand_scores(Xb, beam_idx, layer.ptr, layer.row_ptr, layer.features, layer.rows, w,
+                                layer.n_features)
+    parent = np.repeat(np.where(beam_idx >= 0, beam_score, 0).astype(np.float32), w, axis=1)
+    cand_score = np.where(cand_idx >= 0, post_process(z, kind) * parent, np.float32(-np.inf))
+    return cand_idx, cand_score.astype(np.float32)
 
 
 def _beam_chunk(
@@ -136,8 +129,6 @@ def _merge_copies(
     """Map copies to labels; a label retrieved through several copies gets their max (or mean)."""
     if unique_labels:
         return np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1), cand_score
-    from xmc.core.copy_merge import merge_copy_scores  # numba: loaded only for trees with copies
-
     return merge_copy_scores(cand_idx, cand_score, copy_label, how)
 
 

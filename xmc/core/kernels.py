@@ -1,0 +1,152 @@
+"""The beam search's two inner loops, compiled with numba: scoring the children of every beam entry,
+and merging a label's copies. Both ran as numpy and scipy calls before; these are the same sums in
+the same order, without the per-call overhead (docs/performance.md, fourteenth session).
+
+**Scoring children** (``expand_scores``). A layer holds, per parent p, the rows of
+``W[:, children of p]`` that have a nonzero, over the sorted features they use (``ScoringLayer``).
+The numpy path grouped the beam by parent and ran one scipy product per parent and chunk (2,811
+products on debian-deps' test split, each a few rows): about 0.5 ms of overhead apiece. The kernel
+groups the beam's entries by parent as that path did (a counting sort), maps the parent's features
+to its block's rows in a scratch array, and for each entry adds the weights of the row's features
+into the children's sums, in float32 and in the order of the row's features: the order scipy's
+product adds them in, so the linear scores are the same numbers. (A binary search per feature
+instead of the scratch map was slower on the 1-2-gram TF-IDFs, whose rows hold many features.)
+The score transform stays numpy's (``post_process``).
+
+**Merging copies** (``merge_copy_scores``). A disentangled tree holds some labels in several
+leaves, so one row's candidates (``beam_size x leaf width`` columns) may name a label more than
+once; the row's score of that label is the max (or mean) over its retrieved copies. With numpy this
+needed a per-row ``lexsort`` of every candidate by (label, score): on debian-deps' test split
+(11.5K rows, beam 10, leaves of up to ~120 copies) that sort was 1.7 s of a 4.4 s prediction,
+against 1.5 s for the whole prediction of a tree without copies. Here each row is one pass over its
+candidates, mapping each copy to its label and keeping the label's max (or sum and count) in a
+scratch array indexed by label: O(candidates) per row, no sort. A row's merged labels come in the
+order their first copy appears, padded with -1 and -inf to the most distinct labels any row has.
+The order does not matter downstream: ``topk_dense`` breaks ties by the label's index, not its
+position, so the top-k is the sorted version's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _expand_rows(x_ptr: np.ndarray, x_idx: np.ndarray, x_val: np.ndarray, beam_idx: np.ndarray,
+                 child_ptr: np.ndarray, row_ptr: np.ndarray, features: np.ndarray, w_ptr: np.ndarray,
+                 w_idx: np.ndarray, w_val: np.ndarray, width: int,
+                 n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    n, b = beam_idx.shape
+    n_parents = len(child_ptr) - 1
+    start = np.zeros(n_parents + 1, dtype=np.int64)  # the beam's entries grouped by parent
+    for e in range(n * b):
+        p = beam_idx[e // b, e % b]
+        if p >= 0:
+            start[p + 1] += 1
+    for p in range(n_parents):
+        start[p + 1] += start[p]
+    entries = np.empty(start[n_parents], dtype=np.int64)
+    fill = start[:-1].copy()
+    for e in range(n * b):
+        p = beam_idx[e // b, e % b]
+        if p >= 0:
+            entries[fill[p]] = e
+            fill[p] += 1
+    cand_idx = np.full((n, b * width), -1, dtype=np.int64)
+    z = np.full((n, b * width), -np.inf, dtype=np.float32)
+    local = np.full(n_features, -1, dtype=np.int64)  # feature -> its row in the parent's block
+    acc = np.zeros(max(width, 1), dtype=np.float32)
+    for p in range(n_parents):
+        if start[p] == start[p + 1]:
+            continue
+        lo, hi = row_ptr[p], row_ptr[p + 1]
+        for r in range(lo, hi):
+            local[features[r]] = r
+        m = child_ptr[p + 1] - child_ptr[p]
+        for q in range(start[p], start[p + 1]):
+            i, slot = entries[q] // b, entries[q] % b
+            acc[:m] = 0.0
+            for jj in range(x_ptr[i], x_ptr[i + 1]):
+                r = local[x_idx[jj]]
+                if r >= 0:
+                    v = x_val[jj]
+                    for kk in range(w_ptr[r], w_ptr[r + 1]):
+                        acc[w_idx[kk]] += v * w_val[kk]
+            base = slot * width
+            for c in range(m):
+                cand_idx[i, base + c] = child_ptr[p] + c
+                z[i, base + c] = acc[c]
+        for r in range(lo, hi):
+            local[features[r]] = -1
+    return cand_idx, z
+
+
+def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray, child_ptr: np.ndarray, row_ptr: np.ndarray,
+                  features: np.ndarray, rows: sp.csr_matrix, width: int,
+                  n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The linear scores of every child of every beam entry: padded (rows x beam * width) blocks of
+    child indices (-1: padding) and float32 scores (-inf: padding). ``child_ptr``, ``row_ptr``,
+    ``features``, ``rows``, ``width`` and ``n_features`` are a ``ScoringLayer``'s; ``Xb`` the chunk's
+    rows, bias column included."""
+    return _expand_rows(Xb.indptr.astype(np.int64), Xb.indices.astype(np.int64),
+                        Xb.data.astype(np.float32), np.ascontiguousarray(beam_idx, dtype=np.int64),
+                        child_ptr.astype(np.int64), row_ptr.astype(np.int64), features.astype(np.int64),
+                        rows.indptr.astype(np.int64), rows.indices.astype(np.int64),
+                        rows.data.astype(np.float32), int(width), int(n_features))
+
+
+@njit(cache=True, nogil=True)
+def _merge_rows(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray, n_labels: int,
+                mean: bool) -> tuple[np.ndarray, np.ndarray]:
+    n, w = cand_idx.shape
+    out_labels = np.full((n, max(w, 1)), -1, dtype=np.int64)
+    out_scores = np.full((n, max(w, 1)), -np.inf, dtype=np.float64)
+    value = np.zeros(n_labels, dtype=np.float64)  # max so far, or the sum of finite copies
+    finite = np.zeros(n_labels, dtype=np.int64)  # finite copies seen (for the mean)
+    seen = np.zeros(n_labels, dtype=np.bool_)
+    touched = np.empty(max(w, 1), dtype=np.int64)
+    width = 1
+    for i in range(n):
+        u = 0
+        for j in range(w):
+            c = cand_idx[i, j]
+            if c < 0:
+                continue
+            label = copy_label[c]
+            s = scores[i, j]
+            if not seen[label]:
+                seen[label] = True
+                touched[u] = label
+                u += 1
+                value[label] = 0.0 if mean else -np.inf
+                finite[label] = 0
+            if mean:
+                if np.isfinite(s):
+                    value[label] += s
+                    finite[label] += 1
+            elif s > value[label]:
+                value[label] = s
+        for q in range(u):
+            label = touched[q]
+            out_labels[i, q] = label
+            if mean:
+                out_scores[i, q] = value[label] / finite[label] if finite[label] > 0 else -np.inf
+            else:
+                out_scores[i, q] = value[label]
+            seen[label] = False
+        width = max(width, u)
+    return out_labels[:, :width], out_scores[:, :width]
+
+
+def merge_copy_scores(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray,
+                      how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, each label once with the max (``how`` 'max') or mean ('mean', over finite scores) of
+    its copies' scores; ``cand_idx`` (copies, -1: padding) and ``scores`` are the (rows x candidates)
+    blocks of the beam, ``copy_label`` each copy's label. Returns (labels, float64 scores) blocks
+    padded with -1 / -inf."""
+    copy_label = np.ascontiguousarray(copy_label, dtype=np.int64)
+    n_labels = int(copy_label.max()) + 1 if len(copy_label) else 0
+    return _merge_rows(np.ascontiguousarray(cand_idx, dtype=np.int64), np.ascontiguousarray(scores),
+                       copy_label, n_labels, how == "mean")
