@@ -90,11 +90,12 @@ def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray, child_ptr: np.ndarray
     child indices (-1: padding) and float32 scores (-inf: padding). ``child_ptr``, ``row_ptr``,
     ``features``, ``rows``, ``width`` and ``n_features`` are a ``ScoringLayer``'s; ``Xb`` the chunk's
     rows, bias column included."""
-    return _expand_rows(Xb.indptr.astype(np.int64), Xb.indices.astype(np.int64),
-                        Xb.data.astype(np.float32), np.ascontiguousarray(beam_idx, dtype=np.int64),
-                        child_ptr.astype(np.int64), row_ptr.astype(np.int64), features.astype(np.int64),
-                        rows.indptr.astype(np.int64), rows.indices.astype(np.int64),
-                        rows.data.astype(np.float32), int(width), int(n_features))
+    # index arrays go in as they are (numba compiles one version per dtype): a copy to int64 per
+    # call would copy the whole layer's nnz(W) indices for every chunk
+    return _expand_rows(Xb.indptr, Xb.indices, np.asarray(Xb.data, dtype=np.float32),
+                        np.ascontiguousarray(beam_idx, dtype=np.int64), np.asarray(child_ptr), row_ptr,
+                        features, rows.indptr, rows.indices, np.asarray(rows.data, dtype=np.float32),
+                        int(width), int(n_features))
 
 
 @njit(cache=True, nogil=True)

@@ -1,11 +1,11 @@
 """Batched beam search through the layers, then copy merging and top-k.
 
 Per chunk of instances (bounded memory), layer by layer: every instance's beam of parents is
-expanded to their children; children are scored only where needed, one parent at a time
-(``X[rows of p] @ W[:, children of p]``, all instances that kept p in one product); scores are
+expanded to their children; children are scored only where needed (``X[i] @ W[:, children of
+p]`` for each instance i that kept p, in a compiled kernel, ``xmc.core.kernels``); scores are
 mapped through the post-processor and multiplied down the path; the best ``beam_size`` nodes
 survive. At the last layer the children are label copies: a label's copies are merged (max)
-and the top-k labels returned. No Python loop runs per instance.
+and the top-k labels returned. No Python loop runs per instance or per parent.
 """
 
 from __future__ import annotations
