@@ -90,6 +90,8 @@ def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray, child_ptr: np.ndarray
     child indices (-1: padding) and float32 scores (-inf: padding). ``child_ptr``, ``row_ptr``,
     ``features``, ``rows``, ``width`` and ``n_features`` are a ``ScoringLayer``'s; ``Xb`` the chunk's
     rows, bias column included."""
+    if Xb.shape[1] > n_features:  # the kernel indexes its feature map unchecked
+        raise ValueError(f"rows with {Xb.shape[1]} feature columns for a layer of {n_features}")
     # index arrays go in as they are (numba compiles one version per dtype): a copy to int64 per
     # call would copy the whole layer's nnz(W) indices for every chunk
     return _expand_rows(Xb.indptr, Xb.indices, np.asarray(Xb.data, dtype=np.float32),
