@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmc.core.predict import ScoringLayer, _expand, post_process
+from xmc.core.predict import ScoringLayer, _beam_chunk, _expand, post_process
 from xmc.params import POST_PROCESSORS
 
 
@@ -76,6 +76,19 @@ def test_compiled_expansion_gives_each_beam_entry_the_blocks_scores_bit_for_bit(
             assert block_idx[:m].tolist() == list(range(int(ptr[p]), int(ptr[p + 1])))
             assert np.array_equal(block_score[:m], want.astype(np.float32))
             assert (block_idx[m:] == -1).all() and np.isneginf(block_score[m:]).all()
+
+
+def test_a_beam_wider_than_its_layer_carries_no_padded_slots_down() -> None:
+    """Three nodes under a beam of 10: the next layer scores 3 blocks per row, not 10 (mostly padding,
+    the memory of a small tree's prediction), and every child of the 3 is still scored."""
+    W0, ptr0 = _layer_case(200, [3], density=0.2, seed=5)
+    W1, ptr1 = _layer_case(200, [5, 5, 5], density=0.2, seed=6)
+    X = sp.random(20, 200, density=0.1, random_state=7, dtype=np.float32, format="csr")
+    layers = [ScoringLayer(W0, ptr0), ScoringLayer(W1, ptr1)]
+    cand_idx, cand_score = _beam_chunk(X, layers, 10, "l6-hinge")
+    assert cand_idx.shape == (20, 3 * 5)
+    assert all(sorted(row.tolist()) == list(range(15)) for row in cand_idx)
+    assert np.isfinite(cand_score).all()
 
 
 def test_a_shared_layer_scores_the_same_from_threads_and_after_pickling() -> None:

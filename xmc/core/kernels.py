@@ -21,7 +21,8 @@ needed a per-row ``lexsort`` of every candidate by (label, score): on debian-dep
 against 1.5 s for the whole prediction of a tree without copies. Here each row is one pass over its
 candidates, mapping each copy to its label and keeping the label's max (or sum and count) in a
 scratch array indexed by label: O(candidates) per row, no sort. A row's merged labels come in the
-order their first copy appears, padded with -1 and -inf to the most distinct labels any row has.
+order their first copy appears, padded with -1 and -inf to the most distinct labels any row has
+(allocated for at most every label once: pypi-tags' 1,860 candidates hold at most its 243 labels).
 The order does not matter downstream: ``topk_dense`` breaks ties by the label's index, not its
 position, so the top-k is the sorted version's.
 """
@@ -104,8 +105,9 @@ def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray, child_ptr: np.ndarray
 def _merge_rows(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray, n_labels: int,
                 mean: bool) -> tuple[np.ndarray, np.ndarray]:
     n, w = cand_idx.shape
-    out_labels = np.full((n, max(w, 1)), -1, dtype=np.int64)
-    out_scores = np.full((n, max(w, 1)), -np.inf, dtype=np.float64)
+    cap = max(min(w, n_labels), 1)  # a row holds at most every label once
+    out_labels = np.full((n, cap), -1, dtype=np.int64)
+    out_scores = np.full((n, cap), -np.inf, dtype=np.float64)
     value = np.zeros(n_labels, dtype=np.float64)  # max so far, or the sum of finite copies
     finite = np.zeros(n_labels, dtype=np.int64)  # finite copies seen (for the mean)
     seen = np.zeros(n_labels, dtype=np.bool_)

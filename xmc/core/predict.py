@@ -119,7 +119,10 @@ def _beam_chunk(
         cand_idx, cand_score = _expand(Xb, layer, beam_idx, beam_score, kind)
         if t < len(layers) - 1:
             beam_idx, beam_score = topk_dense(cand_score, cand_idx, beam_size)
-            beam_score = beam_score.astype(np.float32)
+            # a layer of fewer nodes than the beam pads every row (best first, padding last): the
+            # next layer's blocks would be mostly padding (pypi-tags: 4 of 10 slots live, 80 MiB)
+            live = max(int((beam_idx >= 0).sum(axis=1).max(initial=0)), 1)
+            beam_idx, beam_score = beam_idx[:, :live], beam_score[:, :live].astype(np.float32)
     return cand_idx, cand_score
 
 
