@@ -134,3 +134,28 @@ def test_dual_cd_solves_each_label_alone_whatever_block_it_shares() -> None:
         trio = solve_dual_cd(X, Y[:, [j, (j + 1) % Y.shape[1], (j + 2) % Y.shape[1]]], 0.5, 0.1, 20)
         np.testing.assert_allclose(trio[:, 0], wide[:, j], atol=1e-5)
     assert np.abs(wide).max() > 0.1  # the labels learnt something
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.1])
+def test_a_unit_pruned_block_by_block_keeps_the_dense_solutions_entries(threshold: float) -> None:
+    """``fit_rows`` prunes each block of labels as the dual CD hands it over (never the dense weights of
+    all the unit's labels): the same stored entries as solving densely and pruning after, over more
+    labels than one block, with no stored zeros even at threshold 0 (a feature stored with value 0)."""
+    from xmc.core.dual_cd import BLOCK
+    from xmc.core.train import fit_rows
+
+    rng = np.random.default_rng(4)
+    used = sp.random(300, 30, density=0.15, random_state=5, dtype=np.float32, format="csr")
+    X = sp.hstack([used, sp.csr_matrix((300, 10), dtype=np.float32)], format="csr")  # 10 unused features
+    X.data[X.indices == 5] = 0.0  # stored zeros: feature 5 is in the unit's features, its weights exactly 0
+    m = 2 * BLOCK + 5
+    Y = sp.csr_matrix((rng.random((300, m)) < 0.1).astype(np.float32))
+    params = SolverParams(weight_threshold=threshold, device="cpu")
+    got = fit_rows(X, Y, 7, 7 + m, params)
+    W = solve_squared_hinge(X[:, :30], Y.toarray(), params)  # the used features, then the bias row
+    W[np.abs(W) < threshold] = 0.0
+    r, c = np.nonzero(W)
+    want = {(int(f if f < 30 else 40), int(j)): float(W[f, j]) for f, j in zip(r, c, strict=True)}
+    stored = {(int(f), int(j)): float(v) for f, j, v in zip(got.feature, got.child, got.value, strict=True)}
+    assert stored == want and len(got.value) == len(want) > 0
+    assert (got.value != 0).all() and got.child.max() >= 2 * BLOCK

@@ -33,6 +33,8 @@ threads or runs, nor on which other labels share the block.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
@@ -107,21 +109,28 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
     return W
 
 
-def solve_dual_cd(X: sp.csr_matrix, Y: np.ndarray, cost: float | np.ndarray, tol: float, max_iter: int,
-                  seed: int = 0) -> np.ndarray:
-    """Weights (d x m) of m L2-loss SVMs on the rows of ``X`` (bias column included by the caller),
-    in blocks of ``BLOCK`` labels (memory: rows x BLOCK dual variables). ``cost``: one C for every
-    label, or one per label (m)."""
+def solve_dual_cd_blocks(X: sp.csr_matrix, Y: np.ndarray, cost: float | np.ndarray, tol: float,
+                         max_iter: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(first label, weights (d x up to ``BLOCK``)) of the L2-loss SVMs of ``Y``'s columns on the rows
+    of ``X`` (bias column included by the caller), one block of labels at a time, so a caller that
+    prunes each block never holds the dense d x m weights (memory: rows x BLOCK dual variables and
+    d x BLOCK weights). ``cost``: one C for every label, or one per label (m)."""
     X = sp.csr_matrix(X, dtype=np.float32)
     squares = sp.csr_matrix((X.data.astype(np.float64) ** 2, X.indices, X.indptr), shape=X.shape)
     sq_norms = np.asarray(squares.sum(axis=1)).ravel()  # in float64, sharing X's index arrays
     Y = np.asarray(Y)
     costs = np.broadcast_to(np.asarray(cost, dtype=np.float64), (Y.shape[1],))
     indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
-    W = np.zeros((X.shape[1], Y.shape[1]), dtype=np.float32)
     for a in range(0, Y.shape[1], BLOCK):  # +-1 targets one block at a time (int8: n x BLOCK bytes)
         y = np.where(Y[:, a:a + BLOCK] > 0, 1, -1).astype(np.int8)
-        W[:, a:a + BLOCK] = _solve_block(indptr, indices, X.data, sq_norms, y, X.shape[1],
-                                         np.ascontiguousarray(costs[a:a + BLOCK]), float(tol),
-                                         int(max_iter), int(seed))
+        yield a, _solve_block(indptr, indices, X.data, sq_norms, y, X.shape[1],
+                              np.ascontiguousarray(costs[a:a + BLOCK]), float(tol), int(max_iter), int(seed))
+
+
+def solve_dual_cd(X: sp.csr_matrix, Y: np.ndarray, cost: float | np.ndarray, tol: float, max_iter: int,
+                  seed: int = 0) -> np.ndarray:
+    """Weights (d x m) of m L2-loss SVMs on the rows of ``X``: ``solve_dual_cd_blocks`` assembled."""
+    W = np.zeros((X.shape[1], np.asarray(Y).shape[1]), dtype=np.float32)
+    for a, block in solve_dual_cd_blocks(X, Y, cost, tol, max_iter, seed):
+        W[:, a:a + block.shape[1]] = block
     return W

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from xmc.core.cost import label_costs
 from xmc.core.executor import Executor
-from xmc.core.solver import solve_squared_hinge
+from xmc.core.solver import solve_squared_hinge_blocks
 from xmc.core.sparse import nonzero_rows
 from xmc.core.tree import LabelTree
 from xmc.params import PredictParams, SolverParams
@@ -89,12 +89,17 @@ def fit_rows(X_p: sp.csr_matrix, Y_p: sp.spmatrix, child_start: int, child_stop:
     remap = local[X_p.indices]
     X_local = sp.csr_matrix((X_p.data, remap, X_p.indptr), shape=(X_p.shape[0], len(features)))
     Y_dense = Y_p.toarray()
-    W = solve_squared_hinge(X_local, Y_dense, solver, label_costs((Y_dense > 0).sum(axis=0), solver))
-    W[np.abs(W) < solver.weight_threshold] = 0.0
-    r, c = np.nonzero(W)
+    rows, cols, values = [], [], []
+    for a, W in solve_squared_hinge_blocks(X_local, Y_dense, solver,
+                                           label_costs((Y_dense > 0).sum(axis=0), solver)):
+        r, c = np.nonzero((np.abs(W) >= solver.weight_threshold) & (W != 0))  # pruned block by block
+        rows.append(r)
+        cols.append(c + a)
+        values.append(W[r, c])
+    r, c = np.concatenate(rows), np.concatenate(cols)
     global_feature = np.append(features, n_features)[r]  # local row d -> bias row D
     return ClusterWeights(child_start, child_stop, global_feature.astype(np.int64),
-                          c.astype(np.int64), W[r, c])
+                          c.astype(np.int64), np.concatenate(values))
 
 
 MIN_UNITS = 4
