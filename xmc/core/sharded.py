@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.core.cost import resolve_cost
-from xmc.core.disentangle import SHARD_ROWS, kept_moves
+from xmc.core.disentangle import GAIN_CHUNK_ROWS, SHARD_ROWS, kept_moves
 from xmc.core.executor import Executor, LocalExecutor
 from xmc.core.fit import FitInputs, RoundObserver, fit_trees
 from xmc.core.metrics import add_sums, metrics_of_sums
@@ -182,7 +182,7 @@ class ShardedRows:
     def gains(self, tree: LabelTree, weights: Sequence[sp.csc_matrix], predict: PredictParams,
               bias: float, keep: int) -> tuple[sp.csr_matrix, Matching]:
         folder = self._folder("gains")
-        search = replace(predict, chunk_size=max(predict.chunk_size, SHARD_ROWS))
+        search = replace(predict, chunk_size=max(predict.chunk_size, GAIN_CHUNK_ROWS))
         spec = GainSpec(self.root, folder, tree, self._paths(weights[:-1]), search, bias, keep)
         paths = self.executor.map(gain_shard, spec, self.train, desc="gains")
         G = sp.csr_matrix((tree.n_labels, tree.n_clusters), dtype=np.float32)
