@@ -95,6 +95,27 @@ def test_merge_copies_matches_a_per_row_reference_with_ties_and_padding() -> Non
             assert got == pytest.approx(want), (how, i)
 
 
+@pytest.mark.parametrize("how", ["max", "mean"])
+@pytest.mark.parametrize("k", [1, 3, 25])
+def test_a_single_trees_merged_top_k_is_the_merge_then_topk_dense(how: str, k: int) -> None:
+    """``merge_topk`` (a tree on its own) against the merged blocks' ``topk_dense``: the same labels in
+    the same order and the same scores, ties at every score to the lower label, rows with fewer
+    labels than k padded -1 / -inf, a row with no candidate all padding."""
+    from xmc.core.kernels import merge_topk
+    from xmc.core.sparse import topk_dense
+
+    rng = np.random.default_rng(9)
+    copy_label = rng.integers(0, 20, size=60)
+    idx = rng.integers(-1, 60, size=(40, 30))
+    idx[3] = -1
+    score = rng.choice(np.array([0.0, 0.25, 0.5, 1.0], np.float32), size=(40, 30))
+    labels, merged = _merge_copies(idx, score, copy_label, False, how)
+    want_idx, want_vals = topk_dense(merged, labels, k)
+    got_idx, got_vals = merge_topk(idx, score, copy_label, how, k)
+    assert np.array_equal(got_idx, want_idx) and np.array_equal(got_vals, want_vals)
+    assert (got_idx[3] == -1).all()
+
+
 def test_gains_are_a_sum_over_shards(toy) -> None:  # type: ignore[no-untyped-def]
     X, Y = toy
     model = fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, beam_size=2))

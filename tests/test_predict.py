@@ -127,6 +127,21 @@ def test_lp_hinge_post_processors_follow_their_power(kind: str) -> None:
     assert post_process(np.array([1.5]), kind)[0] == 1.0
 
 
+@pytest.mark.parametrize("kind", POST_PROCESSORS)
+def test_post_processing_in_place_gives_the_same_numbers(kind: str) -> None:
+    """The beam transforms its candidate block in place: bit for bit the expression's values, float32
+    in, float32 out, and the block's memory reused."""
+    z = np.random.default_rng(8).normal(0, 2, size=(37, 101)).astype(np.float32)
+    z[0, :3] = [-np.inf, 1.0, 40.0]
+    hinge, sigmoid = int(kind[1:-6]) if kind.endswith("-hinge") else 0, not kind.endswith("-hinge")
+    with np.errstate(over="ignore"):
+        want = 1.0 / (1.0 + np.exp(-z)) if sigmoid else np.exp(-(np.maximum(0.0, 1.0 - z) ** hinge))
+        block = z.copy()
+        got = post_process(block, kind, in_place=True)
+    assert got is block and got.dtype == np.float32
+    assert np.array_equal(got, want) and np.array_equal(post_process(z, kind), want)
+
+
 def test_topk_dense_breaks_ties_at_the_boundary_by_index() -> None:
     """Ten candidates tied at the top: the k kept are the k lowest indices whatever k, so a top-1 and
     the first of a top-10 agree (the tree alone and the hybrid ask for different k)."""

@@ -1,6 +1,7 @@
-"""The beam search's two inner loops, compiled with numba: scoring the children of every beam entry,
-and merging a label's copies. Both ran as numpy and scipy calls before; these are the same sums in
-the same order, without the per-call overhead (docs/performance.md, fourteenth session).
+"""The beam search's inner loops, compiled with numba: scoring the children of every beam entry, and
+merging a label's copies (into blocks for an ensemble's sum, or straight into one tree's top k).
+They ran as numpy and scipy calls before; these are the same sums in the same order, without the
+per-call overhead and the temporary blocks (docs/performance.md, fourteenth session).
 
 **Scoring children** (``expand_scores``). A layer holds, per parent p, the rows of
 ``W[:, children of p]`` that have a nonzero, over the sorted features they use (``ScoringLayer``).
@@ -22,9 +23,11 @@ against 1.5 s for the whole prediction of a tree without copies. Here each row i
 candidates, mapping each copy to its label and keeping the label's max (or sum and count) in a
 scratch array indexed by label: O(candidates) per row, no sort. A row's merged labels come in the
 order their first copy appears, padded with -1 and -inf to the most distinct labels any row has
-(allocated for at most every label once: pypi-tags' 1,860 candidates hold at most its 243 labels).
+(a first pass counts them, so the blocks are allocated once at that width: debian-deps' 2,530
+candidates per row hold at most 1,715 labels, pypi-tags' 1,860 at most its 243).
 The order does not matter downstream: ``topk_dense`` breaks ties by the label's index, not its
-position, so the top-k is the sorted version's.
+position, so the top-k is the sorted version's. A tree on its own (``merge_topk``) keeps only each
+row's best k while merging, in ``topk_dense``'s order (score descending, ties to the lower label).
 """
 
 from __future__ import annotations
@@ -102,47 +105,69 @@ def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray, child_ptr: np.ndarray
 
 
 @njit(cache=True, nogil=True)
+def _merge_row(cand_idx: np.ndarray, scores: np.ndarray, i: int, copy_label: np.ndarray, mean: bool,
+               value: np.ndarray, finite: np.ndarray, seen: np.ndarray, touched: np.ndarray) -> int:
+    """Row i's distinct labels into ``touched[:u]`` (u returned, ``seen`` set for them), each label's
+    max or (sum, finite count) of its copies in ``value`` / ``finite``."""
+    u = 0
+    for j in range(cand_idx.shape[1]):
+        c = cand_idx[i, j]
+        if c < 0:
+            continue
+        label = copy_label[c]
+        s = scores[i, j]
+        if not seen[label]:
+            seen[label] = True
+            touched[u] = label
+            u += 1
+            value[label] = 0.0 if mean else -np.inf
+            finite[label] = 0
+        if mean:
+            if np.isfinite(s):
+                value[label] += s
+                finite[label] += 1
+        elif s > value[label]:
+            value[label] = s
+    return u
+
+
+@njit(cache=True, nogil=True)
+def _merged(label: int, value: np.ndarray, finite: np.ndarray, mean: bool) -> float:
+    if mean:
+        return value[label] / finite[label] if finite[label] > 0 else -np.inf
+    return value[label]
+
+
+@njit(cache=True, nogil=True)
 def _merge_rows(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray, n_labels: int,
                 mean: bool) -> tuple[np.ndarray, np.ndarray]:
     n, w = cand_idx.shape
-    cap = max(min(w, n_labels), 1)  # a row holds at most every label once
-    out_labels = np.full((n, cap), -1, dtype=np.int64)
-    out_scores = np.full((n, cap), -np.inf, dtype=np.float64)
-    value = np.zeros(n_labels, dtype=np.float64)  # max so far, or the sum of finite copies
-    finite = np.zeros(n_labels, dtype=np.int64)  # finite copies seen (for the mean)
     seen = np.zeros(n_labels, dtype=np.bool_)
     touched = np.empty(max(w, 1), dtype=np.int64)
-    width = 1
+    width = 1  # first pass: the most distinct labels in a row, so the output is allocated once, exactly
     for i in range(n):
         u = 0
         for j in range(w):
             c = cand_idx[i, j]
-            if c < 0:
-                continue
-            label = copy_label[c]
-            s = scores[i, j]
-            if not seen[label]:
-                seen[label] = True
-                touched[u] = label
+            if c >= 0 and not seen[copy_label[c]]:
+                seen[copy_label[c]] = True
+                touched[u] = copy_label[c]
                 u += 1
-                value[label] = 0.0 if mean else -np.inf
-                finite[label] = 0
-            if mean:
-                if np.isfinite(s):
-                    value[label] += s
-                    finite[label] += 1
-            elif s > value[label]:
-                value[label] = s
+        for q in range(u):
+            seen[touched[q]] = False
+        width = max(width, u)
+    out_labels = np.full((n, width), -1, dtype=np.int64)
+    out_scores = np.full((n, width), -np.inf, dtype=np.float64)
+    value = np.zeros(n_labels, dtype=np.float64)  # max so far, or the sum of finite copies
+    finite = np.zeros(n_labels, dtype=np.int64)  # finite copies seen (for the mean)
+    for i in range(n):
+        u = _merge_row(cand_idx, scores, i, copy_label, mean, value, finite, seen, touched)
         for q in range(u):
             label = touched[q]
             out_labels[i, q] = label
-            if mean:
-                out_scores[i, q] = value[label] / finite[label] if finite[label] > 0 else -np.inf
-            else:
-                out_scores[i, q] = value[label]
+            out_scores[i, q] = _merged(label, value, finite, mean)
             seen[label] = False
-        width = max(width, u)
-    return out_labels[:, :width], out_scores[:, :width]
+    return out_labels, out_scores
 
 
 def merge_copy_scores(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray,
@@ -155,3 +180,50 @@ def merge_copy_scores(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.n
     n_labels = int(copy_label.max()) + 1 if len(copy_label) else 0
     return _merge_rows(np.ascontiguousarray(cand_idx, dtype=np.int64), np.ascontiguousarray(scores),
                        copy_label, n_labels, how == "mean")
+
+
+@njit(cache=True, nogil=True)
+def _merge_topk_rows(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray, n_labels: int,
+                     mean: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n, w = cand_idx.shape
+    out_labels = np.full((n, k), -1, dtype=np.int64)
+    out_scores = np.full((n, k), -np.inf, dtype=np.float64)
+    value = np.zeros(n_labels, dtype=np.float64)
+    finite = np.zeros(n_labels, dtype=np.int64)
+    seen = np.zeros(n_labels, dtype=np.bool_)
+    touched = np.empty(max(w, 1), dtype=np.int64)
+    for i in range(n):
+        u = _merge_row(cand_idx, scores, i, copy_label, mean, value, finite, seen, touched)
+        filled = 0
+        for q in range(u):  # the best k by (score desc, label asc), kept sorted by insertion
+            label = touched[q]
+            seen[label] = False
+            sc = _merged(label, value, finite, mean)
+            if filled == k:
+                last = out_scores[i, k - 1]
+                if not (sc > last or (sc == last and label < out_labels[i, k - 1])):
+                    continue
+                pos = k - 1
+            else:
+                pos = filled
+                filled += 1
+            while pos > 0 and (sc > out_scores[i, pos - 1]
+                               or (sc == out_scores[i, pos - 1] and label < out_labels[i, pos - 1])):
+                out_scores[i, pos] = out_scores[i, pos - 1]
+                out_labels[i, pos] = out_labels[i, pos - 1]
+                pos -= 1
+            out_scores[i, pos] = sc
+            out_labels[i, pos] = label
+    return out_labels, out_scores
+
+
+def merge_topk(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray, how: str,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``merge_copy_scores`` then each row's best k labels, as ``topk_dense`` orders them (score
+    descending, ties to the lower label; padding -1 / -inf last), without the merged blocks: a tree
+    on its own needs only its top k, and on debian-deps the merged blocks (2,048 rows x 1,715 labels
+    per chunk) and their top-k's copies were 100 MiB of a prediction's peak."""
+    copy_label = np.ascontiguousarray(copy_label, dtype=np.int64)
+    n_labels = int(copy_label.max()) + 1 if len(copy_label) else 0
+    return _merge_topk_rows(np.ascontiguousarray(cand_idx, dtype=np.int64), np.ascontiguousarray(scores),
+                            copy_label, n_labels, how == "mean", int(k))

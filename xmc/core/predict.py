@@ -18,21 +18,31 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.core.kernels import expand_scores, merge_copy_scores
+from xmc.core.kernels import expand_scores, merge_copy_scores, merge_topk
 from xmc.core.sparse import from_topk, topk_dense, topk_rows, with_bias
 from xmc.core.tree import LabelTree
 from xmc.params import PredictParams
 
 
-def post_process(z: np.ndarray, kind: str) -> np.ndarray:
+def post_process(z: np.ndarray, kind: str, *, in_place: bool = False) -> np.ndarray:
     """Map linear scores to (0, 1]: lp-hinge ``exp(-max(0, 1-z)^p)`` ('l6-hinge': p = 6) or the sigmoid.
 
     A larger p keeps every score above the margin-free zone near 1 and drives those below 0 down
-    faster, so a path is ranked mostly by whether each of its classifiers says yes.
+    faster, so a path is ranked mostly by whether each of its classifiers says yes. ``in_place``
+    overwrites ``z`` (the same operations, so the same numbers) instead of allocating a temporary per
+    step: the beam's candidate blocks are its largest arrays.
     """
+    out = z if in_place else None
     if kind.endswith("-hinge"):
-        return np.exp(-(np.maximum(0.0, 1.0 - z) ** int(kind[1:-6])))
-    return 1.0 / (1.0 + np.exp(-z))
+        t = np.subtract(z.dtype.type(1.0), z, out=out)
+        np.maximum(t, 0.0, out=t)
+        np.power(t, int(kind[1:-6]), out=t)
+        np.negative(t, out=t)
+        return np.exp(t, out=t)
+    t = np.negative(z, out=out)
+    np.exp(t, out=t)
+    np.add(t, 1.0, out=t)
+    return np.divide(1.0, t, out=t)
 
 
 class ScoringLayer:
@@ -102,9 +112,11 @@ def _expand(
     w = layer.width
     cand_idx, z = expand_scores(Xb, beam_idx, layer.ptr, layer.row_ptr, layer.features, layer.rows, w,
                                 layer.n_features)
-    parent = np.repeat(np.where(beam_idx >= 0, beam_score, 0).astype(np.float32), w, axis=1)
-    cand_score = np.where(cand_idx >= 0, post_process(z, kind) * parent, np.float32(-np.inf))
-    return cand_idx, cand_score.astype(np.float32)
+    scores = post_process(z, kind, in_place=True)  # z's memory: the candidate blocks are the largest arrays
+    by_slot = scores.reshape(len(z), -1, w)  # (n, slots, width), a view
+    by_slot *= np.where(beam_idx >= 0, beam_score, 0).astype(np.float32)[:, :, None]  # times the path's score
+    scores[cand_idx < 0] = -np.inf
+    return cand_idx, scores
 
 
 def _beam_chunk(
@@ -201,11 +213,12 @@ def predict_ensemble(
         runs.append((tree, unique, _scored_chunks(X, layers, params, bias, beam)))
     parts = []
     for chunks in zip(*(chunks for _, _, chunks in runs), strict=True):
-        merged = [_merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)
-                  for (tree, unique, _), (cand_idx, cand_score) in zip(runs, chunks, strict=True)]
-        if len(merged) == 1:
-            idx, vals = topk_dense(merged[0][1], merged[0][0], topk)
+        if len(runs) == 1:  # one tree: its top k straight from the candidates, copies merged on the way
+            (cand_idx, cand_score), = chunks
+            idx, vals = merge_topk(cand_idx, cand_score, runs[0][0].copy_label, params.copy_merge, topk)
         else:  # sparse sums merge each row's labels in C; a lexsort of the stacked blocks was 9x slower
+            merged = [_merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)
+                      for (tree, unique, _), (cand_idx, cand_score) in zip(runs, chunks, strict=True)]
             total = sum((from_topk(labels, scores, n_labels) for labels, scores in merged),
                         sp.csr_matrix((len(merged[0][0]), n_labels), dtype=np.float32))
             idx, vals = topk_rows(sp.csr_matrix(total) / len(merged), topk)
