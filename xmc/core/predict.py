@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.core.kernels import expand_scores, merge_copy_scores, merge_topk
 from xmc.core.sparse import from_topk, topk_dense, topk_rows, with_bias
 from xmc.core.tree import LabelTree
 from xmc.params import PredictParams
@@ -119,6 +118,8 @@ def _expand(
 
     The linear scores come from the compiled kernel (``xmc.core.kernels.expand_scores``: the sums
     of ``layer.scores`` row by row); the transform and the product down the path stay numpy's."""
+    from xmc.core.kernels import expand_scores  # numba loads with the first prediction, not the import
+
     w = layer.width
     cand_idx, z = expand_scores(Xb, beam_idx, layer.ptr, layer.row_ptr, layer.features, layer.rows, w,
                                 layer.n_features)
@@ -152,6 +153,8 @@ def _merge_copies(
     cand_idx: np.ndarray, cand_score: np.ndarray, copy_label: np.ndarray, unique_labels: bool, how: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map copies to labels; a label retrieved through several copies gets their max (or mean)."""
+    from xmc.core.kernels import merge_copy_scores
+
     if unique_labels:
         return np.where(cand_idx >= 0, copy_label[np.maximum(cand_idx, 0)], -1), cand_score
     return merge_copy_scores(cand_idx, cand_score, copy_label, how)
@@ -208,6 +211,8 @@ def predict_ensemble(
     Every label a tree's beam reaches counts with its path score, a label a tree does not reach
     with 0 (Parabel's averaging), so a label all trees agree on outranks one a single tree likes.
     """
+    from xmc.core.kernels import merge_topk
+
     n_labels = members[0][0].n_labels
     # more than every label (or every node of the widest layer) changes nothing: clip, so an
     # absurd --topk does not allocate rows x topk
