@@ -78,7 +78,7 @@ OPT_IN = {s.name: s for s in [
     System(PAPER, "paper-round", {"nr_splits": 32},
            "the paper's own round on PECOS XR-Linear as its run_base.sh runs it (amzn/pecos "
            "examples/overlap-xmc: 32-way k-means, lambda 2, beam 10); opt-in: needs that folder in "
-           "$XMC_PAPER_ROUND_SRC"),
+           f"${PAPER_SOURCE}"),
 ]}
 """Systems run only when named in ``--systems`` (not in the default table: too slow for every run)."""
 

@@ -32,9 +32,14 @@ row's best k while merging, in ``topk_dense``'s order (score descending, ties to
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
+
+if TYPE_CHECKING:
+    from xmc.core.predict import ScoringLayer
 
 
 @njit(cache=True, nogil=True)
@@ -87,21 +92,21 @@ def _expand_rows(x_ptr: np.ndarray, x_idx: np.ndarray, x_val: np.ndarray, beam_i
     return cand_idx, z
 
 
-def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray, child_ptr: np.ndarray, row_ptr: np.ndarray,
-                  features: np.ndarray, rows: sp.csr_matrix, width: int,
-                  n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """The linear scores of every child of every beam entry: padded (rows x beam * width) blocks of
-    child indices (-1: padding) and float32 scores (-inf: padding). ``child_ptr``, ``row_ptr``,
-    ``features``, ``rows``, ``width`` and ``n_features`` are a ``ScoringLayer``'s; ``Xb`` the chunk's
-    rows, bias column included."""
+def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray,
+                  layer: ScoringLayer) -> tuple[np.ndarray, np.ndarray]:
+    """The linear scores of every child of every beam entry of ``layer``: padded (rows x beam *
+    width) blocks of child indices (-1: padding) and float32 scores (-inf: padding). ``Xb`` is the
+    chunk's rows, bias column included."""
+    n_features = layer.n_features
     if Xb.shape[1] > n_features:  # the kernel indexes its feature map unchecked
         raise ValueError(f"rows with {Xb.shape[1]} feature columns for a layer of {n_features}")
     # index arrays go in as they are (numba compiles one version per dtype): a copy to int64 per
     # call would copy the whole layer's nnz(W) indices for every chunk
+    rows = layer.rows
     return _expand_rows(Xb.indptr, Xb.indices, np.asarray(Xb.data, dtype=np.float32),
-                        np.ascontiguousarray(beam_idx, dtype=np.int64), np.asarray(child_ptr), row_ptr,
-                        features, rows.indptr, rows.indices, np.asarray(rows.data, dtype=np.float32),
-                        int(width), int(n_features))
+                        np.ascontiguousarray(beam_idx, dtype=np.int64), np.asarray(layer.ptr),
+                        layer.row_ptr, layer.features, rows.indptr, rows.indices,
+                        np.asarray(rows.data, dtype=np.float32), int(layer.width), int(n_features))
 
 
 @njit(cache=True, nogil=True)
@@ -170,14 +175,19 @@ def _merge_rows(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray
     return out_labels, out_scores
 
 
+def _labels(copy_label: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each copy's label as the kernels read it, and the labels' count (their scratch arrays' size)."""
+    copy_label = np.ascontiguousarray(copy_label, dtype=np.int64)
+    return copy_label, int(copy_label.max()) + 1 if len(copy_label) else 0
+
+
 def merge_copy_scores(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray,
                       how: str) -> tuple[np.ndarray, np.ndarray]:
     """Per row, each label once with the max (``how`` 'max') or mean ('mean', over finite scores) of
     its copies' scores; ``cand_idx`` (copies, -1: padding) and ``scores`` are the (rows x candidates)
     blocks of the beam, ``copy_label`` each copy's label. Returns (labels, float64 scores) blocks
     padded with -1 / -inf."""
-    copy_label = np.ascontiguousarray(copy_label, dtype=np.int64)
-    n_labels = int(copy_label.max()) + 1 if len(copy_label) else 0
+    copy_label, n_labels = _labels(copy_label)
     return _merge_rows(np.ascontiguousarray(cand_idx, dtype=np.int64), np.ascontiguousarray(scores),
                        copy_label, n_labels, how == "mean")
 
@@ -223,7 +233,6 @@ def merge_topk(cand_idx: np.ndarray, scores: np.ndarray, copy_label: np.ndarray,
     descending, ties to the lower label; padding -1 / -inf last), without the merged blocks: a tree
     on its own needs only its top k, and on debian-deps the merged blocks (2,048 rows x 1,715 labels
     per chunk) and their top-k's copies were 100 MiB of a prediction's peak."""
-    copy_label = np.ascontiguousarray(copy_label, dtype=np.int64)
-    n_labels = int(copy_label.max()) + 1 if len(copy_label) else 0
+    copy_label, n_labels = _labels(copy_label)
     return _merge_topk_rows(np.ascontiguousarray(cand_idx, dtype=np.int64), np.ascontiguousarray(scores),
                             copy_label, n_labels, how == "mean", int(k))

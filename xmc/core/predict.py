@@ -10,10 +10,8 @@ and the top-k labels returned. No Python loop runs per instance or per parent.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -80,31 +78,16 @@ class ScoringLayer:
         self.rows = sp.csr_matrix((W.data, (row, child - ptr[owner[child]])),
                                   shape=(len(self.features), max(self.width, 1)), dtype=np.float32)
         self.n_features = n_features
-        self._scratch = threading.local()
-
-    def _local(self) -> np.ndarray:
-        """This thread's scratch: global feature -> row within the block being scored (-1 elsewhere)."""
-        local = getattr(self._scratch, "map", None)
-        if local is None:
-            local = self._scratch.map = np.full(self.n_features, -1, dtype=np.int64)
-        return local
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_scratch"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._scratch = threading.local()
 
     def scores(self, Xr: sp.csr_matrix, p: int) -> np.ndarray:
-        """Dense (rows of Xr x children of p) linear scores ``Xr @ W[:, children of p]``."""
+        """Dense (rows of Xr x children of p) linear scores ``Xr @ W[:, children of p]``: the readable
+        form of what the beam's compiled kernel sums (``xmc.core.kernels.expand_scores``, tested
+        against this)."""
         a, b = int(self.row_ptr[p]), int(self.row_ptr[p + 1])
-        features = self.features[a:b]
-        local = self._local()
-        local[features] = np.arange(b - a)
-        col = local[Xr.indices]
-        local[features] = -1
-        hit = col >= 0
+        features = self.features[a:b]  # sorted
+        col = np.searchsorted(features, Xr.indices)
+        hit = col < b - a
+        hit[hit] = features[col[hit]] == Xr.indices[hit]
         indptr = np.concatenate([[0], np.cumsum(hit)])[Xr.indptr]  # kept entries before each row
         X_local = sp.csr_matrix((Xr.data[hit], col[hit], indptr), shape=(Xr.shape[0], b - a))
         m = int(self.ptr[p + 1] - self.ptr[p])
@@ -121,8 +104,7 @@ def _expand(
     from xmc.core.kernels import expand_scores  # numba loads with the first prediction, not the import
 
     w = layer.width
-    cand_idx, z = expand_scores(Xb, beam_idx, layer.ptr, layer.row_ptr, layer.features, layer.rows, w,
-                                layer.n_features)
+    cand_idx, z = expand_scores(Xb, beam_idx, layer)
     scores = post_process(z, kind, in_place=True)  # z's memory: the candidate blocks are the largest arrays
     by_slot = scores.reshape(len(z), -1, w)  # (n, slots, width), a view
     by_slot *= np.where(beam_idx >= 0, beam_score, 0).astype(np.float32)[:, :, None]  # times the path's score
