@@ -32,14 +32,22 @@ row's best k while merging, in ``topk_dense``'s order (score descending, ties to
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-if TYPE_CHECKING:
-    from xmc.core.predict import ScoringLayer
+
+class Blocks(Protocol):
+    """What the kernel reads of a layer: ``xmc.core.predict.ScoringLayer``'s per-parent blocks."""
+
+    ptr: np.ndarray
+    row_ptr: np.ndarray
+    features: np.ndarray
+    rows: sp.csr_matrix
+    width: int
+    n_features: int
 
 
 @njit(cache=True, nogil=True)
@@ -93,7 +101,7 @@ def _expand_rows(x_ptr: np.ndarray, x_idx: np.ndarray, x_val: np.ndarray, beam_i
 
 
 def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray,
-                  layer: ScoringLayer) -> tuple[np.ndarray, np.ndarray]:
+                  layer: Blocks) -> tuple[np.ndarray, np.ndarray]:
     """The linear scores of every child of every beam entry of ``layer``: padded (rows x beam *
     width) blocks of child indices (-1: padding) and float32 scores (-inf: padding). ``Xb`` is the
     chunk's rows, bias column included."""
