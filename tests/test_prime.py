@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -277,7 +278,7 @@ def test_label_text_rows_use_the_vectorizer_vocabulary() -> None:
     assert label_text_rows(None, Vocab()) is None
 
 
-def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path) -> None:
+def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path, capsys: Any) -> None:
     import subprocess
     import sys
 
@@ -300,16 +301,20 @@ def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path) ->
     history = client.get_metric_history(record["mlflow"]["run_id"], "dense/loss")
     assert sorted(m.step for m in history) == [1, 2]  # one point per epoch
     assert {"dense/alpha", "dense/kept"} <= set(client.get_run(record["mlflow"]["run_id"]).data.metrics)
+    from xmc.cli import main  # the CLI in this process: a subprocess each (torch's import) cost ~8 s
+
     scores = {}
     for part in ("tree", "dense", "all"):
-        r = xmc("predict", "--model", "m", "--x", str(bib / "X.tst.npz"), "--topk", "5", "--components", part,
-                "--out", f"{part}.npz")
-        assert r.returncode == 0, r.stderr
+        assert main(["predict", "--model", str(tmp_path / "m"), "--x", str(bib / "X.tst.npz"), "--topk", "5",
+                     "--components", part, "--out", str(tmp_path / f"{part}.npz")]) == 0
         scores[part] = sp.load_npz(tmp_path / f"{part}.npz")
         assert scores[part].getnnz(axis=1).max() == 5
     assert (scores["tree"] != scores["dense"]).nnz > 0  # two different rankers
-    r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m2", "--dense", "dense-ish")
-    assert r.returncode == 2 and "dense" in r.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # argparse's exit: code 2, the choices on stderr
+        main(["train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", str(tmp_path / "m2"),
+              "--dense", "dense-ish"])
+    assert stop.value.code == 2 and "--dense" in capsys.readouterr().err and not (tmp_path / "m2").exists()
 
 
 def test_sense_prototypes_one_row_per_copy_routed_pairs_and_round_trip(tmp_path: Path) -> None:
