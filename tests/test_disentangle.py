@@ -17,6 +17,7 @@ from xmc.core.disentangle import (
     disentangle_round,
     gain_matching,
     precision_gains,
+    routed_copy_targets,
     tree_with_assignment,
 )
 from xmc.core.fit import fit
@@ -58,6 +59,20 @@ def test_tree_with_assignment_and_coverage() -> None:
     M = _m([[0, 1], [0, 1]])  # both instances matched to cluster 1 only
     assert coverage(Y, M, tree.label_cluster_matrix()) == pytest.approx(1 / 3)  # only (0, label 2)
     assert coverage(Y, M, C) == pytest.approx(2 / 3)  # label 0 now also in cluster 1
+
+
+def test_matcher_targets_follow_the_routing_per_row_and_label() -> None:
+    """A positive counts for the copies of its label the gain matching routed its row to; where it
+    routed the row to none of them, for every copy. Decided per (row, label): another label of the
+    same row that was routed does not change it."""
+    # leaf 0: label 0; leaf 1: labels 0 and 2; leaf 2: label 1 (copies 0-3)
+    tree = LabelTree((np.array([0, 0, 0]), np.array([0, 1, 1, 2])), np.array([0, 0, 2, 1]), 3)
+    Y = _m([[1, 1, 0], [1, 0, 0], [1, 0, 1]])
+    M = _m([[0, 1, 0], [0, 0, 1], [1, 0, 0]])  # the leaf each row was routed to
+    got = routed_copy_targets(Y, M, tree).toarray()
+    assert got.tolist() == [[0, 1, 0, 1],   # label 0 to leaf 1's copy; label 1 unrouted: its copy
+                            [1, 1, 0, 0],   # label 0 routed to neither copy: both
+                            [1, 0, 1, 0]]   # label 0 to leaf 0's copy; label 2 unrouted: its copy
 
 
 def test_merge_copies_max_and_mean() -> None:

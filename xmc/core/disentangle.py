@@ -166,12 +166,13 @@ def routed_copy_targets(Y: sp.csr_matrix, M: sp.csr_matrix, tree: LabelTree) -> 
     the gain matching ``M`` sent it to; when none of them is, for all of them (no evidence).
     On synthetic 20K-label data this is the difference between -5 and +0 P@1 for the round.
     """
-    A = tree.copy_targets(Y).tocoo()
+    A = tree.copy_targets(Y).tocoo()  # every copy of every positive label
     clusters, labels = tree.parents[-1], tree.copy_label
-    M = csr(M)
-    hit = np.asarray(M[A.row, clusters[A.col]]).ravel() > 0
-    reach = csr(Y).multiply(csr(M @ tree.label_cluster_matrix().T))
-    label_hit = np.asarray(reach[A.row, labels[A.col]]).ravel() > 0
+    hit = np.asarray(csr(M)[A.row, clusters[A.col]]).ravel() > 0
+    # was any copy of the (row, label) pair hit? Grouped over A's entries: the product Y o (M C^T) it
+    # replaces held every label of every matched cluster per row (debian-deps: 0.13-0.43 s a round)
+    _, pair = np.unique(A.row.astype(np.int64) * tree.n_labels + labels[A.col], return_inverse=True)
+    label_hit = (np.bincount(pair.ravel(), weights=hit) > 0)[pair.ravel()]
     keep = hit | ~label_hit
     return sp.csc_matrix((A.data[keep], (A.row[keep], A.col[keep])), shape=A.shape, dtype=np.float32)
 
