@@ -123,15 +123,17 @@ def test_dual_cd_is_the_cpu_default_and_reaches_newtons_optimum_on_a_leaf_sized_
 def test_dual_cd_solves_each_label_alone_whatever_block_it_shares() -> None:
     """Labels are solved in blocks with one visiting order: a label's weights are the same alone,
     in a block of 3, and in a problem wider than one block (BLOCK + 6 labels, two blocks)."""
-    from xmc.core.dual_cd import BLOCK, solve_dual_cd
+    from xmc.core.dual_cd import BLOCK
 
+    params = SolverParams(cost=0.5)  # dual CD on the CPU, its tolerance 0.1 and 20 passes
+    assert solver.use_dual_cd(params, solver.resolve_device("cpu"))
     rng = np.random.default_rng(5)
     X = sp.random(600, 120, density=0.05, random_state=6, dtype=np.float32).tocsr()
     Y = (rng.random((600, BLOCK + 6)) < 0.05).astype(np.float32)
-    wide = solve_dual_cd(X, Y, 0.5, 0.1, 20)
+    wide = solve_squared_hinge(X, Y, params)
     for j in (0, 7, BLOCK + 3):
-        np.testing.assert_allclose(solve_dual_cd(X, Y[:, [j]], 0.5, 0.1, 20)[:, 0], wide[:, j], atol=1e-5)
-        trio = solve_dual_cd(X, Y[:, [j, (j + 1) % Y.shape[1], (j + 2) % Y.shape[1]]], 0.5, 0.1, 20)
+        np.testing.assert_allclose(solve_squared_hinge(X, Y[:, [j]], params)[:, 0], wide[:, j], atol=1e-5)
+        trio = solve_squared_hinge(X, Y[:, [j, (j + 1) % Y.shape[1], (j + 2) % Y.shape[1]]], params)
         np.testing.assert_allclose(trio[:, 0], wide[:, j], atol=1e-5)
     assert np.abs(wide).max() > 0.1  # the labels learnt something
 

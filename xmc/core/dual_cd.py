@@ -126,11 +126,3 @@ def solve_dual_cd_blocks(X: sp.csr_matrix, Y: np.ndarray, cost: float | np.ndarr
         yield a, _solve_block(indptr, indices, X.data, sq_norms, y, X.shape[1],
                               np.ascontiguousarray(costs[a:a + BLOCK]), float(tol), int(max_iter), int(seed))
 
-
-def solve_dual_cd(X: sp.csr_matrix, Y: np.ndarray, cost: float | np.ndarray, tol: float, max_iter: int,
-                  seed: int = 0) -> np.ndarray:
-    """Weights (d x m) of m L2-loss SVMs on the rows of ``X``: ``solve_dual_cd_blocks`` assembled."""
-    W = np.zeros((X.shape[1], np.asarray(Y).shape[1]), dtype=np.float32)
-    for a, block in solve_dual_cd_blocks(X, Y, cost, tol, max_iter, seed):
-        W[:, a:a + block.shape[1]] = block
-    return W
