@@ -92,7 +92,8 @@ def fit_rows(X_p: sp.csr_matrix, Y_p: sp.spmatrix, child_start: int, child_stop:
     rows, cols, values = [], [], []
     for a, W in solve_squared_hinge_blocks(X_local, Y_dense, solver,
                                            label_costs((Y_dense > 0).sum(axis=0), solver)):
-        r, c = np.nonzero((np.abs(W) >= solver.weight_threshold) & (W != 0))  # pruned block by block
+        # pruned block by block; by child, then feature: the layer's CSC order (``assemble``)
+        c, r = np.nonzero(((np.abs(W) >= solver.weight_threshold) & (W != 0)).T)
         rows.append(r)
         cols.append(c + a)
         values.append(W[r, c])
@@ -194,13 +195,45 @@ def weights_of(W: sp.csc_matrix, child_start: int, child_stop: int, new_start: i
 
 
 def assemble(results: list[ClusterWeights], n_features: int, n_children: int) -> sp.csc_matrix:
-    """Glue unit weights into the layer's ((D + 1) x n_children) CSC matrix, bias row last."""
+    """Glue unit weights into the layer's ((D + 1) x n_children) CSC matrix, bias row last.
+
+    Units cover disjoint child ranges and hand their entries over by child, then feature
+    (``fit_rows``, ``weights_of``): taken in child order they are the CSC arrays as they are. That
+    copies each entry once (debian-deps' 5M ranker weights: 0.05 s, where scipy's COO sort of
+    int64 triplets took 0.4-0.6 s of a 7.5 s fit, much of it faulting in fresh memory); results in
+    another order take that sort.
+    """
+    results = sorted(results, key=lambda r: r.child_start)
+    if all(_column_ordered(r) for r in results) and all(
+            a.child_stop <= b.child_start for a, b in zip(results, results[1:], strict=False)):
+        nnz = sum(len(r.value) for r in results)
+        index = np.int32 if max(nnz, n_features + 1) < np.iinfo(np.int32).max else np.int64
+        counts = np.zeros(n_children, dtype=index)
+        for r in results:
+            counts[r.child_start:r.child_stop] = np.bincount(r.child, minlength=r.child_stop - r.child_start)
+        indptr = np.zeros(n_children + 1, dtype=index)
+        np.cumsum(counts, out=indptr[1:])
+        feature = np.concatenate([r.feature for r in results]).astype(index, copy=False) if results \
+            else np.zeros(0, index)
+        value = np.concatenate([r.value for r in results]).astype(np.float32, copy=False) if results \
+            else np.zeros(0, np.float32)
+        return sp.csc_matrix((value, feature, indptr), shape=(n_features + 1, n_children), copy=False)
     feature = np.concatenate([r.feature for r in results]) if results else np.zeros(0, np.int64)
     child = np.concatenate([r.child + r.child_start for r in results]) if results else feature
     value = np.concatenate([r.value for r in results]) if results else np.zeros(0, np.float32)
     W = sp.csc_matrix((value.astype(np.float32), (feature, child)), shape=(n_features + 1, n_children))
     W.sort_indices()
     return W
+
+
+def _column_ordered(r: ClusterWeights) -> bool:
+    """Whether a unit's entries run by child, then strictly increasing feature, within its range."""
+    if len(r.child) == 0:
+        return True
+    if r.child[0] < 0 or r.child[-1] >= r.child_stop - r.child_start:
+        return False
+    step_child, step_feature = np.diff(r.child), np.diff(r.feature)
+    return bool(np.all((step_child > 0) | ((step_child == 0) & (step_feature > 0))))
 
 
 def train_layers(
