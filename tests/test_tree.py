@@ -27,7 +27,7 @@ def test_depth() -> None:
 def test_balanced_deterministic_contiguous(n_labels: int, leaf: int, branch: int) -> None:
     rng = np.random.default_rng(0)
     Z = normalize_rows(sp.random(n_labels, 30, density=0.3, random_state=rng, dtype=np.float32).tocsr())
-    params = TreeParams(branching_factor=branch, max_leaf_size=leaf, seed=3)
+    params = TreeParams(branching_factor=branch, max_leaf_size=leaf, seed=3, clustering="balanced")
     tree = build_tree(Z, params)
     again = build_tree(Z, params)
     assert all(np.array_equal(a, b) for a, b in zip(tree.parents, again.parents, strict=True))
@@ -82,3 +82,54 @@ def test_node_rows_keep_only_the_node_columns() -> None:
         used = np.flatnonzero(np.abs(full).sum(0))
         assert local.shape == (stop - start, len(used))
         np.testing.assert_array_equal(local.toarray(), full[:, used])
+
+
+def grouped_embeddings(sizes: list[int], dim: int = 60, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Unit rows in groups of the given sizes, group g on its own block of features (plus a
+    little shared noise), and each row's group."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    block = dim // len(sizes)
+    Z = rng.random((len(group), dim)) * 0.05
+    for g in range(len(sizes)):
+        Z[group == g, g * block:(g + 1) * block] += rng.random((sizes[g], block))
+    return normalize_rows(sp.csr_matrix(Z, dtype=np.float32)), group
+
+
+def test_kmeans_clusters_take_the_sizes_of_the_data() -> None:
+    # 70 and 30 labels of two topics, one level of width 2 (leaf 50): k-means keeps each topic
+    # whole where balanced 2-means must cut 50 / 50
+    Z, group = grouped_embeddings([70, 30])
+    for clustering, expected in (("kmeans", [30, 70]), ("balanced", [50, 50])):
+        tree = build_tree(Z, TreeParams(max_leaf_size=50, clustering=clustering))
+        leaf = np.empty(100, np.int64)
+        leaf[tree.copy_label] = tree.parents[-1]
+        assert sorted(np.bincount(leaf).tolist()) == expected
+        if clustering == "kmeans":  # each leaf is one topic
+            assert all(len(np.unique(group[leaf == k])) == 1 for k in range(tree.n_clusters))
+
+
+@pytest.mark.parametrize(("n_labels", "leaf", "branch", "cap"), [(300, 4, 4, 2.0), (159, 16, 16, 1.0),
+                                                                  (1000, 10, 8, 2.0)])
+def test_kmeans_tree_valid_deterministic_and_capped(n_labels: int, leaf: int, branch: int,
+                                                     cap: float) -> None:
+    rng = np.random.default_rng(1)
+    Z = normalize_rows(sp.random(n_labels, 40, density=0.2, random_state=rng, dtype=np.float32).tocsr())
+    Z = sp.csr_matrix(sp.diags((np.arange(n_labels) % 10 != 0).astype(np.float32)) @ Z)  # labels 0, 10, ...:
+    Z.eliminate_zeros()  # no instance, an empty embedding
+    params = TreeParams(branching_factor=branch, max_leaf_size=leaf, seed=2, clustering="kmeans",
+                        kmeans_leaf_cap=cap)
+    tree, again = build_tree(Z, params), build_tree(Z, params)
+    assert all(np.array_equal(a, b) for a, b in zip(tree.parents, again.parents, strict=True))
+    assert np.array_equal(tree.copy_label, again.copy_label)
+    assert sorted(tree.copy_label) == list(range(n_labels))
+    assert tree.n_layers == len(build_tree(Z, TreeParams(branching_factor=branch, max_leaf_size=leaf,
+                                                         clustering="balanced")).parents)  # same depth
+    sizes = np.bincount(tree.parents[-1], minlength=tree.n_clusters)
+    assert sizes.min() >= 1 and sizes.max() <= int(np.ceil(cap * leaf))
+    assert sizes.max() > sizes.min()  # not cut into equal leaves
+    empty = np.bincount(tree.parents[-1][np.isin(tree.copy_label, np.arange(0, n_labels, 10))],
+                        minlength=tree.n_clusters)
+    assert empty.max() <= np.ceil(empty.sum() / 2)  # empty embeddings spread, not piled in one leaf
+    for t in range(1, tree.n_layers - 2):  # the leaves' layer may hold more: fat leaves were halved
+        assert np.bincount(tree.parents[t]).max() <= branch

@@ -1,4 +1,4 @@
-"""Label tree: PIFA label embeddings, hierarchical balanced spherical 2-means, cluster chain.
+"""Label tree: PIFA label embeddings, hierarchical spherical 2-means or k-means, cluster chain.
 
 The tree is kept as plain arrays (PECOS's "cluster chain" in array form): ``parents[t][c]`` is
 the parent of child ``c`` in layer ``t``. Layer 0's parents are the root (all zeros); the last
@@ -202,15 +202,29 @@ class NodeRows:
                              shape=(stop - start, len(cols)))
 
 
-def build_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
-    """Hierarchical balanced 2-means on label embeddings Z (n_labels x dim), grouped into levels.
+def level_widths(depth: int, branching_factor: int) -> list[int]:
+    """Children per node of each level of a tree of binary depth ``depth``: binary levels grouped
+    log2(branching_factor) at a time, the top level taking the remainder (depth 10, branching
+    16: [4, 16, 16])."""
+    step = int(math.log2(branching_factor))
+    depths = list(range(depth, 0, -step))[::-1]  # e.g. depth 10, step 4 -> [2, 6, 10]
+    return [2 ** (b - a) for a, b in zip([0, *depths[:-1]], depths, strict=True)]
 
-    Labels are split recursively to binary depth d (leaves hold <= max_leaf_size labels). Binary
-    levels are grouped log2(branching_factor) at a time, so internal nodes have up to
-    branching_factor children; the top level takes the remainder. Deterministic for a seed.
+
+def build_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
+    """The label tree of label embeddings Z (n_labels x dim), by ``params.clustering``.
+
+    'balanced': labels are split recursively by balanced 2-means to binary depth d (leaves hold
+    <= max_leaf_size labels); binary levels are grouped log2(branching_factor) at a time, so
+    internal nodes have up to branching_factor children. 'kmeans': the same levels, each node
+    split by spherical k-means (``xmc.core.kmeans_tree``). Deterministic for a seed.
     """
     n_labels = Z.shape[0]
     d = tree_depth(n_labels, params.max_leaf_size)
+    if params.clustering == "kmeans" and d > 0:
+        from xmc.core.kmeans_tree import build_kmeans_tree
+
+        return build_kmeans_tree(Z, params)
     rng = np.random.default_rng(params.seed)
     code = np.zeros(n_labels, dtype=np.int64)  # binary path of each label, MSB first
     Z = csr(Z)
@@ -223,11 +237,10 @@ def build_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
             side[start:stop] = balanced_2means(rows.node(start, stop), rng, params.kmeans_max_iter)
         code = code * 2
         code[by_node] += side
-    step = int(math.log2(params.branching_factor))
-    depths = list(range(d, 0, -step))[::-1]  # e.g. d=10, step=4 -> [2, 6, 10]
     parents: list[np.ndarray] = []
     prev = 0
-    for depth in depths:
+    for width in level_widths(d, params.branching_factor):
+        depth = prev + int(math.log2(width))
         nodes = np.arange(2**depth, dtype=np.int64)
         parents.append(nodes >> (depth - prev))
         prev = depth
