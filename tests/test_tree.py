@@ -5,7 +5,8 @@ import pytest
 import scipy.sparse as sp
 
 from xmc.core.sparse import normalize_rows
-from xmc.core.tree import LabelTree, NodeRows, build_tree, pifa, top_half, tree_depth
+from xmc.core.splits import NodeRows, top_half
+from xmc.core.tree import LabelTree, build_tree, pifa, tree_depth
 from xmc.params import TreeParams
 
 

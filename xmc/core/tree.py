@@ -11,12 +11,15 @@ parent are contiguous, so a parent's slice of a weight matrix is a column range.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
 
 from xmc.core.sparse import csr, indicator, normalize_rows
+from xmc.core.splits import NodeRows, balanced_2means, spherical_kmeans
 from xmc.params import TreeParams
 
 
@@ -118,90 +121,6 @@ def tree_depth(n_labels: int, max_leaf_size: int) -> int:
     return min(d, int(math.floor(math.log2(n_labels))))
 
 
-def top_half(score: np.ndarray) -> np.ndarray:
-    """0 for the ceil(n/2) rows of highest score (ties: lower row first), 1 for the rest.
-
-    The same split as a stable sort by -score, in O(n). Rows that share no column with either
-    centroid (labels without training instances, for one) score exactly 0; at 1M labels over
-    half do, and a partition over that many equal values is 7x slower, so the cut is found
-    among the non-zero scores when it does not fall on 0.
-    """
-    n = len(score)
-    half = (n + 1) // 2
-    neg = -score
-    below = neg < 0
-    n_below = int(below.sum())
-    n_zero = n - n_below - int((neg > 0).sum())
-    if n_below >= half:
-        cut = float(np.partition(neg[below], half - 1)[half - 1])
-    elif n_below + n_zero >= half:
-        cut = 0.0
-    else:
-        k = half - 1 - n_below - n_zero
-        cut = float(np.partition(neg[neg > 0], k)[k])
-    top = neg < cut
-    ties = np.flatnonzero(neg == cut)[: half - int(top.sum())]
-    side = np.ones(n, dtype=np.int8)
-    side[top] = 0
-    side[ties] = 0
-    return side
-
-
-def balanced_2means(Z: sp.csr_matrix, rng: np.random.Generator, max_iter: int) -> np.ndarray:
-    """Split rows of Z into two halves (0/1 array) by balanced spherical 2-means.
-
-    Rows are ranked by their similarity to centroid 0 minus centroid 1 and the top half goes to
-    0: the split is exactly balanced, which bounds leaf sizes and hence ranker cost. A side's
-    centroid is its rows' sum normalised: side 0's is ``Z^T 1_0`` (one pass over Z, no copy of
-    its rows) and side 1's the node's total minus it.
-    """
-    n, m = Z.shape
-    i, j = rng.choice(n, size=2, replace=False)
-    c = np.zeros((2, m))
-    for side, row in ((0, i), (1, j)):
-        lo, hi = Z.indptr[row], Z.indptr[row + 1]
-        c[side, Z.indices[lo:hi]] = Z.data[lo:hi]
-    ZT = Z.T  # a CSC view: Z^T v is one C pass over Z
-    total = ZT @ np.ones(n)
-    assign = np.zeros(n, dtype=np.int8)
-    for it in range(max_iter):
-        new = top_half(Z @ (c[0] - c[1]))
-        if it > 0 and np.array_equal(new, assign):
-            break
-        assign = new
-        s0 = ZT @ (assign == 0).astype(np.float64)
-        for side, s in ((0, s0), (1, total - s0)):
-            norm = np.linalg.norm(s)
-            c[side] = s / norm if norm > 0 else s
-    return assign
-
-
-class NodeRows:
-    """Rows of one level's labels, grouped by tree node, cut out per node with local columns.
-
-    A node's centroids are dense over its columns; over all D columns they cost O(D) per
-    iteration however few labels the node holds (1M labels, D = 2^17: most of a 59 s tree went
-    to 16K deep nodes of ~120 labels and their scipy row selections). Dropping the columns that
-    do not occur in a node changes no dot product or sum.
-    """
-
-    def __init__(self, Z: sp.csr_matrix, order: np.ndarray) -> None:
-        self.Z = csr(Z[order])
-        self._seen = np.zeros(Z.shape[1], dtype=bool)
-        self._slot = np.zeros(Z.shape[1], dtype=self.Z.indices.dtype)
-
-    def node(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``[start, stop)`` over the columns that occur in them, in column order."""
-        lo, hi = self.Z.indptr[start], self.Z.indptr[stop]
-        idx = self.Z.indices[lo:hi]
-        self._seen[idx] = True
-        cols = np.flatnonzero(self._seen)
-        self._seen[cols] = False
-        self._slot[cols] = np.arange(len(cols), dtype=self._slot.dtype)
-        return sp.csr_matrix((self.Z.data[lo:hi], self._slot[idx], self.Z.indptr[start : stop + 1] - lo),
-                             shape=(stop - start, len(cols)))
-
-
 def level_widths(depth: int, branching_factor: int) -> list[int]:
     """Children per node of each level of a tree of binary depth ``depth``: binary levels grouped
     log2(branching_factor) at a time, the top level taking the remainder (depth 10, branching
@@ -222,8 +141,6 @@ def build_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
     n_labels = Z.shape[0]
     d = tree_depth(n_labels, params.max_leaf_size)
     if params.clustering == "kmeans" and d > 0:
-        from xmc.core.kmeans_tree import build_kmeans_tree
-
         return build_kmeans_tree(Z, params)
     rng = np.random.default_rng(params.seed)
     code = np.zeros(n_labels, dtype=np.int64)  # binary path of each label, MSB first
@@ -247,3 +164,66 @@ def build_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
     order = np.lexsort((np.arange(n_labels), code))
     parents.append(code[order])
     return LabelTree(parents=tuple(parents), copy_label=order.astype(np.int64), n_labels=n_labels)
+
+
+def build_kmeans_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
+    """The label tree of ``clustering`` 'kmeans' (at least one level: ``tree_depth`` > 0): per
+    level, each node's labels split by spherical k-means into the level's width; then leaves over
+    the cap halved by balanced 2-means until none is. Deterministic for a seed.
+
+    Balanced 2-means cuts every node into equal halves, so a dense
+    region of the embedding space is split over several leaves and a sparse region's labels are
+    merged with strangers to fill theirs. Here each level splits a node into the level's width by
+    spherical k-means, which leaves the clusters unbalanced (Bonsai's trees, Khandagale et al. 2020,
+    also cluster k-ways without a size constraint). The tree keeps the balanced tree's shape: the
+    same levels and widths (``level_widths``), every leaf at the same depth; a node with fewer
+    labels than the width gets one cluster per label, an empty cluster is dropped.
+
+    A leaf over ``kmeans_leaf_cap`` x ``max_leaf_size`` labels is halved until none is: the
+    rankers of a leaf cost labels x rows, and uncapped k-means leaves on debian-deps held up to
+    1.1-1.8K labels (the rankers took 2.5x as long); capped at 2x, they cost what balanced leaves do.
+    The halves hang where their leaf did, so a node of the last level may have more children than
+    the level's width.
+    """
+    n_labels = Z.shape[0]
+    rng = np.random.default_rng(params.seed)
+    Z = csr(Z)
+    group = np.zeros(n_labels, dtype=np.int64)  # each label's node at the current level
+    parents: list[np.ndarray] = []
+    for width in level_widths(tree_depth(n_labels, params.max_leaf_size), params.branching_factor):
+        group, parent = _split_nodes(Z, group, partial(spherical_kmeans, k=width, rng=rng,
+                                                       max_iter=params.kmeans_max_iter))
+        parents.append(parent)
+    cap = max(1, math.ceil(params.kmeans_leaf_cap * params.max_leaf_size))
+
+    def halve(Zn: sp.csr_matrix) -> np.ndarray:
+        if Zn.shape[0] <= cap:
+            return np.zeros(Zn.shape[0], dtype=np.int64)
+        return balanced_2means(Zn, rng, params.kmeans_max_iter).astype(np.int64)
+
+    while np.bincount(group).max() > cap:
+        group, leaf = _split_nodes(Z, group, halve)
+        parents[-1] = parents[-1][leaf]  # a leaf's halves hang where it did
+    order = np.lexsort((np.arange(n_labels), group))
+    parents.append(group[order])
+    return LabelTree(parents=tuple(parents), copy_label=order.astype(np.int64), n_labels=n_labels)
+
+
+def _split_nodes(Z: sp.csr_matrix, group: np.ndarray,
+                 split: Callable[[sp.csr_matrix], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(each label's child node, each child's parent node): every node of ``group`` (ids 0..G-1)
+    cut by ``split`` (a node's rows over its own columns -> cluster ids 0..k'-1), children
+    numbered in their parents' order, so each layer's parents stay sorted."""
+    by_node = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(group[by_node]) != 0, True])
+    rows = NodeRows(Z, by_node)
+    child = np.empty(len(group), dtype=np.int64)
+    parent: list[np.ndarray] = []
+    n_children = 0
+    for node, (start, stop) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+        ids = split(rows.node(start, stop))
+        child[by_node[start:stop]] = n_children + ids
+        k = int(ids.max()) + 1
+        parent.append(np.full(k, node, dtype=np.int64))
+        n_children += k
+    return child, np.concatenate(parent)

@@ -11,7 +11,7 @@ the same proportions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,7 +46,8 @@ def make_composite(
     if levels_up < 1:
         raise ValueError(f"levels_up must be >= 1, got {levels_up}")
     rng = np.random.default_rng(seed)
-    t = build_tree(pifa(normalize_rows(csr(X)), csr(Y)), tree)
+    # the numbering above is the balanced tree's: the set stays what it was whatever the default
+    t = build_tree(pifa(normalize_rows(csr(X)), csr(Y)), replace(tree, clustering="balanced"))
     leaf_of = np.empty(t.n_labels, dtype=np.int64)
     leaf_of[t.copy_label] = t.parents[-1]
     span = 2 ** levels_up
