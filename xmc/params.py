@@ -37,15 +37,16 @@ CLUSTERINGS: tuple[str, ...] = ("balanced", "kmeans")
 
 @dataclass(frozen=True)
 class TreeParams:
-    """How the label tree is built (hierarchical balanced spherical 2-means on PIFA embeddings)."""
+    """How the label tree is built (spherical k-means per level, or balanced 2-means, on PIFA embeddings)."""
 
     branching_factor: int = 32
     """Children per internal node of the matcher tree (a power of two: levels group 2-means splits). 32:
     validation P@1 +0.1 on debian-deps over 16 (64: no better), equal on Bibtex, fit +13 %."""
     max_leaf_size: int = 100
-    """Most labels in a leaf cluster; the tree is deepened until every leaf fits."""
+    """Most labels in a balanced leaf: the tree is deepened until every balanced leaf fits; a k-means
+    leaf may hold up to kmeans_leaf_cap times as many."""
     kmeans_max_iter: int = 20
-    """Lloyd iterations of each balanced 2-means split."""
+    """Lloyd iterations at most of each split (k-means stops earlier when no label moves)."""
     seed: int = 0
     """Seed of the k-means initialisation; the same seed gives the same tree."""
     n_trees: int = 1
