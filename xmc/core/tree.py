@@ -136,7 +136,8 @@ def build_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
     'balanced': labels are split recursively by balanced 2-means to binary depth d (leaves hold
     <= max_leaf_size labels); binary levels are grouped log2(branching_factor) at a time, so
     internal nodes have up to branching_factor children. 'kmeans': the same levels, each node
-    split by spherical k-means (``xmc.core.kmeans_tree``). Deterministic for a seed.
+    split by spherical k-means (``build_kmeans_tree``; the splits are ``xmc.core.splits``'s).
+    Deterministic for a seed.
     """
     n_labels = Z.shape[0]
     d = tree_depth(n_labels, params.max_leaf_size)
