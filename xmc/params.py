@@ -54,7 +54,7 @@ class TreeParams:
     ensemble). Each tree costs a full fit and a full prediction."""
     clustering: Clustering = "kmeans"
     """How a level splits a node's labels: 'kmeans' (spherical k-means into the level's width,
-    clusters of the sizes the embeddings give; xmc.core.kmeans_tree) or 'balanced' (recursive
+    clusters of the sizes the embeddings give; xmc.core.splits, xmc.core.tree) or 'balanced' (recursive
     balanced 2-means, equal halves). kmeans against balanced, 6 validation splits of the eight real
     sets: mean P@1 +0.04, debian-deps' TF-IDF +0.18 / +0.08 P@5, debian-deps +0.10 / +0.05, no set
     lost; fit +20-34 % on debian-deps (docs/performance.md)."""

@@ -196,14 +196,8 @@ def build_kmeans_tree(Z: sp.csr_matrix, params: TreeParams) -> LabelTree:
                                                        max_iter=params.kmeans_max_iter))
         parents.append(parent)
     cap = max(1, math.ceil(params.kmeans_leaf_cap * params.max_leaf_size))
-
-    def halve(Zn: sp.csr_matrix) -> np.ndarray:
-        if Zn.shape[0] <= cap:
-            return np.zeros(Zn.shape[0], dtype=np.int64)
-        return balanced_2means(Zn, rng, params.kmeans_max_iter).astype(np.int64)
-
     while np.bincount(group).max() > cap:
-        group, leaf = _split_nodes(Z, group, halve)
+        group, leaf = _halve_fat_leaves(Z, group, cap, rng, params.kmeans_max_iter)
         parents[-1] = parents[-1][leaf]  # a leaf's halves hang where it did
     order = np.lexsort((np.arange(n_labels), group))
     parents.append(group[order])
@@ -228,3 +222,22 @@ def _split_nodes(Z: sp.csr_matrix, group: np.ndarray,
         parent.append(np.full(k, node, dtype=np.int64))
         n_children += k
     return child, np.concatenate(parent)
+
+
+def _halve_fat_leaves(Z: sp.csr_matrix, group: np.ndarray, cap: int, rng: np.random.Generator,
+                      max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pass: every leaf of ``group`` over ``cap`` labels halved by balanced 2-means, in leaf
+    order, the others kept whole; (each label's new leaf, each new leaf's old leaf). Only the fat
+    leaves' rows are cut out: the others, most of the labels, are not copied again each pass."""
+    sizes = np.bincount(group)
+    fat = sizes > cap
+    in_fat = np.flatnonzero(fat[group])
+    by_leaf = in_fat[np.argsort(group[in_fat], kind="stable")]
+    bounds = np.flatnonzero(np.r_[True, np.diff(group[by_leaf]) != 0, True])
+    rows = NodeRows(Z, by_leaf)
+    side = np.zeros(len(group), dtype=np.int64)
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        side[by_leaf[start:stop]] = balanced_2means(rows.node(start, stop), rng, max_iter)
+    pieces = 1 + fat.astype(np.int64)
+    first = np.cumsum(pieces) - pieces  # each old leaf's first new leaf
+    return first[group] + side, np.repeat(np.arange(len(sizes)), pieces)
