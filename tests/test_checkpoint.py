@@ -74,3 +74,14 @@ def test_resume_continues_after_the_last_finished_round(tmp_path: Path, validati
         fit(X, Y, params.replace(max_copies=3), checkpoint_dir=ckpt, resume=True)
     with pytest.raises(BundleError, match="other training data"):
         fit(X[:-1], Y[:-1], params, checkpoint_dir=ckpt, resume=True)
+
+
+def test_only_execution_params_may_differ_on_resume() -> None:
+    """How the dense step is spread (dense_workers) may change between the run and its resume;
+    anything that changes what is computed may not, dense params included."""
+    from xmc.io.checkpoint import resumable_params
+
+    base = XMCParams().replace(dense="prime")
+    assert resumable_params(base.replace(dense_workers=4).to_dict()) == resumable_params(base.to_dict())
+    for changed in (base.replace(dense_epochs=3), base.replace(max_copies=3), base.replace(dense="none")):
+        assert resumable_params(changed.to_dict()) != resumable_params(base.to_dict())

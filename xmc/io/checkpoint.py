@@ -6,8 +6,8 @@ interrupted training run continues (``--resume``) from the last finished round w
     <folder>/tree_<t>/      an ensemble's tree t: a checkpoint folder of its own, as above
     <folder>/dense/         a hybrid's dense network after its last finished epoch (xmc.core.dense.fit)
 
-A checkpoint is only resumed for the same params and the same training data (fingerprint of
-the feature and label matrices); anything else is an error, never a silent mix.
+A checkpoint is only resumed for the same params (but ``EXECUTION_ONLY``) and the same training
+data (fingerprint of the feature and label matrices); anything else is an error, never a silent mix.
 """
 
 from __future__ import annotations
@@ -66,6 +66,19 @@ def check_checkpoint_folder(folder: str | Path) -> None:
     check_target(Path(folder), folder=True, owned=_is_checkpoint, what="a checkpoint folder")
 
 
+EXECUTION_ONLY: dict[str, tuple[str, ...]] = {"dense": ("dense_workers",)}
+"""Params a run may resume under other values of, as {section: names}: they say how the work is
+spread, not what it computes. ``dense_workers`` ranks split one process's step (the same network to
+float rounding), so a one-process fit stopped midway continues on Ray Train, or the other way."""
+
+
+def resumable_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (``XMCParams.to_dict()``) without ``EXECUTION_ONLY``: what a resume must match."""
+    return {section: ({k: v for k, v in value.items() if k not in EXECUTION_ONLY.get(section, ())}
+                      if isinstance(value, dict) else value)
+            for section, value in params.items()}
+
+
 class Checkpoint:
     def __init__(self, folder: str | Path, params: XMCParams, data_fingerprint: str) -> None:
         self.folder = Path(folder)
@@ -101,7 +114,8 @@ class Checkpoint:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise BundleError(f"{path}: corrupt checkpoint state (line {e.lineno}: {e.msg})") from None
-        if doc.get("params") != self.params.to_dict():
+        if not isinstance(doc.get("params"), dict) or (
+                resumable_params(doc["params"]) != resumable_params(self.params.to_dict())):
             raise BundleError(f"{path}: the checkpoint was written with other params; resume with the "
                               "same params or use a fresh --checkpoint-dir")
         if doc.get("data_fingerprint") != self.data_fingerprint:
