@@ -34,9 +34,8 @@ def spark():  # type: ignore[no-untyped-def]
     """One local Spark (2 cores, two shuffle partitions) for every test that featurizes in-process."""
     from xmc.engines.spark.session import spark_session
 
-    session, created = spark_session("local[2]", {
-        "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
-        "spark.driver.memory": "1g"})
+    session, created = spark_session("local[2]", {  # the web UI on, as users get it (tests/test_loopback.py)
+        "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "1g"})
     session.sparkContext.setLogLevel("ERROR")
     yield session
     if created:
@@ -109,3 +108,56 @@ def same_model(a: Any, b: Any, X: sp.csr_matrix | None = None) -> None:
             assert Wa.shape == Wb.shape and (Wa.nnz == 0 or abs(Wa - Wb).max() <= 1e-6)
     if X is not None:
         assert abs(a.predict(X) - b.predict(X)).max() <= 1e-6
+
+
+class StopAtEpoch:
+    """An observer that interrupts the fit when it hears of epoch ``stop`` (before it is checkpointed)."""
+
+    def __init__(self, stop: int) -> None:
+        self.stop, self.heard = stop, []
+
+    def round_started(self, r: int, tree: int = 0) -> None: ...
+
+    def round_finished(self, record: dict) -> None: ...
+
+    def dense_epoch(self, record: dict) -> None:
+        self.heard.append(record["epoch"])
+        if record["epoch"] == self.stop:
+            raise KeyboardInterrupt
+
+
+def listening_sockets(root: int) -> dict[tuple[str, int], str]:
+    """(ip, port) -> process name of every listening TCP socket of process ``root`` and its
+    descendants (the JVM of an in-process Spark, the GCS, raylet, agents and workers of a local Ray)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(root)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return {}
+    found: dict[tuple[str, int], str] = {}
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="inet")
+            name = proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                found[(c.laddr.ip, c.laddr.port)] = name
+    return found
+
+
+def beyond_loopback(seen: dict[tuple[str, int], str]) -> list[str]:
+    """The sockets of ``seen`` bound to anything but loopback (``*``, ``0.0.0.0``, ``::``, the
+    machine's address), as 'name on ip:port'."""
+    import ipaddress
+
+    def loopback(ip: str) -> bool:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return addr.is_loopback
+
+    return [f"{name} on {ip}:{port}" for (ip, port), name in sorted(seen.items()) if not loopback(ip)]

@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from tests.conftest import StopAtEpoch
 from xmc import XMCParams
 from xmc.core.dense.loss import dynamic_margin_triplet
 from xmc.core.fit import fit
@@ -185,22 +186,6 @@ def test_components_on_a_tree_model_and_bad_values(bibtex_model: XMCModel, bibte
         XMCParams().replace(dense="prime", dense_workers=0)
 
 
-class StopAtEpoch:
-    """An observer that interrupts the fit when it hears of epoch ``stop`` (before it is checkpointed)."""
-
-    def __init__(self, stop: int) -> None:
-        self.stop, self.heard = stop, []
-
-    def round_started(self, r: int, tree: int = 0) -> None: ...
-
-    def round_finished(self, record: dict) -> None: ...
-
-    def dense_epoch(self, record: dict) -> None:
-        self.heard.append(record["epoch"])
-        if record["epoch"] == self.stop:
-            raise KeyboardInterrupt
-
-
 def test_dense_checkpoint_resumes_after_the_last_epoch(bibtex: dict[str, sp.csr_matrix],
                                                        tmp_path: Path) -> None:
     X, Y = bibtex["X.trn"][:1500], bibtex["Y.trn"][:1500]
@@ -279,30 +264,22 @@ def test_label_text_rows_use_the_vectorizer_vocabulary() -> None:
 
 
 def test_cli_trains_a_hybrid_and_predicts_with_each_component(tmp_path: Path, capsys: Any) -> None:
-    import subprocess
-    import sys
-
-    bib = Path(__file__).resolve().parents[1] / "data" / "bibtex"
-
-    def xmc(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "xmc.cli", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=600)
-
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = xmc("train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", "m", "--dense", "prime",
-            "--dense-epochs", "2", "--dense-dim", "32", "--fusion-keeps", "0", "--json",
-            "--tracking-uri", store, "--experiment", "prime")
-    assert r.returncode == 0, r.stderr
-    record = json.loads(r.stdout)
-    assert {"alpha", "gamma", "held_out", "epochs"} <= set(record["dense"]) and record["dense"]["kept"] == 0
     from mlflow.tracking import MlflowClient
 
+    from xmc.cli import main  # the CLI in this process: a subprocess each (torch's import) cost ~8 s
+
+    bib = Path(__file__).resolve().parents[1] / "data" / "bibtex"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    capsys.readouterr()
+    assert main(["train", "--x", str(bib / "bibtex_train.txt.gz"), "--model", str(tmp_path / "m"), "--dense",
+                 "prime", "--dense-epochs", "2", "--dense-dim", "32", "--fusion-keeps", "0", "--json",
+                 "--tracking-uri", store, "--experiment", "prime"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert {"alpha", "gamma", "held_out", "epochs"} <= set(record["dense"]) and record["dense"]["kept"] == 0
     client = MlflowClient(store)
     history = client.get_metric_history(record["mlflow"]["run_id"], "dense/loss")
     assert sorted(m.step for m in history) == [1, 2]  # one point per epoch
     assert {"dense/alpha", "dense/kept"} <= set(client.get_run(record["mlflow"]["run_id"]).data.metrics)
-    from xmc.cli import main  # the CLI in this process: a subprocess each (torch's import) cost ~8 s
-
     scores = {}
     for part in ("tree", "dense", "all"):
         assert main(["predict", "--model", str(tmp_path / "m"), "--x", str(bib / "X.tst.npz"), "--topk", "5",
