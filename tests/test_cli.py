@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import scipy.sparse as sp
 
 from tests.conftest import BIBTEX
@@ -82,3 +83,19 @@ def test_help_loads_no_engine_and_no_numpy() -> None:
         heavy = loaded & {"torch", "numpy", "scipy", "pyspark", "ray", "mlflow"}
         assert args == ["train", "--help"] or not heavy, (args, heavy)
         assert not loaded & {"torch", "pyspark", "ray", "mlflow"}, (args, loaded)
+
+
+def test_cli_log_lines_follow_a_swapped_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler made on the first CLI call writes to stderr as it is at each line (a later test's
+    capsys, a notebook's redirect), not to the stream of the moment it was made."""
+    import io
+    import logging
+
+    from xmc.log import setup_cli_logging
+
+    setup_cli_logging()
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    setup_cli_logging()  # once per process: no second handler
+    logging.getLogger("xmc.check").info("a line")
+    assert later.getvalue() == "xmc check: a line\n"

@@ -24,11 +24,24 @@ class _StepFormatter(logging.Formatter):
         return f"{record.name.replace('.', ' ')}: {record.getMessage()}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is then: a notebook or a test that swaps the stream
+    after the handler was made (pytest's capsys, one per test) still gets the lines."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property wins
+        pass
+
+
 def setup_cli_logging(level: int = logging.INFO) -> None:
     """Send the ``xmc`` loggers to stderr as ``xmc <step>: message`` (once per process)."""
     root = logging.getLogger("xmc")
     if not any(getattr(h, "_xmc_cli", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(_StepFormatter())
         handler._xmc_cli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
