@@ -20,6 +20,7 @@ from xmc.params import ExecutorParams
 from xmc.research.synth import SynthSpec, generate
 
 PARAMS = XMCParams().replace(max_leaf_size=16, rounds=1)
+HEALTH_CHECKS = "RAY_health_check_failure_threshold"
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,20 @@ def data():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def ray_executor() -> Iterator[RayExecutor]:
+    """The local Ray of ``--executor ray``. Its GCS declares the raylet dead after 5 missed health
+    checks (3 s apart), and the driver (this pytest process) then exits 1 with no report: the CI run
+    of 74cbf85 ended so in this module. The other test worker's Spark shares the 2 cores, so the
+    GCS started here waits 30 checks."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ex = RayExecutor(ExecutorParams(executor="ray", num_workers=2), show_progress=False)
+    saved = os.environ.get(HEALTH_CHECKS)
+    os.environ[HEALTH_CHECKS] = "30"  # read by the GCS and raylet this executor starts
+    try:
+        ex = RayExecutor(ExecutorParams(executor="ray", num_workers=2), show_progress=False)
+    finally:
+        if saved is None:
+            del os.environ[HEALTH_CHECKS]
+        else:
+            os.environ[HEALTH_CHECKS] = saved
     yield ex
     ex.shutdown()
 
@@ -137,6 +150,9 @@ def test_prime_on_ray_train_with_two_workers(
     # Ray Train's controller polls its workers every 2 s by default: each state change of these
     # second-long runs waited for a poll (a bare 2-worker run took 15-19 s, 10-13 s at 0.2 s)
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # the group's start waits for its processes (torch imported in each): 60 s by default, which a
+    # busy 2-core machine running the other test worker's Spark beside it may need
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     X, Y = read_npz(BIBTEX / "X.trn.npz")[:2000], read_npz(BIBTEX / "Y.trn.npz", binary=True)[:2000]
     params = XMCParams().replace(dense="prime", dense_dim=32, dense_epochs=2, dense_batch_size=64,
                                  dense_workers=2, refit_trees=False)  # the refit: tests/test_prime.py
