@@ -20,7 +20,6 @@ from xmc.params import ExecutorParams
 from xmc.research.synth import SynthSpec, generate
 
 PARAMS = XMCParams().replace(max_leaf_size=16, rounds=1)
-HEALTH_CHECKS = "RAY_health_check_failure_threshold"
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +34,9 @@ def ray_executor() -> Iterator[RayExecutor]:
     of 74cbf85 ended so in this module. The other test worker's Spark shares the 2 cores, so the
     GCS started here waits 30 checks."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    saved = os.environ.get(HEALTH_CHECKS)
-    os.environ[HEALTH_CHECKS] = "30"  # read by the GCS and raylet this executor starts
-    try:
+    with pytest.MonkeyPatch.context() as env:  # read by the GCS and raylet this executor starts
+        env.setenv("RAY_health_check_failure_threshold", "30")
         ex = RayExecutor(ExecutorParams(executor="ray", num_workers=2), show_progress=False)
-    finally:
-        if saved is None:
-            del os.environ[HEALTH_CHECKS]
-        else:
-            os.environ[HEALTH_CHECKS] = saved
     yield ex
     ex.shutdown()
 

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from xmc.errors import ParamError, require
 from xmc.params_dense import DENSE_KINDS as DENSE_KINDS
@@ -32,7 +32,7 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 COPY_MERGES: tuple[str, ...] = ("max", "mean")
 ALGORITHMS: tuple[str, ...] = ("auto", "dual-cd", "newton-cg")
 Clustering = Literal["balanced", "kmeans"]
-CLUSTERINGS: tuple[str, ...] = ("balanced", "kmeans")
+CLUSTERINGS: tuple[str, ...] = get_args(Clustering)
 
 
 @dataclass(frozen=True)
