@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from harness import RESULTS, SYSTEMS, WORK, prepare, run  # bench/ is on sys.path when run as a script
-from select_defaults import REAL_SETS, VALIDATION_FRACTION, training_rows, unseen_dropped
+from select_defaults import REAL_SETS, VALIDATION_FRACTION, paired, training_rows, unseen_dropped
 
 from xmc.core.rows import split_validation
 
@@ -52,12 +52,6 @@ def standings(name: str, systems: list[str], splits: int, first_split: int) -> d
     return out
 
 
-def lead(ours: dict[str, Any], peer: dict[str, Any]) -> tuple[float, float]:
-    """(our mean P@1 lead over the peer, its standard error over the paired splits)."""
-    d = np.subtract(ours["split_P@1"], peer["split_P@1"])
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default=",".join(REAL_SETS), help="comma list of " + ", ".join(REAL_SETS))
@@ -78,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in sets:
         per_system = results[name] = standings(name, systems, args.splits, args.first_split)
         for system, r in per_system.items():
-            gap = "" if system == OURS else "{:+.2f} +- {:.2f}".format(*lead(per_system[OURS], r))
+            gap = "" if system == OURS else "{:+.2f} +- {:.2f}".format(*paired(per_system[OURS], r, "P@1"))
             p1, p5, fit_s = (np.mean(r[key]) for key in ("split_P@1", "split_P@5", "fit_s"))
             lines.append(f"| {name} | {system} | {p1:.2f} / {p5:.2f} ({fit_s:.2f}) | {gap} |")
             print(lines[-1], flush=True)
