@@ -1,5 +1,5 @@
-"""The fit's C per unit of recurring row mass and the rankers' C per label (``xmc.core.cost``): by
-hand, in the fit, in the sharded fit, and in a saved model."""
+"""The fit's C per unit of recurring row mass, the rankers' C per label and the rows' C by their label
+count (``xmc.core.cost``): by hand, in the fit, in the sharded fit, and in a saved model."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from xmc import LocalExecutor, XMCModel, XMCParams
 from xmc.core.cost import (
     MAX_COST_SCALE,
     MAX_LABEL_COST_SCALE,
+    add_row_sizes,
     document_frequency,
     label_costs,
     recurring_share_sum,
     resolve_cost,
     resolve_cost_of_rows,
+    row_costs_of,
+    row_sizes,
 )
 from xmc.core.fit import fit
 from xmc.core.sharded import fit_sharded
@@ -138,3 +141,34 @@ def test_one_cost_per_label_trains_the_rankers_only_in_both_fits(tmp_path: Path)
     same_model(sharded, fit(X, Y, params, executor=ex))
     sharded.save(tmp_path / "m")
     assert XMCModel.load(tmp_path / "m").params.solver.label_cost_exponent == -0.5
+
+
+def test_row_costs_by_hand() -> None:
+    """n^-g over the mean of the fit's rows' n^-g, n at least 1; None (one C) at the default g 0."""
+    Y = sp.csr_matrix(np.array([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 1]]))
+    sizes = row_sizes(Y)
+    np.testing.assert_array_equal(sizes, [1, 1, 0, 1, 1])  # one row each with 0, 1, 3 and 4 labels
+    np.testing.assert_array_equal(add_row_sizes(sizes, np.array([0, 2])), [1, 3, 0, 1, 1])
+    solver = XMCParams().replace(row_cost_exponent=0.5).solver
+    raw = np.array([1, 4**-0.5, 1, 3**-0.5])
+    np.testing.assert_allclose(row_costs_of(Y, solver), raw / raw.mean())
+    assert row_costs_of(Y, XMCParams().solver) is None
+    with pytest.raises(ParamError, match="row_cost_exponent=inf is invalid"):
+        XMCParams().replace(row_cost_exponent=float("inf"))
+
+
+def test_row_costs_train_every_layer_in_both_fits(tmp_path: Path) -> None:
+    """Rows weighted by their label count change the matcher and the rankers; the sharded fit (its
+    shards' row counts added up, a round, held-out rows) gives the in-process model weight for weight."""
+    X, Y = topic_data(n=400, n_labels=20, d=60, seed=5)
+    ex = LocalExecutor(show_progress=False)
+    by_row = XMCParams().replace(max_leaf_size=4, rounds=0, row_cost_exponent=0.5)
+    a = fit(X, Y, by_row, executor=ex)
+    b = fit(X, Y, by_row.replace(row_cost_exponent=0.0), executor=ex)
+    assert a.tree.n_layers >= 2 and np.diff(sp.csr_matrix(Y).indptr).max() > 1
+    for Wa, Wb in zip(a.weights, b.weights, strict=True):
+        assert abs(Wa - Wb).max() > 1e-3
+    params = by_row.replace(rounds=1, validation_fraction=0.1)
+    write_bundle(tmp_path / "b", X, Y, max_rows=150)
+    sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
+    same_model(sharded, fit(X, Y, params, executor=ex))

@@ -161,3 +161,25 @@ def test_a_unit_pruned_block_by_block_keeps_the_dense_solutions_entries(threshol
     stored = {(int(f), int(j)): float(v) for f, j, v in zip(got.feature, got.child, got.value, strict=True)}
     assert stored == want and len(got.value) == len(want) > 0
     assert (got.value != 0).all() and got.child.max() >= 2 * BLOCK
+
+
+@pytest.mark.parametrize("algorithm", ["newton-cg", "dual-cd"])
+@pytest.mark.parametrize("n", [ROWSPACE_MAX_ROWS // 2, 2 * ROWSPACE_MAX_ROWS])  # both Newton paths
+def test_a_row_costing_twice_is_the_row_twice(n: int, algorithm: str) -> None:
+    """``row_cost`` (``row_cost_exponent``) scales C per row: a row at 2 is that row duplicated, at
+    per-label costs too; and the weights differ from those with every row at 1."""
+    rng = np.random.default_rng(7)
+    X = sp.random(n, 12, density=0.4, random_state=8, dtype=np.float64).tocsr()
+    Y = (rng.random((n, 3)) < 0.3).astype(np.float32)
+    costs = np.array([0.3, 1.0, 3.0])
+    row_cost = np.ones(n)
+    row_cost[: n // 4] = 2.0
+    params = SolverParams(bias=1.0, solver_tol=1e-6, dtype="float64", device="cpu", algorithm=algorithm,
+                          dual_tol=1e-7, dual_max_iter=100_000)  # type: ignore[arg-type]
+    weighted = solve_squared_hinge(X, Y, params, costs, row_cost)
+    X2, Y2 = sp.vstack([X, X[: n // 4]]).tocsr(), np.vstack([Y, Y[: n // 4]])
+    twice = solve_squared_hinge(X2, Y2, params, costs)
+    np.testing.assert_allclose(weighted, twice, atol=2e-4)
+    assert np.abs(weighted - solve_squared_hinge(X, Y, params, costs)).max() > 1e-2
+    with pytest.raises(ValueError, match="row_cost has 3"):
+        solve_squared_hinge(X, Y, params, costs, np.ones(3))

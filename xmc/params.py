@@ -92,6 +92,10 @@ class SolverParams:
     validation P@1 +0.45 on pypi-tags and +0.22 on Bibtex, but -0.16 on debian-deps (docs/performance.md)."""
     label_cost_reference: float = 100.0
     """r: the positives at which a label's ranker keeps C under ``label_cost_exponent``."""
+    row_cost_exponent: float = 0.0
+    """g: training row i counts with C n_i^-g / mean(n^-g), n_i its labels (at least 1), the mean over the
+    fit's rows, in every layer (xmc.core.cost.row_costs): a row with many labels is a weaker witness of each.
+    0: every row counts with C."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""
     weight_threshold: float = 0.03
@@ -140,6 +144,8 @@ class SolverParams:
                 "use a finite number (0 = one C for every label)")
         require(self.label_cost_reference > 0 and math.isfinite(self.label_cost_reference),
                 "label_cost_reference", self.label_cost_reference, "use a positive number")
+        require(math.isfinite(self.row_cost_exponent), "row_cost_exponent", self.row_cost_exponent,
+                "use a finite number (0 = every row counts with C)")
         require(self.recurring_df >= 0, "recurring_df", self.recurring_df, "use >= 0 (0 = C as given)")
         require(self.max_newton_iter >= 1, "max_newton_iter", self.max_newton_iter, "use >= 1")
         require(self.max_cg_iter >= 1, "max_cg_iter", self.max_cg_iter, "use >= 1")

@@ -83,3 +83,42 @@ def label_costs(n_pos: np.ndarray, solver: SolverParams) -> float | np.ndarray:
         return solver.cost
     scale = (np.maximum(np.asarray(n_pos, dtype=np.float64), 1.0) / solver.label_cost_reference) ** g
     return solver.cost * np.clip(scale, 1 / MAX_LABEL_COST_SCALE, MAX_LABEL_COST_SCALE)
+
+
+def row_sizes(Y: sp.spmatrix) -> np.ndarray:
+    """How many rows have k labels, for k = 0, 1, ... (int64): what ``row_costs`` normalises by.
+
+    Counts, not a mean of floats, so shards add up exactly (``add_row_sizes``) and the sharded fit
+    gives the in-process fit's row costs bit for bit."""
+    return np.bincount(np.diff(sp.csr_matrix(Y).indptr), minlength=2).astype(np.int64)
+
+
+def add_row_sizes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two ``row_sizes`` histograms added (their lengths may differ)."""
+    out = np.zeros(max(len(a), len(b)), dtype=np.int64)
+    out[:len(a)] += a
+    out[:len(b)] += b
+    return out
+
+
+def row_costs(n_labels: np.ndarray, sizes: np.ndarray, solver: SolverParams) -> np.ndarray | None:
+    """The factor on C of each row with ``n_labels`` labels: ``n^-g / mean(n^-g)``, n at least 1 and
+    the mean over the fit's rows (``sizes``, their ``row_sizes``), so C keeps its mean; None at g 0.
+
+    Why: the squared hinge gives every (row, label) pair the same C, so a document tagged with ten
+    labels pulls as hard on each of their rankers as a document that is about one thing; its
+    features speak for each label more weakly. Measured on validation rows (docs/performance.md)."""
+    g = solver.row_cost_exponent
+    if g == 0:
+        return None
+    k = np.maximum(np.arange(len(sizes), dtype=np.float64), 1.0) ** -g
+    mean = float((sizes * k).sum() / max(int(sizes.sum()), 1))
+    return np.maximum(np.asarray(n_labels, dtype=np.float64), 1.0) ** -g / mean
+
+
+def row_costs_of(Y: sp.spmatrix, solver: SolverParams) -> np.ndarray | None:
+    """``row_costs`` of the fit's rows ``Y`` themselves (the in-process fit)."""
+    if solver.row_cost_exponent == 0:
+        return None
+    n = np.diff(sp.csr_matrix(Y).indptr)
+    return row_costs(n, row_sizes(Y), solver)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.cost import row_costs_of
 from xmc.core.executor import Executor
 from xmc.core.metrics import evaluate
 from xmc.core.predict import ScoringLayer, match, match_layers, predict_ensemble, scoring_layers
@@ -320,7 +321,8 @@ class InMemoryRows:
                             keep=solver.man_top or None).tocsc()
         targets = new_tree.copy_targets(self.Y)
         units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
-        results = self.executor.map(train_cluster, LayerData(self.X, targets, solver), units, desc=desc)
+        shared = LayerData(self.X, targets, solver, row_costs_of(self.Y, solver))
+        results = self.executor.map(train_cluster, shared, units, desc=desc)
         results += move_kept(tree, new_tree, W_old, changed)
         return assemble(results, self.n_features, len(new_tree.copy_label))
 

@@ -5,7 +5,8 @@ The same problem as ``xmc.core.solver``'s Newton-CG, for each label j of a clust
     min_w  0.5 ||w||^2 + C * sum_i max(0, 1 - y_ij * x_i . w)^2          (y in {-1, +1})
 
 solved in its dual, ``min_a 0.5 a^T (Q + D) a - 1^T a`` with ``a >= 0``, ``Q_ik = y_i y_k x_i.x_k``
-and ``D = I / (2C)`` (C may differ per label: ``label_cost_exponent``), keeping
+and ``D = I / (2C)`` (C may differ per label, ``label_cost_exponent``, and per row,
+``row_cost_exponent``: D's entry of (row i, label j) is then ``1 / (2 C_j r_i)``), keeping
 ``w = sum_i a_i y_i x_i`` up to date: one coordinate step reads one sparse row, so a pass costs
 O(nnz(X)) whatever the number of features. This is the solver
 liblinear (and so PECOS) uses by default for text; on real leaves, where a parent holds thousands
@@ -48,10 +49,10 @@ debian-deps 3.2 / 3.0 / 3.1 / 3.6 / 9.9 s, its reference TF-IDF (203K features) 
 
 @njit(cache=True, nogil=True)
 def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_norms: np.ndarray,
-                 y: np.ndarray, d: int, costs: np.ndarray, tol: float, max_iter: int,
-                 seed: int) -> np.ndarray:
-    """W (d x m) of the labels whose +-1 targets (int8) are the columns of ``y`` (n x m), label j
-    with cost ``costs[j]``."""
+                 y: np.ndarray, d: int, costs: np.ndarray, inv_row_cost: np.ndarray, tol: float,
+                 max_iter: int, seed: int) -> np.ndarray:
+    """W (d x m) of the labels whose +-1 targets (int8) are the columns of ``y`` (n x m), the pair
+    (row i, label j) with cost ``costs[j] / inv_row_cost[i]``."""
     n, m = y.shape
     W = np.zeros((d, m), dtype=np.float32)
     alpha = np.zeros((n, m), dtype=np.float64)
@@ -61,7 +62,7 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
     pg_min = np.empty(m, dtype=np.float64)
     frozen = np.zeros(m, dtype=np.bool_)
     index = np.arange(n)
-    diag = 0.5 / costs  # D_jj = 1 / (2 C_j): one per label
+    diag = 0.5 / costs  # D = 1 / (2 C_j r_i): one per label, times one per row
     state = np.uint64(seed * 1_000_003 + 1) | np.uint64(1)
     for _ in range(max_iter):
         for s in range(n):  # a fresh random order (xorshift, multiply-shift bounded)
@@ -80,18 +81,20 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
                 for j in range(m):
                     z[j] += W[f, j] * v
             moved = False
+            row = inv_row_cost[i]
             for j in range(m):
                 step[j] = 0.0
                 if frozen[j]:
                     continue
                 a = alpha[i, j]
                 yij = float(y[i, j])
-                G = yij * z[j] - 1.0 + diag[j] * a
+                dij = diag[j] * row
+                G = yij * z[j] - 1.0 + dij * a
                 PG = 0.0 if a == 0.0 and G > 0.0 else G  # projected: a stays at its bound 0
                 pg_max[j] = max(pg_max[j], PG)
                 pg_min[j] = min(pg_min[j], PG)
                 if abs(PG) > 1e-12:
-                    new = max(a - G / (sq_norms[i] + diag[j]), 0.0)
+                    new = max(a - G / (sq_norms[i] + dij), 0.0)
                     alpha[i, j] = new
                     step[j] = np.float32((new - a) * yij)
                     moved = True
@@ -110,19 +113,23 @@ def _solve_block(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, sq_n
 
 
 def solve_dual_cd_blocks(X: sp.csr_matrix, Y: np.ndarray, cost: float | np.ndarray, tol: float,
-                         max_iter: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+                         max_iter: int, seed: int = 0,
+                         row_cost: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(first label, weights (d x up to ``BLOCK``)) of the L2-loss SVMs of ``Y``'s columns on the rows
     of ``X`` (bias column included by the caller), one block of labels at a time, so a caller that
     prunes each block never holds the dense d x m weights (memory: rows x BLOCK dual variables and
-    d x BLOCK weights). ``cost``: one C for every label, or one per label (m)."""
+    d x BLOCK weights). ``cost``: one C for every label, or one per label (m); ``row_cost`` (n), if
+    given, multiplies it per row (positive)."""
     X = sp.csr_matrix(X, dtype=np.float32)
     squares = sp.csr_matrix((X.data.astype(np.float64) ** 2, X.indices, X.indptr), shape=X.shape)
     sq_norms = np.asarray(squares.sum(axis=1)).ravel()  # in float64, sharing X's index arrays
     Y = np.asarray(Y)
     costs = np.broadcast_to(np.asarray(cost, dtype=np.float64), (Y.shape[1],))
     indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
+    inv_row_cost = np.ones(X.shape[0]) if row_cost is None else 1.0 / np.asarray(row_cost, dtype=np.float64)
     for a in range(0, Y.shape[1], BLOCK):  # +-1 targets one block at a time (int8: n x BLOCK bytes)
         y = np.where(Y[:, a:a + BLOCK] > 0, 1, -1).astype(np.int8)
         yield a, _solve_block(indptr, indices, X.data, sq_norms, y, X.shape[1],
-                              np.ascontiguousarray(costs[a:a + BLOCK]), float(tol), int(max_iter), int(seed))
+                              np.ascontiguousarray(costs[a:a + BLOCK]), inv_row_cost, float(tol),
+                              int(max_iter), int(seed))
 

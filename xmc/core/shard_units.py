@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.core.cost import document_frequency, recurring_share_sum
+from xmc.core.cost import add_row_sizes, document_frequency, recurring_share_sum, row_costs, row_sizes
 from xmc.core.disentangle import coverage_counts, routed_copy_targets
 from xmc.core.metrics import metric_sums
 from xmc.core.model import check_xy
@@ -115,7 +115,8 @@ class PreparedShard:
     n_val: int
     sums: Path
     """npz: ``pifa`` (L x D float64 sums over the train rows), ``counts`` (all rows),
-    ``train_counts`` (train rows) per label; ``df`` (train rows) per feature if the spec asks."""
+    ``train_counts`` (train rows) per label; ``row_sizes`` (train rows by their number of labels,
+    ``cost.row_sizes``); ``df`` (train rows) per feature if the spec asks."""
 
 
 def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
@@ -133,7 +134,8 @@ def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
     df = {"df": document_frequency(Xt)} if spec.document_frequency else {}
     sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz", pifa=pifa_sums(Xt, Yt),
                          counts=np.diff(Y.tocsc().indptr).astype(np.int64),
-                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64), **df)
+                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64), row_sizes=row_sizes(Yt),
+                         **df)
     return PreparedShard(part.shard, int(Xt.shape[0]), int(held.sum()), sums)
 
 
@@ -153,6 +155,9 @@ class RouteSpec:
     solver: SolverParams
     routed: Path | None = None
     """A round's matching folder: the matcher's targets are then the routed copy targets."""
+    row_sizes: np.ndarray | None = None
+    """Every shard's training rows by their number of labels (``cost.row_sizes``): the partitions
+    then carry each row's factor on C (``row_cost_exponent``), as the in-process fit gives it."""
 
 
 def route_shard(spec: RouteSpec, unit: ShardUnit) -> dict[int, int]:
@@ -170,11 +175,13 @@ def route_shard(spec: RouteSpec, unit: ShardUnit) -> dict[int, int]:
                                bias=spec.solver.bias, keep=spec.solver.man_top or None).tocsc()
     ptr = tree.children_ptr(t)
     parents = None if spec.parents is None else spec.parents.tolist()
+    cost = None if spec.row_sizes is None else row_costs(np.diff(Y.indptr), spec.row_sizes, spec.solver)
     written: dict[int, int] = {}
     for p, rows in routed_rows(tree, t, Y_t, matched, parents):
         if len(rows):
             save_matrices(partition_file(spec.folder, p, unit.shard), X=X[rows],
-                          Y=sp.csr_matrix(Y_t[:, ptr[p] : ptr[p + 1]])[rows])
+                          Y=sp.csr_matrix(Y_t[:, ptr[p] : ptr[p + 1]])[rows],
+                          **({} if cost is None else {"row_cost": cost[rows]}))
             written[p] = len(rows)
     return written
 
@@ -211,9 +218,10 @@ def train_partition(spec: PartitionSpec, unit: PartitionUnit) -> Path:
     n_cols = unit.child_stop - unit.first_child
     X = sp.vstack([p["X"] for p in pieces], format="csr") if pieces else sp.csr_matrix((0, spec.n_features))
     Y = sp.vstack([p["Y"] for p in pieces], format="csr") if pieces else sp.csr_matrix((0, n_cols))
+    row_cost = np.concatenate([p["row_cost"] for p in pieces]) if pieces and "row_cost" in pieces[0] else None
     del pieces
     a, b = unit.child_start - unit.first_child, unit.child_stop - unit.first_child
-    w = fit_rows(csr(X), csr(Y)[:, a:b], unit.child_start, unit.child_stop, spec.solver)
+    w = fit_rows(csr(X), csr(Y)[:, a:b], unit.child_start, unit.child_stop, spec.solver, row_cost)
     return save_matrices(spec.folder / f"w{unit.parent:07d}-{unit.child_start:07d}.npz",
                          feature=w.feature, child=w.child, value=w.value,
                          span=np.array([w.child_start, w.child_stop], np.int64))
@@ -257,24 +265,26 @@ class ReduceSpec:
     root: Path
 
 
-def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray]:
+def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The shards' sums added: PIFA normalised (and the features' document frequencies, if summed)
-    into ``root/pifa.npz``; (counts, train counts) per label."""
+    into ``root/pifa.npz``; (counts, train counts) per label, and the train rows' ``row_sizes``."""
     S: sp.csr_matrix | None = None
     counts: np.ndarray | None = None
     train_counts: np.ndarray | None = None
     df: np.ndarray | None = None
+    sizes = np.zeros(0, dtype=np.int64)
     for path in paths:  # one shard's sums at a time
         m = load_matrices(path)
         S = m["pifa"] if S is None else S + m["pifa"]
         counts = m["counts"] if counts is None else counts + m["counts"]
         train_counts = m["train_counts"] if train_counts is None else train_counts + m["train_counts"]
+        sizes = add_row_sizes(sizes, np.asarray(m["row_sizes"], np.int64))
         if "df" in m:
             df = m["df"] if df is None else df + m["df"]
     assert S is not None and counts is not None and train_counts is not None, "no shard"
     summed = {} if df is None else {"df": df}
     save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)), **summed)
-    return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64)
+    return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64), sizes
 
 
 def build_tree_unit(spec: ReduceSpec, params: TreeParams) -> LabelTree:

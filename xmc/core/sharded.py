@@ -81,8 +81,10 @@ class ShardedRows:
     """
 
     def __init__(self, root: Path, shards: Sequence[PreparedShard], n_features: int,
-                 label_counts: np.ndarray, executor: Executor) -> None:
+                 label_counts: np.ndarray, executor: Executor, row_sizes: np.ndarray | None = None) -> None:
         self.root, self.executor = root, executor
+        self.row_sizes = row_sizes
+        """The training rows by their number of labels (``cost.row_sizes``), for ``row_cost_exponent``."""
         self.n_features = n_features
         self.label_counts = label_counts
         self.train = [ShardUnit(s.shard, s.n_train) for s in shards if s.n_train]
@@ -131,7 +133,8 @@ class ShardedRows:
         man = None
         if matcher is not None and solver.negatives == "tfn+man" and t > 0:
             man = self._paths(matcher)
-        spec = RouteSpec(self.root, folder, tree, t, parents, man, predict, solver, routed)
+        sizes = self.row_sizes if solver.row_cost_exponent != 0 else None
+        spec = RouteSpec(self.root, folder, tree, t, parents, man, predict, solver, routed, sizes)
         written = self.executor.map(route_shard, spec, self.train, desc=f"{desc}: shuffle")
         ptr = tree.children_ptr(t)
         units = []
@@ -261,12 +264,12 @@ def fit_sharded(
     try:
         prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
         reduce_spec = ReduceSpec(root)
-        ((counts, train_counts),) = executor.map(reduce_sums, reduce_spec, [tuple(s.sums for s in prepared)],
-                                                 desc="PIFA")
+        ((counts, train_counts, sizes),) = executor.map(reduce_sums, reduce_spec,
+                                                        [tuple(s.sums for s in prepared)], desc="PIFA")
         remove(root / "sums")
         if not counts.any():
             raise DataFormatError("Y has no positive label at all: nothing to learn", path=bundle)
-        rows = ShardedRows(root, prepared, n_features, train_counts, executor)
+        rows = ShardedRows(root, prepared, n_features, train_counts, executor, sizes)
         if not rows.train:
             raise DataFormatError("every training row was held out: lower validation_fraction", path=bundle)
         digest = bundle_digest(bundle) if checkpoint_dir is not None else ""

@@ -53,20 +53,23 @@ def use_dual_cd(params: SolverParams, device: str) -> bool:
 
 
 def solve_squared_hinge(X: sp.csr_matrix, Y: np.ndarray, params: SolverParams,
-                        cost: float | np.ndarray | None = None) -> np.ndarray:
+                        cost: float | np.ndarray | None = None,
+                        row_cost: np.ndarray | None = None) -> np.ndarray:
     """Weights (d + 1, m) of m one-vs-rest squared-hinge SVMs; the last row is the bias weight.
 
     ``X`` is (n x d) CSR, ``Y`` an (n x m) 0/1 array, ``cost`` one C per column (m) or one for all
-    (``params.cost`` when None). Returns float32, before pruning.
+    (``params.cost`` when None), ``row_cost`` (n, positive) a factor on it per row, or None (1).
+    Returns float32, before pruning.
     """
     W = np.zeros((X.shape[1] + 1, Y.shape[1]), dtype=np.float32)
-    for a, block in solve_squared_hinge_blocks(X, Y, params, cost):
+    for a, block in solve_squared_hinge_blocks(X, Y, params, cost, row_cost):
         W[:, a:a + block.shape[1]] = block
     return W
 
 
 def solve_squared_hinge_blocks(X: sp.csr_matrix, Y: np.ndarray, params: SolverParams,
-                               cost: float | np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                               cost: float | np.ndarray | None = None,
+                               row_cost: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """``solve_squared_hinge``'s weights as (first column, d + 1 x some columns) blocks, in order.
 
     Dual coordinate descent solves labels in blocks anyway: handing each over as it is solved lets
@@ -78,6 +81,8 @@ def solve_squared_hinge_blocks(X: sp.csr_matrix, Y: np.ndarray, params: SolverPa
     m = Y.shape[1]
     if Y.shape[0] != n:
         raise ValueError(f"X has {n} rows but Y has {Y.shape[0]}")
+    if row_cost is not None and len(row_cost) != n:
+        raise ValueError(f"X has {n} rows but row_cost has {len(row_cost)}")
     if n == 0 or m == 0:
         yield 0, np.zeros((d + 1, m), dtype=np.float32)
         return
@@ -87,10 +92,10 @@ def solve_squared_hinge_blocks(X: sp.csr_matrix, Y: np.ndarray, params: SolverPa
         from xmc.core.dual_cd import solve_dual_cd_blocks
 
         yield from solve_dual_cd_blocks(X_aug, Y, params.cost if cost is None else cost, params.dual_tol,
-                                        params.dual_max_iter)
+                                        params.dual_max_iter, row_cost=row_cost)
         return
     import torch
 
     from xmc.core.newton_cg import solve_newton
 
-    yield 0, solve_newton(X_aug, Y, params, torch.device(device), cost)
+    yield 0, solve_newton(X_aug, Y, params, torch.device(device), cost, row_cost)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.core.cost import label_costs
+from xmc.core.cost import label_costs, row_costs_of
 from xmc.core.executor import Executor
 from xmc.core.solver import solve_squared_hinge_blocks
 from xmc.core.sparse import nonzero_rows
@@ -34,6 +34,8 @@ class LayerData:
     Y: sp.csc_matrix
     """(N x n_children) 0/1: instance i is positive under child c."""
     solver: SolverParams
+    row_cost: np.ndarray | None = None
+    """(N) each instance's factor on C (``cost.row_costs``), or None: 1."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,15 @@ class ClusterWeights:
 def train_cluster(shared: LayerData, unit: ClusterUnit) -> ClusterWeights:
     """Fit the unit's children on its rows (a pure work unit over the driver's matrices)."""
     Y_local = shared.Y[:, unit.child_start : unit.child_stop][unit.rows]
-    return fit_rows(shared.X[unit.rows], Y_local, unit.child_start, unit.child_stop, shared.solver)
+    row_cost = None if shared.row_cost is None else shared.row_cost[unit.rows]
+    return fit_rows(shared.X[unit.rows], Y_local, unit.child_start, unit.child_stop, shared.solver, row_cost)
 
 
 def fit_rows(X_p: sp.csr_matrix, Y_p: sp.spmatrix, child_start: int, child_stop: int,
-             solver: SolverParams) -> ClusterWeights:
+             solver: SolverParams, row_cost: np.ndarray | None = None) -> ClusterWeights:
     """One-vs-rest rankers of children ``[child_start, child_stop)`` on the rows routed to their
-    parent (``Y_p``: rows x those children), restricted to the features that occur there.
+    parent (``Y_p``: rows x those children), restricted to the features that occur there;
+    ``row_cost``: each row's factor on C (None: 1).
 
     Both data planes end here (the driver's matrices, or a cluster's shuffled partition), so the
     same rows give the same weights.
@@ -91,7 +95,7 @@ def fit_rows(X_p: sp.csr_matrix, Y_p: sp.spmatrix, child_start: int, child_stop:
     Y_dense = Y_p.toarray()
     rows, cols, values = [], [], []
     for a, W in solve_squared_hinge_blocks(X_local, Y_dense, solver,
-                                           label_costs((Y_dense > 0).sum(axis=0), solver)):
+                                           label_costs((Y_dense > 0).sum(axis=0), solver), row_cost):
         # pruned block by block; by child, then feature: the layer's CSC order (``assemble``)
         c, r = np.nonzero(((np.abs(W) >= solver.weight_threshold) & (W != 0)).T)
         rows.append(r)
@@ -253,11 +257,13 @@ def train_layers(
     targets of the layers above the last (see ``disentangle.routed_copy_targets``).
 
     With ``negatives='tfn+man'`` a layer's units also get the rows that the beam search through
-    the layers above (already trained) sends to each parent.
+    the layers above (already trained) sends to each parent. Each row's factor on C
+    (``row_cost_exponent``) comes from its labels in ``Y``, the fit's rows.
     """
     from xmc.core.predict import match
 
     targets = tree.layer_targets(Y, matcher_targets)
+    row_cost = row_costs_of(Y, solver)
     out = list(weights) if weights is not None else [None] * tree.n_layers
     todo = range(tree.n_layers) if layers is None else sorted(layers)
     for t in todo:
@@ -266,7 +272,7 @@ def train_layers(
             matched = match(X, tree, out[:t], predict, bias=solver.bias, keep=solver.man_top or None).tocsc()
         units = layer_units(tree, t, targets[t], matched)
         results = executor.map(
-            train_cluster, LayerData(X, targets[t], layer_solver(solver, t, tree.n_layers)), units,
+            train_cluster, LayerData(X, targets[t], layer_solver(solver, t, tree.n_layers), row_cost), units,
             desc=f"layer {t + 1}/{tree.n_layers}",
         )
         out[t] = assemble(results, X.shape[1], len(tree.parents[t]))
