@@ -85,15 +85,17 @@ def test_fit_trains_with_the_scaled_cost_and_records_it(tmp_path: Path) -> None:
     assert loaded.params == model.params and loaded.info["cost"] == model.info["cost"]
 
 
-def test_a_model_saved_before_the_scale_loads_with_its_own_cost(tmp_path: Path) -> None:
+def test_a_model_saved_before_the_scale_and_row_costs_loads_with_its_own(tmp_path: Path) -> None:
     X, Y = topic_data(n=200, n_labels=12, d=40)
     fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, cost=0.8)).save(tmp_path / "m")
     manifest = tmp_path / "m" / "manifest.json"
     meta = json.loads(manifest.read_text())
     del meta["params"]["solver"]["recurring_df"]
+    del meta["params"]["solver"]["row_cost_exponent"]
     manifest.write_text(json.dumps(meta))
     params = XMCModel.load(tmp_path / "m").params
     assert params.solver.cost == 0.8 and params.solver.recurring_df == 0
+    assert params.solver.row_cost_exponent == 0.0 != XMCParams().solver.row_cost_exponent  # every row at C
 
 
 def test_the_sharded_fit_resolves_the_same_cost(tmp_path: Path) -> None:

@@ -58,6 +58,12 @@ RANKERS_PENDING = "rankers_pending"
 """``info`` key of a model whose last layer is a placeholder: nothing has read its rankers yet."""
 
 
+SOLVER_FIELDS_ADDED: dict[str, Any] = {"recurring_df": 0, "row_cost_exponent": 0.0}
+"""Solver fields added after models were saved, and how such a model was trained: a model saved
+before C was scaled used the C it records, and one saved before rows had costs gave every row C
+(its params then say so, not today's default)."""
+
+
 @dataclass
 class XMCModel:
     """A trained label tree with its matcher and ranker weights."""
@@ -168,9 +174,9 @@ class XMCModel:
         parts = load_bundle(path)
         try:
             saved = parts["manifest"]["params"]
-            if isinstance(saved, dict) and isinstance(saved.get("solver"), dict) \
-                    and "recurring_df" not in saved["solver"]:
-                saved["solver"]["recurring_df"] = 0  # saved before C was scaled: its C is the one it used
+            if isinstance(saved, dict) and isinstance(saved.get("solver"), dict):
+                for name, before in SOLVER_FIELDS_ADDED.items():
+                    saved["solver"].setdefault(name, before)
             params = XMCParams.from_dict(saved)
         except (ValueError, KeyError, TypeError) as e:
             raise BundleError(f"{path}/manifest.json: bad params ({e})") from None
