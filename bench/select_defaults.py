@@ -1,10 +1,11 @@
 """Choose defaults on validation splits of the training data of every real set (never a test split).
 
-    python bench/select_defaults.py [--sets bibtex,debian-deps,...] [--splits 3]
+    python bench/select_defaults.py [--sets bibtex,debian-deps,...] [--splits 3] [--first-split 100]
                                     [--variants NAME ...] [--params '{"cost": 0.7}' ...] [--out DIR]
 
 Each real set's *training* file is split 80/20 by ``split_validation(X, Y, 0.2, 100 + s)`` for
-s < --splits (the same rows for every variant: paired). Every variant is the product's
+s < --splits (the same rows for every variant: paired; ``--first-split`` moves the 100, so a chosen
+default can be confirmed on rows it was not chosen on). Every variant is the product's
 defaults (``XMCParams()``, the one source) with a few fields changed; it is fitted on each 80 %
 and scored on the 20 %. Prints, per set and averaged over sets, validation P@1 / P@5 and the fit
 seconds, and writes OUT/select_defaults.{md,json}. A variant becomes a default only where it
@@ -113,6 +114,11 @@ def score(splits: list[tuple[Any, ...]], changes: dict[str, Any]) -> dict[str, A
             "split_P@1": [float(r[0]) for r in rows], "split_P@5": [float(r[1]) for r in rows]}
 
 
+FIRST_SPLIT = 100
+"""Split s is ``split_validation(X, Y, VALIDATION_FRACTION, FIRST_SPLIT + s)``: the defaults were chosen
+on these; ``--first-split`` 500 gives rows no default was chosen on (as bench/validate_peers.py)."""
+
+
 NOISE_SE = 2.0
 """A set is lost beyond noise when its paired P@1 change is below -NOISE_SE standard errors (over the
 splits) and below -0.05 (a change of a few rows is noise however steady)."""
@@ -166,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default=",".join(REAL_SETS), help="comma list of " + ", ".join(REAL_SETS))
     ap.add_argument("--splits", type=int, default=3, help="seeded 80/20 splits of each training file")
+    ap.add_argument("--first-split", type=int, default=FIRST_SPLIT,
+                    help=f"seed of the first split (default {FIRST_SPLIT}: the rows the defaults were "
+                         "chosen on; 500, as validate_peers.py, confirms a default on others)")
     ap.add_argument("--variants", nargs="*", default=["default", "single-partition"],
                     help="named variants: " + ", ".join(VARIANTS))
     ap.add_argument("--params", nargs="*", default=[], help="more variants as JSON objects of changed fields")
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, float]]] = {v: {} for v in variants}
     for name in sets:
         X, Y = training_rows(name)
-        splits = [unseen_dropped(*split_validation(X, Y, VALIDATION_FRACTION, 100 + s))
+        splits = [unseen_dropped(*split_validation(X, Y, VALIDATION_FRACTION, args.first_split + s))
                   for s in range(args.splits)]
         for variant, changes in variants.items():
             results[variant][name] = score(splits, changes)
@@ -196,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "select_defaults.md").write_text(
-        f"`python bench/select_defaults.py --sets {args.sets} --splits {args.splits}`: validation splits of "
+        f"`python bench/select_defaults.py --sets {args.sets} --splits {args.splits} --first-split "
+        f"{args.first_split}`: validation splits of "
         "the training files only; mean over the splits.\n\n" + text + "\n")
     (args.out / "select_defaults.json").write_text(json.dumps(
-        {"sets": sets, "splits": args.splits, "variants": variants, "results": results}, indent=2) + "\n")
+        {"sets": sets, "splits": args.splits, "first_split": args.first_split, "variants": variants,
+         "results": results}, indent=2) + "\n")
     return 0
 
 
