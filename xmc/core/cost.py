@@ -85,12 +85,13 @@ def label_costs(n_pos: np.ndarray, solver: SolverParams) -> float | np.ndarray:
     return solver.cost * np.clip(scale, 1 / MAX_LABEL_COST_SCALE, MAX_LABEL_COST_SCALE)
 
 
-def row_sizes(Y: sp.spmatrix) -> np.ndarray:
-    """How many rows have k labels, for k = 0, 1, ... (int64): what ``row_costs`` normalises by.
+def row_sizes(n_labels: np.ndarray) -> np.ndarray:
+    """How many rows have k labels, for k = 0, 1, ... (int64), from each row's label count: what
+    ``row_costs`` normalises by.
 
     Counts, not a mean of floats, so shards add up exactly (``add_row_sizes``) and the sharded fit
     gives the in-process fit's row costs bit for bit."""
-    return np.bincount(np.diff(sp.csr_matrix(Y).indptr), minlength=2).astype(np.int64)
+    return np.bincount(n_labels, minlength=2).astype(np.int64)
 
 
 def add_row_sizes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -118,7 +119,5 @@ def row_costs(n_labels: np.ndarray, sizes: np.ndarray, solver: SolverParams) -> 
 
 def row_costs_of(Y: sp.spmatrix, solver: SolverParams) -> np.ndarray | None:
     """``row_costs`` of the fit's rows ``Y`` themselves (the in-process fit)."""
-    if solver.row_cost_exponent == 0:
-        return None
     n = np.diff(sp.csr_matrix(Y).indptr)
-    return row_costs(n, row_sizes(Y), solver)
+    return row_costs(n, row_sizes(n), solver)

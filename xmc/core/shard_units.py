@@ -134,8 +134,8 @@ def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
     df = {"df": document_frequency(Xt)} if spec.document_frequency else {}
     sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz", pifa=pifa_sums(Xt, Yt),
                          counts=np.diff(Y.tocsc().indptr).astype(np.int64),
-                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64), row_sizes=row_sizes(Yt),
-                         **df)
+                         train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64),
+                         row_sizes=row_sizes(np.diff(Yt.indptr)), **df)
     return PreparedShard(part.shard, int(Xt.shape[0]), int(held.sum()), sums)
 
 

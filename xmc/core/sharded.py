@@ -81,7 +81,7 @@ class ShardedRows:
     """
 
     def __init__(self, root: Path, shards: Sequence[PreparedShard], n_features: int,
-                 label_counts: np.ndarray, executor: Executor, row_sizes: np.ndarray | None = None) -> None:
+                 label_counts: np.ndarray, executor: Executor, row_sizes: np.ndarray) -> None:
         self.root, self.executor = root, executor
         self.row_sizes = row_sizes
         """The training rows by their number of labels (``cost.row_sizes``), for ``row_cost_exponent``."""
@@ -133,8 +133,7 @@ class ShardedRows:
         man = None
         if matcher is not None and solver.negatives == "tfn+man" and t > 0:
             man = self._paths(matcher)
-        sizes = self.row_sizes if solver.row_cost_exponent != 0 else None
-        spec = RouteSpec(self.root, folder, tree, t, parents, man, predict, solver, routed, sizes)
+        spec = RouteSpec(self.root, folder, tree, t, parents, man, predict, solver, routed, self.row_sizes)
         written = self.executor.map(route_shard, spec, self.train, desc=f"{desc}: shuffle")
         ptr = tree.children_ptr(t)
         units = []
