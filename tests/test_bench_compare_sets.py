@@ -42,3 +42,31 @@ def test_not_leading_names_every_measure_behind_the_best_peer() -> None:
     assert synth == "synth-1k (synthetic): xmc-disentangled leads every peer on P@1, P@5, fit s and peak RSS"
     text = "\n".join(compare.summary(table))
     assert "debian-deps (real)" in text and "synth-1k (synthetic)" in text and "| timeout (> 900 s) |" in text
+
+
+def test_two_hop_labels_come_from_training_packages_and_rows_without_one_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The many-labels proxy: a package's labels are its dependencies and theirs, looked up among the
+    training packages only (a test package's own labels never shape another row); the most frequent
+    labels under the share cap are kept, and rows left without one are dropped."""
+    train = [{"id": "a", "text": "alpha beta", "labels": ["b"]},
+             {"id": "b", "text": "beta gamma", "labels": ["c", "d"]},
+             {"id": "c", "text": "gamma delta", "labels": ["d"]},
+             {"id": "e", "text": "epsilon", "labels": ["x"]}]
+    test = [{"id": "t", "text": "alpha zeta", "labels": ["b"]},
+            {"id": "u", "text": "omega", "labels": ["q"]},
+            {"id": "v", "text": "delta", "labels": ["t"]}]  # t's labels are not looked up
+    splits = {"train": train, "test": test}
+    monkeypatch.setattr(compare, "read_corpus", lambda split, corpus="debian-deps": splits[split])
+    monkeypatch.setattr(compare, "TWO_HOP_MAX_SHARE", 1.0)
+    monkeypatch.setattr(compare, "TWO_HOP_LABELS", 3)  # d 3 rows, c 2, then b over x (1 each) by name
+    X, Y, Xt, Yt, _ = compare.two_hop()
+    names = ["b", "c", "d"]
+    # e's only label, x, is not kept
+    assert [[names[j] for j in row.indices] for row in Y] == [["b", "c", "d"], ["c", "d"], ["d"]]
+    assert [[names[j] for j in row.indices] for row in Yt] == [["b", "c", "d"]]  # u, v: no kept label
+    assert X.shape == (3, 5) and Xt.shape == (1, 5) and Xt.nnz == 1  # five stems; "zeta" unknown
+    monkeypatch.setattr(compare, "TWO_HOP_MAX_SHARE", 0.5)  # d (3 of 4 rows) and c (2 of 4) dropped
+    _, Y, _, Yt, _ = compare.two_hop()
+    assert Y.shape == (2, 2) and Y.toarray().tolist() == [[1, 0], [0, 1]] and Yt.shape == (1, 2)
