@@ -140,10 +140,14 @@ except ImportError:  # hypothesis is a dev extra; without it only the fuzz suite
 
 
 def same_model(a: Any, b: Any, X: sp.csr_matrix | None = None) -> None:
-    """Two fits of one model: every tree's structure equal, weights (and predictions on X) to 1e-6."""
+    """Two fits of one model: every tree's structure equal, feature weights, weights (and predictions on X)
+    to 1e-6."""
     assert len(a.trees) == len(b.trees)
     for ta, tb in zip(a.trees, b.trees, strict=True):
         assert np.array_equal(ta.tree.copy_label, tb.tree.copy_label)
+        assert (ta.feature_weights is None) == (tb.feature_weights is None)
+        if ta.feature_weights is not None:
+            assert np.abs(ta.feature_weights - tb.feature_weights).max() <= 1e-6
         assert all(np.array_equal(p, q) for p, q in zip(ta.tree.parents, tb.tree.parents, strict=True))
         for Wa, Wb in zip(ta.weights, tb.weights, strict=True):
             assert Wa.shape == Wb.shape and (Wa.nnz == 0 or abs(Wa - Wb).max() <= 1e-6)

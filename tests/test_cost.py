@@ -24,8 +24,10 @@ from xmc.core.cost import (
     row_costs_of,
     row_sizes,
 )
+from xmc.core.feature_weights import weigh_rows
 from xmc.core.fit import fit
 from xmc.core.sharded import fit_sharded
+from xmc.core.sparse import csr
 from xmc.errors import ParamError
 from xmc.io.features import write_bundle
 
@@ -67,13 +69,18 @@ def with_singletons(X: sp.csr_matrix, weight: float = 2.5) -> sp.csr_matrix:
 def test_fit_trains_with_the_scaled_cost_and_records_it(tmp_path: Path) -> None:
     X, Y = topic_data(n=300, n_labels=20, d=60)
     Xs = with_singletons(X)
-    params = SCALED.replace(max_leaf_size=4)
+    params = SCALED.replace(max_leaf_size=4, feature_weight_exponent=0.0)  # the rows as given: rho by hand
     ex = LocalExecutor(show_progress=False)
     model = fit(Xs, Y, params, executor=ex)
     rows = Xs.multiply(1 / np.sqrt(Xs.multiply(Xs).sum(axis=1))).tocsr()  # the fit's normalised rows
     rho = float(np.mean(1 - 2.5**2 / np.asarray(Xs.multiply(Xs).sum(axis=1)).ravel()))
     assert resolve_cost_of_rows(params, rows)[1]["recurring_share"] == pytest.approx(rho)
     assert model.info["cost"]["recurring_share"] == pytest.approx(rho) and rho < 0.6
+    weighed = fit(Xs, Y, params.replace(feature_weight_exponent=0.25), executor=ex)  # C of the weighed rows
+    assert weighed.feature_weights is not None
+    share = resolve_cost_of_rows(params, weigh_rows(csr(rows), weighed.feature_weights, True))[1]
+    assert weighed.info["cost"]["recurring_share"] == pytest.approx(share["recurring_share"])
+    assert abs(share["recurring_share"] - rho) > 1e-3
     assert model.params.solver.cost == pytest.approx(0.5 / rho, rel=1e-3) == model.info["cost"]["effective"]
     given = fit(Xs, Y, params.replace(recurring_df=0), executor=ex)  # C as given: another model
     assert given.params.solver.cost == 0.5 and "cost" not in given.info
@@ -85,17 +92,23 @@ def test_fit_trains_with_the_scaled_cost_and_records_it(tmp_path: Path) -> None:
     assert loaded.params == model.params and loaded.info["cost"] == model.info["cost"]
 
 
-def test_a_model_saved_before_the_scale_and_row_costs_loads_with_its_own(tmp_path: Path) -> None:
+def test_a_model_saved_before_the_scale_row_costs_and_weights_loads_with_its_own(tmp_path: Path) -> None:
     X, Y = topic_data(n=200, n_labels=12, d=40)
-    fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, cost=0.8)).save(tmp_path / "m")
+    # an old model: trained on the features as given, so no features.npz
+    fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, cost=0.8, feature_weight_exponent=0.0)
+        ).save(tmp_path / "m")
     manifest = tmp_path / "m" / "manifest.json"
     meta = json.loads(manifest.read_text())
-    del meta["params"]["solver"]["recurring_df"]
-    del meta["params"]["solver"]["row_cost_exponent"]
+    assert "features.npz" not in meta["files"]
+    for name in ("recurring_df", "row_cost_exponent", "feature_weight_exponent"):
+        del meta["params"]["solver"][name]
     manifest.write_text(json.dumps(meta))
-    params = XMCModel.load(tmp_path / "m").params
+    model = XMCModel.load(tmp_path / "m")
+    params = model.params
     assert params.solver.cost == 0.8 and params.solver.recurring_df == 0
     assert params.solver.row_cost_exponent == 0.0 != XMCParams().solver.row_cost_exponent  # every row at C
+    assert params.solver.feature_weight_exponent == 0.0 != XMCParams().solver.feature_weight_exponent
+    assert model.feature_weights is None
 
 
 def test_the_sharded_fit_resolves_the_same_cost(tmp_path: Path) -> None:

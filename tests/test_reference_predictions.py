@@ -30,7 +30,8 @@ REFERENCE = Path(__file__).parent / "data" / "bibtex_predictions_4b18fa5.npz"
 # weights pruned below 0.1), pinned: later default changes do not move the reference
 OLD_DEFAULTS = XMCParams().replace(algorithm="newton-cg", cost=1.0, post_processor="l3-hinge",
                                    branching_factor=16, min_gain_share=0.05, negatives="tfn",
-                                   weight_threshold=0.1, clustering="balanced", row_cost_exponent=0.0)
+                                   weight_threshold=0.1, clustering="balanced", row_cost_exponent=0.0,
+                                   feature_weight_exponent=0.0)
 MODELS = {"default": OLD_DEFAULTS, "leaf16_r0": OLD_DEFAULTS.replace(max_leaf_size=16, rounds=0)}
 
 

@@ -31,6 +31,7 @@ from xmc.core.disentangle import (
     weight_bytes,
 )
 from xmc.core.executor import Executor, LocalExecutor
+from xmc.core.feature_weights import feature_weights, weigh_rows
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
 from xmc.core.rows import TrainingRows, split_validation
 from xmc.core.solver import resolve_device, use_dual_cd
@@ -98,13 +99,17 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
+    s = feature_weights(Xt, Yt, params.solver.feature_weight_exponent)  # from the fitting rows alone
+    if s is not None:  # every row (held-out ones too) as the model will see it at predict
+        Xp = weigh_rows(Xp, s, params.normalize_rows)
+        Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
     refit = refits_trees(params, Xv.shape[0] if Xv is not None else 0)
     if refit and checkpoint_dir is not None and not resume:  # a fresh run: no earlier run's refit
         check_checkpoint_folder(checkpoint_dir)  # ours (or empty) before anything in it is removed
         shutil.rmtree(Path(checkpoint_dir) / "refit", ignore_errors=True)
     given, (params, cost) = params, resolve_cost_of_rows(params, Xt)
     inputs = FitInputs(partial(build_tree, pifa(Xt, Yt)), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64),
-                       X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "")
+                       X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "", s)
     model = fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
                       checkpoint_dir=checkpoint_dir, resume=resume, observer=None if refit else observer)
     if params.dense.dense == "prime":
@@ -151,6 +156,8 @@ class FitInputs:
     """All rows, held-out ones included."""
     fingerprint: str
     """Of the data, for checkpoints ('' without a checkpoint)."""
+    feature_weights: np.ndarray | None = None
+    """The rows' feature weights (``xmc.core.feature_weights``), which every model of the fit stores."""
 
 
 def fit_trees(
@@ -229,7 +236,7 @@ def fit_tree(
         weights[-1] = pending_rankers(inputs.n_features, len(tree.copy_label))
         info[RANKERS_PENDING] = True
     model = XMCModel(params, tree, weights, inputs.n_features, inputs.counts, inputs.n_rows, label_names,
-                     info)
+                     info, feature_weights=inputs.feature_weights)
     if rounds:
         model = run_rounds(model, rows, ckpt, observer=observer)
     return model
@@ -294,7 +301,7 @@ def run_rounds(
         if rankers == "none":
             info[RANKERS_PENDING] = True
         current = XMCModel(p, tree, weights, model.n_features, model.label_counts, model.n_train,
-                           model.label_names, info)
+                           model.label_names, info, feature_weights=model.feature_weights)
         t0 = time.perf_counter()
         record.validation = validate(current)
         record.seconds["validate"] = time.perf_counter() - t0

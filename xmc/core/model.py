@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from xmc._version import __version__
 from xmc.core.dense.fusion import fuse
+from xmc.core.feature_weights import weigh_rows
 from xmc.core.predict import predict_ensemble
 from xmc.core.sparse import csr, normalize_rows
 from xmc.core.tree import LabelTree
@@ -58,10 +59,12 @@ RANKERS_PENDING = "rankers_pending"
 """``info`` key of a model whose last layer is a placeholder: nothing has read its rankers yet."""
 
 
-SOLVER_FIELDS_ADDED: dict[str, Any] = {"recurring_df": 0, "row_cost_exponent": 0.0}
+SOLVER_FIELDS_ADDED: dict[str, Any] = {"recurring_df": 0, "row_cost_exponent": 0.0,
+                                       "feature_weight_exponent": 0.0}
 """Solver fields added after models were saved, and how such a model was trained: a model saved
-before C was scaled used the C it records, and one saved before rows had costs gave every row C
-(its params then say so, not today's default)."""
+before C was scaled used the C it records, one saved before rows had costs gave every row C, and
+one saved before features had weights took them as given (its params then say so, not today's
+default)."""
 
 
 @dataclass
@@ -82,6 +85,9 @@ class XMCModel:
     """Trees 1..T-1 of an ensemble (``params.tree.n_trees`` = T); this model's own tree is tree 0."""
     dense: Any = None
     """The dense part of a hybrid (``xmc.core.dense.model.DenseModel``) fused with the trees; None: trees."""
+    feature_weights: np.ndarray | None = None
+    """(n_features) each feature's factor before the rows are normalised again
+    (``xmc.core.feature_weights``, from the fitting rows); None: the features as given."""
 
     @property
     def trees(self) -> list[XMCModel]:
@@ -93,8 +99,10 @@ class XMCModel:
         return self.tree.n_labels
 
     def preprocess(self, X: sp.spmatrix) -> sp.csr_matrix:
-        """Features as the model was trained on them (float32 CSR, rows L2-normalised if set)."""
-        return prepare_features(X, self.params, self.n_features)
+        """Features as the model was trained on them (float32 CSR, rows L2-normalised if set, scaled
+        by the feature weights and normalised again)."""
+        return weigh_rows(prepare_features(X, self.params, self.n_features), self.feature_weights,
+                          self.params.normalize_rows)
 
     def predict(
         self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None,
@@ -165,6 +173,7 @@ class XMCModel:
             save_bundle(
                 path, tree=self.tree, weights=self.weights, n_features=self.n_features,
                 label_counts=self.label_counts, n_train=self.n_train, label_names=self.label_names,
+                feature_weights=self.feature_weights,
                 meta={"xmc_version": __version__, "params": self.params.to_dict(), "info": self.info},
                 extra_dirs=extra or None,
             )
@@ -202,7 +211,7 @@ class XMCModel:
             dense = DenseModel.load(Path(path) / DENSE_DIR, parts["n_features"], parts["tree"].n_labels)
         return cls(params, parts["tree"], parts["weights"], parts["n_features"],
                    parts["label_counts"], parts["n_train"], parts["label_names"],
-                   info, vectorizer, members, dense)
+                   info, vectorizer, members, dense, parts["feature_weights"])
 
 
 def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 
 from xmc.core.cost import add_row_sizes, document_frequency, recurring_share_sum, row_costs, row_sizes
 from xmc.core.disentangle import coverage_counts, routed_copy_targets
+from xmc.core.feature_weights import label_mass, weigh_rows, weights_of_mass
 from xmc.core.metrics import metric_sums
 from xmc.core.model import check_xy
 from xmc.core.predict import ScoringLayer, match_layers, predict_ensemble
@@ -91,6 +92,8 @@ class PrepareSpec:
     """Rows whose hash draw is below it are held out (``rows.holdout_threshold``)."""
     document_frequency: bool = False
     """Also sum the features' document frequencies (for ``share_shard``: a C scaled by ``recurring_df``)."""
+    label_mass: bool = False
+    """Also sum ``Y^T |X|`` (for the feature weights, ``reduce_sums``)."""
 
 
 @dataclass(frozen=True)
@@ -132,11 +135,32 @@ def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
     save_matrices(rows_file(spec.root, "train", part.shard), X=Xt, Y=Yt)
     save_matrices(rows_file(spec.root, "valid", part.shard), X=X[held], Y=Y[held])
     df = {"df": document_frequency(Xt)} if spec.document_frequency else {}
+    mass = {"mass": label_mass(Xt, Yt)} if spec.label_mass else {}
     sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz", pifa=pifa_sums(Xt, Yt),
                          counts=np.diff(Y.tocsc().indptr).astype(np.int64),
                          train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64),
-                         row_sizes=row_sizes(np.diff(Yt.indptr)), **df)
+                         row_sizes=row_sizes(np.diff(Yt.indptr)), **df, **mass)
     return PreparedShard(part.shard, int(Xt.shape[0]), int(held.sum()), sums)
+
+
+@dataclass(frozen=True)
+class WeighSpec:
+    root: Path
+    feature_weights: np.ndarray
+    normalize: bool
+
+
+def weigh_shard(spec: WeighSpec, shard: PreparedShard) -> None:
+    """The shard's rows (train and held-out) scaled by the feature weights and normalised again, as
+    the in-process fit weighs its rows; its PIFA sums redone from them (the other sums stand: the
+    weights are positive, so no feature leaves a row)."""
+    for split in ("train", "valid"):
+        X, Y = load_rows(spec.root, split, shard.shard)
+        X = weigh_rows(X, spec.feature_weights, spec.normalize)
+        save_matrices(rows_file(spec.root, split, shard.shard), X=X, Y=Y)
+        if split == "train":
+            sums = {k: v for k, v in load_matrices(shard.sums).items() if k != "mass"}
+            save_matrices(shard.sums, **{**sums, "pifa": pifa_sums(X, Y)})
 
 
 # -- route (map side of the shuffle) ---------------------------------------------------------------
@@ -263,12 +287,17 @@ def assemble_layer(spec: AssembleSpec, unit: AssembleUnit) -> Path:
 @dataclass(frozen=True)
 class ReduceSpec:
     root: Path
+    feature_weight_exponent: float = 0.0
+    """With the shards' ``label_mass`` summed: the feature weights' gamma."""
 
 
-def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The shards' sums added: PIFA normalised (and the features' document frequencies, if summed)
-    into ``root/pifa.npz``; (counts, train counts) per label, and the train rows' ``row_sizes``."""
+    into ``root/pifa.npz``; (counts, train counts) per label, the train rows' ``row_sizes``, and the
+    feature weights of the summed label mass (None if not summed, or none to apply)."""
     S: sp.csr_matrix | None = None
+    mass: sp.csr_matrix | None = None
     counts: np.ndarray | None = None
     train_counts: np.ndarray | None = None
     df: np.ndarray | None = None
@@ -276,6 +305,8 @@ def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, 
     for path in paths:  # one shard's sums at a time
         m = load_matrices(path)
         S = m["pifa"] if S is None else S + m["pifa"]
+        if "mass" in m:
+            mass = m["mass"] if mass is None else mass + m["mass"]
         counts = m["counts"] if counts is None else counts + m["counts"]
         train_counts = m["train_counts"] if train_counts is None else train_counts + m["train_counts"]
         sizes = add_row_sizes(sizes, np.asarray(m["row_sizes"], np.int64))
@@ -284,7 +315,8 @@ def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]) -> tuple[np.ndarray, 
     assert S is not None and counts is not None and train_counts is not None, "no shard"
     summed = {} if df is None else {"df": df}
     save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)), **summed)
-    return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64), sizes
+    weights = None if mass is None else weights_of_mass(mass, spec.feature_weight_exponent)
+    return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64), sizes, weights
 
 
 def build_tree_unit(spec: ReduceSpec, params: TreeParams) -> LabelTree:

@@ -52,6 +52,7 @@ from xmc.core.shard_units import (
     ShardUnit,
     ShareSpec,
     ValidateSpec,
+    WeighSpec,
     assemble_layer,
     build_tree_unit,
     coverage_shard,
@@ -62,6 +63,7 @@ from xmc.core.shard_units import (
     share_shard,
     train_partition,
     validate_shard,
+    weigh_shard,
 )
 from xmc.core.solver import resolve_device, use_dual_cd
 from xmc.core.train import layer_solver, spread_children
@@ -258,13 +260,19 @@ def fit_sharded(
         raise ParamError("--dense prime trains on the driver's rows: use --data-plane driver (or the local "
                          "executor) for a hybrid model")
     threshold = holdout_threshold(params.tree.seed, n_rows, params.disentangle.validation_fraction)
+    gamma = params.solver.feature_weight_exponent
     spec = PrepareSpec(root, n_features, n_labels, params.normalize_rows, params.tree.seed, threshold,
-                       document_frequency=params.solver.recurring_df > 0)
+                       document_frequency=params.solver.recurring_df > 0, label_mass=gamma > 0)
     try:
         prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
         reduce_spec = ReduceSpec(root)
-        ((counts, train_counts, sizes),) = executor.map(reduce_sums, reduce_spec,
-                                                        [tuple(s.sums for s in prepared)], desc="PIFA")
+        sums = tuple(s.sums for s in prepared)
+        ((counts, train_counts, sizes, weights),) = executor.map(
+            reduce_sums, ReduceSpec(root, gamma), [sums], desc="PIFA")
+        if weights is not None:  # the rows weighed as fit weighs them, then PIFA again from them
+            executor.map(weigh_shard, WeighSpec(root, weights, params.normalize_rows), prepared,
+                         desc="feature weights")
+            executor.map(reduce_sums, reduce_spec, [sums], desc="PIFA")
         remove(root / "sums")
         if not counts.any():
             raise DataFormatError("Y has no positive label at all: nothing to learn", path=bundle)
@@ -282,7 +290,7 @@ def fit_sharded(
             (tree,) = executor.map(build_tree_unit, reduce_spec, [tree_params], desc="tree")
             return tree
 
-        inputs = FitInputs(tree_of, counts, n_features, n_rows, digest)
+        inputs = FitInputs(tree_of, counts, n_features, n_rows, digest, weights)
         model = fit_trees(rows, inputs, params, label_names=label_names, checkpoint_dir=checkpoint_dir,
                           resume=resume, observer=observer)
         for member in model.trees:

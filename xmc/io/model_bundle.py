@@ -4,6 +4,7 @@
     tree.npz          parents of every layer, copy -> label map
     layer_<t>.npz     layer t's weights (CSC arrays), bias row last
     labels.npz        training label counts (propensities for PSP@k)
+    features.npz      optional feature weights applied before the rows are normalised again
     label_names.txt   optional label vocabulary, one name per line
     <extra>/...       optional folders stored with the model, e.g. ``vectorizer/`` (JSON + npz)
 
@@ -62,6 +63,7 @@ def save_bundle(
     n_train: int,
     label_names: list[str] | None,
     meta: dict[str, Any],
+    feature_weights: np.ndarray | None = None,
     extra_dirs: Mapping[str, str | Path] | None = None,
 ) -> None:
     """Write the bundle atomically (a reader never sees a half-written model).
@@ -78,6 +80,8 @@ def save_bundle(
             _save_npz(tmp / f"layer_{t}.npz", data=W.data, indices=W.indices, indptr=W.indptr,
                       shape=np.array(W.shape, dtype=np.int64))
         _save_npz(tmp / "labels.npz", label_counts=label_counts.astype(np.int64))
+        if feature_weights is not None:
+            _save_npz(tmp / "features.npz", weights=np.asarray(feature_weights, dtype=np.float32))
         if label_names is not None:
             (tmp / "label_names.txt").write_text("".join(name + "\n" for name in label_names))
         manifest = {
@@ -144,6 +148,14 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
     if counts.shape != (n_labels,) or not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
         raise BundleError(f"{folder}/labels.npz: label_counts must be {n_labels} counts >= 0, "
                           f"got shape {tuple(int(v) for v in counts.shape)} of {counts.dtype}")
+    feature_weights = None
+    if "features.npz" in manifest.get("files", {}):  # checksummed above like every listed file
+        feature_weights = load_npz(folder, "features.npz", ("weights",))["weights"]
+        if feature_weights.shape != (n_features,) or not np.issubdtype(feature_weights.dtype, np.floating) \
+                or not np.all(np.isfinite(feature_weights)) or (feature_weights < 0).any():
+            shape = tuple(int(v) for v in feature_weights.shape)
+            raise BundleError(f"{folder}/features.npz: weights must be {n_features} finite numbers >= 0, "
+                              f"got shape {shape} of {feature_weights.dtype}")
     names = None
     if (folder / "label_names.txt").exists():
         try:
@@ -153,4 +165,5 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
         if len(names) != n_labels:
             raise BundleError(f"{folder}/label_names.txt: {len(names)} names for {n_labels} labels")
     return {"manifest": manifest, "tree": tree, "weights": weights, "label_counts": counts,
-            "n_train": n_train, "n_features": n_features, "label_names": names}
+            "n_train": n_train, "n_features": n_features, "label_names": names,
+            "feature_weights": feature_weights}
