@@ -99,11 +99,14 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
-    s = feature_weights(Xt, Yt, params.solver.feature_weight_exponent)  # from the fitting rows alone
+    refit = refits_trees(params, Xv.shape[0] if Xv is not None else 0)
+    gamma = params.solver.feature_weight_exponent
+    s = feature_weights(Xt, Yt, gamma)  # from the fitting rows alone
+    given_rows = Xp if refit and s is not None else None  # the refit weighs every row afresh
     if s is not None:  # every row (held-out ones too) as the model will see it at predict
+        del Xt, Xv  # the split's copies go before the weighed rows come (one copy of X less at peak)
         Xp = weigh_rows(Xp, s, params.normalize_rows)
         Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
-    refit = refits_trees(params, Xv.shape[0] if Xv is not None else 0)
     if refit and checkpoint_dir is not None and not resume:  # a fresh run: no earlier run's refit
         check_checkpoint_folder(checkpoint_dir)  # ours (or empty) before anything in it is removed
         shutil.rmtree(Path(checkpoint_dir) / "refit", ignore_errors=True)
@@ -119,9 +122,15 @@ def fit(
             Xt, Yt, Xv, Yv, model, params, label_text=label_text, checkpoint_dir=checkpoint_dir,
             resume=resume, observer=observer, executor=executor)
         if refit:  # the held-out rows served the fusion only: the trees again, on every row
+            if given_rows is not None:  # weights of every row, as the fit without --dense has them;
+                # the dense part then reads rows weighed by these, a few held-out rows off its own
+                s = feature_weights(given_rows, Y, gamma)
+                Xp = weigh_rows(given_rows, s, params.normalize_rows)
+                del given_rows
             params, cost = resolve_cost_of_rows(given, Xp)
             folder = None if checkpoint_dir is None else Path(checkpoint_dir) / "refit"
-            every_row = dataclass_replace(inputs, tree_of=partial(build_tree, pifa(Xp, Y)))
+            every_row = dataclass_replace(inputs, tree_of=partial(build_tree, pifa(Xp, Y)),
+                                          feature_weights=s)
             model = fit_trees(InMemoryRows(Xp, Y, None, None, executor), every_row, params,
                               label_names=label_names, checkpoint_dir=folder, resume=resume,
                               observer=observer)
