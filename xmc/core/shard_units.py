@@ -4,6 +4,8 @@ Each pass of ``xmc.core.sharded`` is one ``executor.map`` of one of these over s
 
 - ``prepare_shard``: a slice of a bundle part -> the shard's prepared train / held-out rows, and its
   share of the label-sized sums (PIFA ``Y^T X``, label counts).
+- ``weigh_shard``: the shard's rows scaled by the feature weights of the summed label mass and
+  normalised again, its PIFA sums redone.
 - ``route_shard``: the shard's rows routed to each parent of a layer (teacher forcing by their
   labels, plus the matcher's beam for matcher-aware negatives), written per parent: the map side
   of a shuffle by cluster id.

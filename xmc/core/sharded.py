@@ -3,7 +3,9 @@
 ``fit_sharded`` reads a features bundle's part files only by their Parquet footers (row counts),
 cuts them into shards of ``SHARD_ROWS`` rows and hands them to the executor: the workers prepare
 the rows (normalise, split off the held-out rows by their hash, ``rows.holdout_mask``) into the
-work folder and return label-sized sums, which the driver adds up into PIFA and the label counts.
+work folder and return label-sized sums, which the driver adds up into PIFA and the label counts
+(with feature weights, ``feature_weight_exponent``, the summed label mass gives the weights, a
+second pass weighs every shard's rows and PIFA is summed again from them).
 From there the fit loop is ``fit``'s own (``fit.fit_trees``): it asks ``ShardedRows`` for layers,
 gains, coverage and held-out scores, and each answer is a few passes over the shards
 (``xmc.core.shard_units``). Training a layer is a shuffle: the shards write the rows routed to
