@@ -71,6 +71,9 @@ def fit(
 ) -> XMCModel:
     """Build the label tree from PIFA embeddings, train every layer, then run the rounds.
 
+    Before anything else every row is weighed by the feature weights of the fitting rows
+    (``feature_weight_exponent``; the held-out rows do not choose them) and the model keeps them.
+
     With ``validation_fraction > 0`` a seeded share of the rows is held out: the model is
     trained on the rest, every round is scored on it, and the rounds stop (keeping the best)
     once P@1 stops improving. Round records land in ``model.info["rounds"]``.
