@@ -11,13 +11,36 @@ import scipy.sparse as sp
 
 from tests.conftest import same_model, topic_data
 from xmc import XMCModel, XMCParams
-from xmc.core.feature_weights import MIN_FEATURE_WEIGHT, feature_weights, weigh_rows
+from xmc.core.feature_weights import KL_SCALE, MIN_FEATURE_WEIGHT, feature_weights, weigh_rows
 from xmc.core.fit import fit
 from xmc.core.sparse import normalize_rows
 from xmc.errors import BundleError
 
 
-def test_weights_by_hand() -> None:
+def test_kl_weights_by_hand() -> None:
+    """The labels' share of all mass is p = (4, 3, 1, 1) / 9 (rows are labels here). Feature 0 only with
+    label 0: KL = ln(1 / p_0), s = (1 - sqrt(p_0))^g = (1/3)^g. Feature 4 in exactly the proportions p:
+    KL 0, the floor. Feature 1 evenly over labels 0 and 1: KL = (ln(9/8) + ln(3/2)) / 2. Feature 3 in no
+    row: 1. Negative values count by their size."""
+    X = sp.csr_matrix(np.array([[1.0, 2.0, -1.0, 0.0, 4.0],
+                                [0.0, 2.0, 1.0, 0.0, 3.0],
+                                [0.0, 0.0, 1.0, 0.0, 1.0],
+                                [0.0, 0.0, 1.0, 0.0, 1.0]], dtype=np.float32))
+    Y = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    p = np.array([8.0, 6.0, 2.0, 2.0]) / 18
+    kl_2 = np.sum(0.25 * np.log(0.25 / p))
+    for g in (0.25, 1.0):
+        s = feature_weights(X, Y, g, "kl")
+        assert s is not None
+        kept = [1 - np.sqrt(p[0]), 1 - np.exp(-(np.log(0.5 / p[0]) + np.log(0.5 / p[1])) / 4),
+                1 - np.exp(-kl_2 / KL_SCALE), 1.0, 0.0]
+        np.testing.assert_allclose(s, np.maximum(np.array(kept) ** g, MIN_FEATURE_WEIGHT), rtol=1e-5)
+    assert np.isclose(1 - np.sqrt(p[0]), 1 / 3) and KL_SCALE == 2.0  # the closed form above assumes tau 2
+    assert feature_weights(X, Y, 0.0, "kl") is None
+    assert feature_weights(X, sp.csr_matrix(np.ones((4, 1), np.float32)), 0.25, "kl") is None  # one label
+
+
+def test_entropy_weights_by_hand() -> None:
     """Feature 0 only with label 0: entropy 0, weight 1. Feature 1 evenly over labels 0 and 1 of 4:
     H = ln 2, s = (1 - ln 2 / ln 4)^g = 0.5^g. Feature 2 evenly over all four (negative values count
     by their size): the floor. Feature 3 in no fitting row: 1."""
@@ -27,11 +50,11 @@ def test_weights_by_hand() -> None:
                                 [0.0, 0.0, 1.0, 0.0]], dtype=np.float32))
     Y = sp.csr_matrix(np.eye(4, dtype=np.float32))
     for g in (0.25, 1.0):
-        s = feature_weights(X, Y, g)
+        s = feature_weights(X, Y, g, "entropy")
         assert s is not None
         np.testing.assert_allclose(s, [1.0, 0.5**g, MIN_FEATURE_WEIGHT, 1.0], rtol=1e-6)
-    assert feature_weights(X, Y, 0.0) is None
-    assert feature_weights(X, sp.csr_matrix(np.ones((4, 1), np.float32)), 0.25) is None  # one label
+    assert feature_weights(X, Y, 0.0, "entropy") is None
+    assert feature_weights(X, sp.csr_matrix(np.ones((4, 1), np.float32)), 0.25, "entropy") is None
     s = np.array([1.0, 0.5, 0.001, 1.0], np.float32)
     W = weigh_rows(X, s, normalize=True)
     expected = normalize_rows(sp.csr_matrix(X.toarray() * s)).toarray()
@@ -81,3 +104,24 @@ def test_a_changed_weights_file_is_refused(tmp_path: Path) -> None:
     manifest.write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="weights must be 40 finite numbers"):
         XMCModel.load(tmp_path / "m")
+
+
+def test_a_model_weighed_by_entropy_before_the_measure_loads_as_entropy(tmp_path: Path) -> None:
+    """A model saved before ``feature_weight_measure`` existed was weighed by entropy: its params say so
+    on load (not today's default), and it predicts with the weights it stored."""
+    X, Y = topic_data(n=200, n_labels=12, d=40)
+    params = XMCParams().replace(max_leaf_size=4, rounds=0, feature_weight_exponent=0.15,
+                                 feature_weight_measure="entropy")
+    model = fit(X, Y, params)
+    kl = fit(X, Y, params.replace(feature_weight_measure="kl")).feature_weights
+    assert model.feature_weights is not None and kl is not None
+    assert np.abs(model.feature_weights - kl).max() > 1e-3  # the measures weigh differently
+    model.save(tmp_path / "m")
+    manifest = tmp_path / "m" / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    del meta["params"]["solver"]["feature_weight_measure"]
+    manifest.write_text(json.dumps(meta))
+    loaded = XMCModel.load(tmp_path / "m")
+    measure = loaded.params.solver.feature_weight_measure
+    assert measure == "entropy" != XMCParams().solver.feature_weight_measure
+    same_model(loaded, model, X)

@@ -19,6 +19,9 @@ def test_validation_names_field_value_and_fix() -> None:
         XMCParams().replace(max_leaf=3)
     with pytest.raises(ParamError, match="beam_size='10' has the wrong type"):
         XMCParams.from_dict({"beam_size": "10"})
+    with pytest.raises(ParamError,
+                       match=r"feature_weight_measure='idf' is invalid: use one of \('kl', 'entropy'\)"):
+        XMCParams().replace(feature_weight_measure="idf")
 
 
 def test_nested_and_flat_dicts_roundtrip(tmp_path: Path) -> None:
@@ -41,9 +44,12 @@ def test_cli_flags_come_from_the_dataclasses(tmp_path: Path) -> None:
             assert "--" + f.name.replace("_", "-") in parser.format_help()
     (tmp_path / "c.json").write_text(json.dumps({"tree": {"max_leaf_size": 8}, "beam_size": 3}))
     args = parser.parse_args(["--config", str(tmp_path / "c.json"), "--beam-size", "7",
-                              "--no-normalize-rows"])
+                              "--no-normalize-rows", "--feature-weight-measure", "entropy"])
     p = params_from_args(args)
     assert (p.tree.max_leaf_size, p.predict.beam_size, p.normalize_rows) == (8, 7, False)
+    assert p.solver.feature_weight_measure == "entropy"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parser.parse_args(["--feature-weight-measure", "idf"])
 
 
 def test_params_are_frozen() -> None:

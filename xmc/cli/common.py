@@ -56,6 +56,7 @@ def add_param_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] = t
 
     choices = {"Negatives": P.NEGATIVES, "PostProcessor": P.POST_PROCESSORS, "Device": P.DEVICES,
                "CopyMerge": P.COPY_MERGES, "Algorithm": P.ALGORITHMS, "DenseKind": P.DENSE_KINDS,
+               "FeatureWeightMeasure": P.FEATURE_WEIGHT_MEASURES,
                "Literal": ("float32", "float64")}
     for name in groups:
         cls = GROUPS[name]

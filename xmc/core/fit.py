@@ -103,8 +103,8 @@ def fit(
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
     refit = refits_trees(params, Xv.shape[0] if Xv is not None else 0)
-    gamma = params.solver.feature_weight_exponent
-    s = feature_weights(Xt, Yt, gamma)  # from the fitting rows alone
+    gamma, measure = params.solver.feature_weight_exponent, params.solver.feature_weight_measure
+    s = feature_weights(Xt, Yt, gamma, measure)  # from the fitting rows alone
     given_rows = Xp if refit and s is not None else None  # the refit weighs every row afresh
     if s is not None:  # every row (held-out ones too) as the model will see it at predict
         del Xt, Xv  # the split's copies go before the weighed rows come (one copy of X less at peak)
@@ -127,7 +127,7 @@ def fit(
         if refit:  # the held-out rows served the fusion only: the trees again, on every row
             if given_rows is not None:  # weights of every row, as the fit without --dense has them;
                 # the dense part then reads rows weighed by these, a few held-out rows off its own
-                s = feature_weights(given_rows, Y, gamma)
+                s = feature_weights(given_rows, Y, gamma, measure)
                 Xp = weigh_rows(given_rows, s, params.normalize_rows)
                 del given_rows
             params, cost = resolve_cost_of_rows(given, Xp)

@@ -46,7 +46,7 @@ from xmc.core.tree import LabelTree, build_tree, pifa_of_sums, pifa_sums
 from xmc.errors import DataFormatError
 from xmc.io.features import load_part
 from xmc.io.shards import load_csr, load_matrices, partition_file, rows_file, save_matrices
-from xmc.params import PredictParams, SolverParams, TreeParams
+from xmc.params import FeatureWeightMeasure, PredictParams, SolverParams, TreeParams
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,8 @@ class ReduceSpec:
     root: Path
     feature_weight_exponent: float = 0.0
     """With the shards' ``label_mass`` summed: the feature weights' gamma."""
+    feature_weight_measure: FeatureWeightMeasure = "kl"
+    """... and their measure (``SolverParams.feature_weight_measure``)."""
 
 
 def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]
@@ -317,7 +319,8 @@ def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]
     assert S is not None and counts is not None and train_counts is not None, "no shard"
     summed = {} if df is None else {"df": df}
     save_matrices(spec.root / "pifa.npz", pifa=pifa_of_sums(sp.csr_matrix(S)), **summed)
-    weights = None if mass is None else weights_of_mass(mass, spec.feature_weight_exponent)
+    weights = None if mass is None else weights_of_mass(mass, spec.feature_weight_exponent,
+                                                           spec.feature_weight_measure)
     return np.asarray(counts, np.int64), np.asarray(train_counts, np.int64), sizes, weights
 
 

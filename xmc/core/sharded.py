@@ -270,7 +270,7 @@ def fit_sharded(
         reduce_spec = ReduceSpec(root)
         sums = tuple(s.sums for s in prepared)
         ((counts, train_counts, sizes, weights),) = executor.map(
-            reduce_sums, ReduceSpec(root, gamma), [sums], desc="PIFA")
+            reduce_sums, ReduceSpec(root, gamma, params.solver.feature_weight_measure), [sums], desc="PIFA")
         if weights is not None:  # the rows weighed as fit weighs them, then PIFA again from them
             executor.map(weigh_shard, WeighSpec(root, weights, params.normalize_rows), prepared,
                          desc="feature weights")
