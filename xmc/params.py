@@ -105,14 +105,14 @@ class SolverParams:
     in the fitting rows differs from the labels' own (``feature_weight_measure``), and the rows normalised
     again, at fit and predict (xmc.core.feature_weights; the model stores the weights): a word that comes
     with every label in their usual proportions says little about any. 0: the features as given.
-    0.25 ('kl') against 0, 6 validation splits of the nine real sets: mean P@1 +0.27 (Bibtex +1.07, its
-    composite set +0.93, pypi-tags +0.29), no set lost; 0.35 loses debian-deps-2hop (-0.25 +- 0.11) and
-    0.5 more (docs/performance.md)."""
+    0.25 ('kl') against 0, 12 validation splits of the nine real sets: mean P@1 +0.30 (Bibtex +1.48, its
+    composite set +1.08, pypi-tags' TF-IDF +0.19), P@5 up on eight; debian-deps-2hop -0.12 +- 0.05, which
+    every weighting loses a little; 0.35 loses it by -0.25 (docs/performance.md)."""
     feature_weight_measure: FeatureWeightMeasure = "kl"
     """What a feature's weight measures: 'kl', 1 - exp(-KL(q_j || p) / 2), its label mass q_j against
     the labels' share p of all mass; or 'entropy', 1 - H(q_j) / ln L, its spread over the L labels.
     'kl' at 0.25 against 'entropy' at 0.15 (the largest gamma at which it lost no set), same splits: mean
-    P@1 +0.13 (Bibtex +0.58, its composite set +0.53), debian-tags -0.08 +- 0.05; entropy weighs a word
+    P@1 +0.14 (Bibtex +0.73, its composite set +0.56), debian-tags -0.07 +- 0.03; entropy weighs a word
     of one frequent label and many rare ones as generic, and lost the debian-deps sets above 0.15."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""

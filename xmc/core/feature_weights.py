@@ -37,8 +37,8 @@ keeps a direction."""
 
 KL_SCALE = 2.0
 """tau of the ``"kl"`` measure's ``1 - exp(-K / tau)``: a feature whose divergence is tau keeps
-(1 - 1/e)^gamma of its value. 2 against 1 and 4, 6 validation splits of the nine real sets
-(docs/performance.md)."""
+(1 - 1/e)^gamma of its value. At gamma 0.25 on 6 validation splits of the nine real sets, mean P@1
+over gamma 0: tau 1 +0.22, 2 +0.27, 4 +0.26 (docs/performance.md)."""
 
 
 def label_mass(X: sp.csr_matrix, Y: sp.csr_matrix) -> sp.csr_matrix:
