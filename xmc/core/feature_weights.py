@@ -31,9 +31,9 @@ from xmc.core.tree import pifa_sums
 from xmc.params import FeatureWeightMeasure
 
 MIN_FEATURE_WEIGHT = 1e-3
-"""The weight of a feature whose mass is even over every label: above 0, so a row keeps its
-features (their document frequency, the sparsity the solver sees) and a row of such features alone
-keeps a direction."""
+"""The weight of a feature whose mass says nothing (spread as the labels' own under "kl", evenly over
+every label under "entropy"): above 0, so a row keeps its features (their document frequency, the
+sparsity the solver sees) and a row of such features alone keeps a direction."""
 
 KL_SCALE = 2.0
 """tau of the ``"kl"`` measure's ``1 - exp(-K / tau)``: a feature whose divergence is tau keeps

@@ -291,8 +291,8 @@ class ReduceSpec:
     root: Path
     feature_weight_exponent: float = 0.0
     """With the shards' ``label_mass`` summed: the feature weights' gamma."""
-    feature_weight_measure: FeatureWeightMeasure = "kl"
-    """... and their measure (``SolverParams.feature_weight_measure``)."""
+    feature_weight_measure: FeatureWeightMeasure = SolverParams.feature_weight_measure
+    """... and their measure."""
 
 
 def reduce_sums(spec: ReduceSpec, paths: tuple[Path, ...]
