@@ -62,9 +62,9 @@ RANKERS_PENDING = "rankers_pending"
 SOLVER_FIELDS_ADDED: dict[str, Any] = {"recurring_df": 0, "row_cost_exponent": 0.0,
                                        "feature_weight_exponent": 0.0, "feature_weight_measure": "entropy"}
 """Solver fields added after models were saved, and how such a model was trained: a model saved
-before C was scaled used the C it records, one saved before rows had costs gave every row C, and
-one saved before features had weights took them as given (its params then say so, not today's
-default), and one saved before the weights had a measure weighed by entropy."""
+before C was scaled used the C it records, one saved before rows had costs gave every row C, one
+saved before features had weights took them as given, and one saved before the weights had a
+measure weighed them by entropy (its params then say so, not today's default)."""
 
 
 @dataclass
