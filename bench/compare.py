@@ -153,12 +153,14 @@ def featurized(corpus: str) -> Callable[[], tuple[Any, ...]]:
         split = load_split(bundle, "train")
         names = load_label_names(bundle) or []
         test = read_corpus("test", corpus)
-        Xt = TextVectorizer.load(bundle / "vectorizer").transform(r["text"] for r in test)
+        vectorizer = TextVectorizer.load(bundle / "vectorizer")
+        Xt = vectorizer.transform(r["text"] for r in test)
         Yt = label_matrix([r["labels"] for r in test], {n: i for i, n in enumerate(names)})
+        k = vectorizer.prefix_length
         return (split.X, split.Y, Xt, Yt,
                 f"{corpus} (data/{corpus}), features by `xmc featurize` at its defaults (English stems "
-                "with min_df 1, their pairs with min_df 2, sublinear tf, L2); test labels unseen in train "
-                "dropped (they count as misses)")
+                f"with min_df 1, their pairs with min_df 2, {k}-character prefixes, sublinear tf, L2); test "
+                "labels unseen in train dropped (they count as misses)")
     return build
 
 
@@ -215,7 +217,8 @@ def two_hop() -> tuple[Any, ...]:
     ranked = sorted((-c, label) for label, c in counts.items() if c < TWO_HOP_MAX_SHARE * len(train))
     names = sorted(label for _, label in ranked[:TWO_HOP_LABELS])
     index = {n: i for i, n in enumerate(names)}
-    params = FeaturizeParams().replace(ngram_max=1, max_features=TWO_HOP_FEATURES)
+    # the set's own features, fixed: later featurize defaults (prefix terms) do not reshape it
+    params = FeaturizeParams().replace(ngram_max=1, prefix_length=0, max_features=TWO_HOP_FEATURES)
     vec = fitted_vectorizer([r["text"] for r in train], params)
     X, Y = vec.transform(r["text"] for r in train).tocsr(), label_matrix(reach_train, index)
     Xt, Yt = vec.transform(r["text"] for r in test).tocsr(), label_matrix(reach_test, index)

@@ -37,7 +37,8 @@ from xmc.core.metrics import evaluate
 from xmc.engines.spark.params import FeaturizeParams
 from xmc.io.vectorizer import TextVectorizer
 
-SUPPORTED = {"split_digits", "stemmer", "ngram_max", "min_df", "min_df_bigram", "max_features",
+SUPPORTED = {"split_digits", "stemmer", "ngram_max", "prefix_length", "min_df", "min_df_bigram",
+             "max_features",
              "sublinear_tf", "lowercase", "token_pattern", "min_token_length"}
 """Fields this script can vary (stop words need Spark's list; the encoder and splits are not text rules)."""
 
@@ -46,7 +47,7 @@ def fitted_vectorizer(texts: list[str], p: FeaturizeParams) -> TextVectorizer:
     """The vectorizer `xmc featurize` would fit on ``texts`` with settings ``p`` (no stop words)."""
     settings = {"lowercase": p.lowercase, "token_pattern": p.token_pattern,
                 "min_token_length": p.min_token_length, "split_digits": p.split_digits, "stemmer": p.stemmer,
-                "ngram_max": p.ngram_max}
+                "ngram_max": p.ngram_max, "prefix_length": p.prefix_length}
     probe = TextVectorizer([], np.zeros(0), **settings)  # type: ignore[arg-type]
     df: Counter[str] = Counter()
     for text in texts:

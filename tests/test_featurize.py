@@ -131,7 +131,9 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
         cuts = [re.match(r"^(\D+?)(\d+)$", t) for t in toks]  # '٣' is a digit (Nd) to both
         pieces = [p for t, m in zip(toks, cuts, strict=True) for p in (m.groups() if m else (t,))]
         kept = stemmer.stemWords([t for t in pieces if t not in stop])
-        terms.append(kept + [f"{a} {b}" for a, b in zip(kept, kept[1:], strict=False)])
+        k = FeaturizeParams().prefix_length  # the default: the stems' first k code points, '<' first
+        terms.append(kept + [f"{a} {b}" for a, b in zip(kept, kept[1:], strict=False)]
+                     + [f"<{t[:k]}" for t in kept if len(t) > k])
     test = np.array([zlib.crc32(str(r["id"]).encode()) % 10_000 < 2_500 for r in records])
     df_train = Counter(t for doc, te in zip(terms, test, strict=True) if not te for t in set(doc))
     assert sum(c >= 2 for c in df_train.values()) > MAX_FEATURES  # max_features really truncates
@@ -143,6 +145,7 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
     assert not {"connected", "connecting", "connects", "x_y"} & set(vocab)  # Spark stemmed them
     # and cut at digits: the synthetic words w0..w399 are 'w' and a number to Spark as to the reference
     assert {"w", "42"} <= set(vocab) and not [t for t in vocab if re.fullmatch(r"w\d+", t)]
+    assert {"<con", "<हिन", "<caf"} <= set(vocab)  # prefixes: a Devanagari one, one before a combining mark
     np.testing.assert_allclose(vec.idf, idf, rtol=1e-12)
     names = LabelVocab.build(read_records(text_bundle["tmp"] / "corpus.jsonl")[i]
                              for i in np.flatnonzero(~test)).names
@@ -379,6 +382,7 @@ def test_default_vocabulary_keeps_a_word_seen_once_and_stems_but_not_a_pair_seen
     vec = TextVectorizer.load(tmp_path / "d" / "vectorizer")
     vocab = set(vec.vocab)
     assert {"sign", "light", "zebra cross"} <= vocab  # words seen once; the pair of stems seen twice
+    assert {"<zeb", "<cro", "<sig"} <= vocab and "<zebra" not in vocab  # the default prefixes of 3
     assert not {"crossing", "crossings", "lights", "cross sign", "cross light"} & vocab
     assert vec.stemmer == "english"
     # bench/select_featurize.py's vectorizer (no Spark) is the one Spark fitted on the same records

@@ -140,3 +140,36 @@ def test_saved_vectorizer_keeps_its_stemmer_and_version(tmp_path: Path,
     (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**meta, "stemmer": "klingon"}))
     with pytest.raises(BundleError, match="no Snowball stemmer for 'klingon'"):
         TextVectorizer.load(tmp_path / "v")
+
+
+def test_token_prefixes_are_terms_of_their_own(tmp_path: Path) -> None:
+    """Each token (after the cut at digits and the stems) longer than k adds '<' and its first k
+    characters, counted by code point; pairs stay pairs of whole tokens. A saved vectorizer with
+    prefixes is schema 3 (an older reader would make none of those terms), and one saved before them
+    loads with none."""
+    vec = TextVectorizer(["libxml", "<lib", "<pyt"], np.ones(3), split_digits="trailing", stemmer="english",
+                         ngram_max=2, prefix_length=3)
+    assert vec.terms("libxml2 Python libgtk ab") == [
+        "libxml", "2", "python", "libgtk", "ab", "libxml 2", "2 python", "python libgtk", "libgtk ab",
+        "<lib", "<pyt", "<lib"]
+    # 'lib' is not longer than 3; the accent is a code point of its own
+    assert vec.terms("lib café\u0301") == ["lib", "café\u0301", "lib café\u0301", "<caf"]
+    X = vec.transform(["libxml2 libgtk", "pytest"])
+    assert X[0].nnz == 2 and X[1].nnz == 1  # 'libxml' and '<lib' (tf 2); a word never seen meets '<pyt'
+    assert TextVectorizer(["a"], np.ones(1), prefix_length=0).terms("library") == ["library"]
+    vec.save(tmp_path / "v")
+    meta = json.loads((tmp_path / "v" / "vectorizer.json").read_text())
+    assert meta["prefix_length"] == 3 and meta["schema_version"] == 3
+    back = TextVectorizer.load(tmp_path / "v")
+    assert back.prefix_length == 3 and abs(back.transform(["libxml2 libgtk"]) - X[0]).max() == 0
+    old = {k: v for k, v in meta.items() if k != "prefix_length"}
+    (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**old, "schema_version": 2}))
+    assert TextVectorizer.load(tmp_path / "v").prefix_length == 0  # saved before prefixes existed
+    (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**meta, "prefix_length": -1}))
+    with pytest.raises(BundleError, match="prefix_length=-1"):
+        TextVectorizer.load(tmp_path / "v")
+    (tmp_path / "v" / "vectorizer.json").write_text(json.dumps({**meta, "schema_version": 4}))
+    with pytest.raises(BundleError, match="v1 to v3"):
+        TextVectorizer.load(tmp_path / "v")
+    with pytest.raises(ParamError, match="prefix_length=-2"):
+        FeaturizeParams(prefix_length=-2)

@@ -6,7 +6,8 @@ settings; ``TextVectorizer`` applies the same transform to new documents on one 
     lowercase -> tokens (regex matches, length >= min_token_length) -> cut at digits
     (``split_digits``: a trailing number, or every run of digits) -> drop stop words
     -> Snowball stems (``stemmer``; ``xmc.io.stems.stem_tokens``, which Spark's executors call too)
-    -> terms = tokens (+ adjacent token pairs "a b" when ngram_max = 2) -> counts of vocabulary terms
+    -> terms = tokens (+ adjacent token pairs "a b" when ngram_max = 2) (+ "<" and the first k
+       characters of each token longer than k, k = prefix_length > 0) -> counts of vocabulary terms
     -> tf = 1 + ln(count) (sublinear) or count -> tf * idf, idf = ln((1 + N) / (1 + df)) + 1
     -> L2-normalised row
     [-> with a pretrained text encoder (``xmc.io.text_encoder``): its unit embedding, times
@@ -48,6 +49,12 @@ SCHEMA_VERSION = 1
 STEMMED_SCHEMA_VERSION = 2
 """A vectorizer whose terms are stems or cut at digits: an older reader, which knows only version 1
 and would ignore those settings, refuses it."""
+PREFIX_SCHEMA_VERSION = 3
+"""A vectorizer with token prefixes among its terms: a reader from before them would make no prefix
+terms and miss those columns quietly, so it refuses the file."""
+PREFIX_MARK = "<"
+"""Starts a prefix term (``prefix_length``): no token holds it (tokens are regex matches of word
+characters by default), so '<lib' never meets the word 'lib'."""
 DIGIT_RUNS = re.compile(r"\d+|\D+")
 r"""Runs of digits and of other characters (Python's \d on str is Unicode Nd, as Java's (?U)\d)."""
 TRAILING_DIGITS = re.compile(r"^(\D+?)(\d+)$")
@@ -133,6 +140,9 @@ class TextVectorizer:
     """Snowball language of the stems the vocabulary holds ('none': tokens as they are; a vectorizer
     saved before stemming existed has no such field and loads as 'none')."""
     ngram_max: int = 1
+    prefix_length: int = 0
+    """k > 0: each token longer than k characters adds the term PREFIX_MARK + its first k characters
+    (0 in files saved before prefixes existed)."""
     sublinear_tf: bool = True
     l2_normalize: bool = True
     n_docs: int = 0
@@ -144,6 +154,9 @@ class TextVectorizer:
 
     def __post_init__(self) -> None:
         self.idf = np.asarray(self.idf, dtype=np.float64)
+        k = self.prefix_length
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise BundleError(f"vectorizer: prefix_length={self.prefix_length!r}; use an integer >= 0")
         if self.split_digits not in ("none", "trailing", "all"):
             raise BundleError(f"vectorizer: split_digits={self.split_digits!r}; use none, trailing or all")
         if self.idf.shape != (len(self.vocab),):
@@ -185,11 +198,15 @@ class TextVectorizer:
         return stem_tokens(toks, self.stemmer)
 
     def terms(self, text: str) -> list[str]:
-        """Tokens, then adjacent pairs joined by a space when ngram_max = 2 (Spark's NGram)."""
+        """Tokens, then adjacent pairs joined by a space when ngram_max = 2 (Spark's NGram), then the
+        prefixes of the tokens longer than ``prefix_length`` when it is above 0."""
         toks = self.tokens(text)
+        out = toks
         if self.ngram_max == 2:
-            return toks + [f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)]
-        return toks
+            out = toks + [f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)]
+        if (k := self.prefix_length) > 0:
+            out = out + [PREFIX_MARK + t[:k] for t in toks if len(t) > k]
+        return out
 
     def transform(self, texts: Iterable[str]) -> sp.csr_matrix:
         """(N x n_features) float32 CSR; terms outside the vocabulary are ignored."""
@@ -225,7 +242,7 @@ class TextVectorizer:
         return {"lowercase": self.lowercase, "token_pattern": self.token_pattern,
                 "min_token_length": self.min_token_length, "stop_words": list(self.stop_words),
                 "split_digits": self.split_digits, "stemmer": self.stemmer, "ngram_max": self.ngram_max,
-                "sublinear_tf": self.sublinear_tf,
+                "prefix_length": self.prefix_length, "sublinear_tf": self.sublinear_tf,
                 "l2_normalize": self.l2_normalize, "n_docs": self.n_docs}
 
     def save(self, folder: str | Path) -> None:
@@ -241,6 +258,8 @@ class TextVectorizer:
             # an xmc from before these would load this, ignore them and miss every stemmed or cut
             # term quietly: version 2 makes it refuse the file instead
             meta["schema_version"] = STEMMED_SCHEMA_VERSION
+        if self.prefix_length > 0:  # likewise for the prefix terms
+            meta["schema_version"] = PREFIX_SCHEMA_VERSION
         if self.encoder is not None:
             meta["text_encoder"] = {"folder": ENCODER_DIR, "dim": self.encoder.dim,
                                     "weight": self.encoder_weight}
@@ -263,9 +282,10 @@ class TextVectorizer:
         except Exception as e:  # json, zipfile, zlib and numpy raise their own types on a bad file
             raise BundleError(f"{folder}: unreadable vectorizer ({type(e).__name__}: {e})") from None
         if (not isinstance(meta, dict) or meta.get("format") != FORMAT
-                or meta.get("schema_version") not in (SCHEMA_VERSION, STEMMED_SCHEMA_VERSION)):
-            raise BundleError(f"{folder}/vectorizer.json: not an {FORMAT} v{SCHEMA_VERSION} or "
-                              f"v{STEMMED_SCHEMA_VERSION} file")
+                or meta.get("schema_version") not in (SCHEMA_VERSION, STEMMED_SCHEMA_VERSION,
+                                                      PREFIX_SCHEMA_VERSION)):
+            raise BundleError(f"{folder}/vectorizer.json: not an {FORMAT} v{SCHEMA_VERSION} to "
+                              f"v{PREFIX_SCHEMA_VERSION} file")
         if not isinstance(vocab, list) or len(vocab) != meta.get("n_features"):
             raise BundleError(f"{folder}/vocab.json: expected a list of {meta.get('n_features')} terms")
         if idf.ndim != 1 or not np.issubdtype(idf.dtype, np.floating) or not np.all(np.isfinite(idf)):
@@ -275,7 +295,8 @@ class TextVectorizer:
         try:
             vectorizer = cls(vocab, idf, stop_words=tuple(meta["stop_words"]),
                              stemmer=meta.get("stemmer", "none"),
-                             split_digits=str(meta.get("split_digits", "none")), **{k: meta[k] for k in keys})
+                             split_digits=str(meta.get("split_digits", "none")),
+                             prefix_length=meta.get("prefix_length", 0), **{k: meta[k] for k in keys})
             _check_stemmer_version(folder, vectorizer.stemmer, meta.get("stemmer_version"))
             if "text_encoder" in meta:
                 vectorizer.encoder = TextEncoder.load(folder / ENCODER_DIR)

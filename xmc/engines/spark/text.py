@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType
 
 from xmc.engines.spark.params import FeaturizeParams
-from xmc.io.vectorizer import TextVectorizer, java_pattern
+from xmc.io.vectorizer import PREFIX_MARK, TextVectorizer, java_pattern
 
 DIGIT_RUNS = r"(?U)(\d+|\D+)"
 """A token's runs of digits and of other characters, as ``xmc.io.vectorizer.DIGIT_RUNS`` cuts them."""
@@ -67,7 +67,7 @@ def stem_column(column: str, language: str) -> Column:
 
 def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> DataFrame:
     """``text`` -> ``terms`` (array<string>): tokens, cut at digits, minus stop words, stemmed, plus
-    bigrams when asked."""
+    bigrams and the tokens' prefixes when asked."""
     tokenizer = RegexTokenizer(
         inputCol="text", outputCol="_tokens", pattern=java_pattern(params.token_pattern), gaps=False,
         toLowercase=params.lowercase, minTokenLength=params.min_token_length)
@@ -87,6 +87,10 @@ def add_terms(docs: DataFrame, params: FeaturizeParams, stop: list[str]) -> Data
     if params.ngram_max == 2:
         out = NGram(n=2, inputCol=col, outputCol="_bigrams").transform(out)
         terms = F.concat(F.col(col), F.col("_bigrams"))
+    if (k := params.prefix_length) > 0:  # length and substring count code points, as Python's str
+        prefixes = F.transform(F.filter(F.col(col), lambda t: F.length(t) > k),
+                               lambda t: F.concat(F.lit(PREFIX_MARK), F.substring(t, 1, k)))
+        terms = F.concat(terms, prefixes)
     return out.withColumn("terms", terms).drop("_tokens", "_split", "_kept", "_stems", "_bigrams")
 
 
@@ -134,8 +138,8 @@ def vectorizer_of(vocab: DataFrame, n_docs: int, params: FeaturizeParams, stop: 
         table.column("term").to_pylist(), table.column("idf").to_numpy(), lowercase=params.lowercase,
         token_pattern=params.token_pattern, min_token_length=params.min_token_length,
         stop_words=tuple(stop), split_digits=params.split_digits, stemmer=params.stemmer,
-        ngram_max=params.ngram_max, sublinear_tf=params.sublinear_tf, l2_normalize=params.l2_normalize,
-        n_docs=n_docs)
+        ngram_max=params.ngram_max, prefix_length=params.prefix_length, sublinear_tf=params.sublinear_tf,
+        l2_normalize=params.l2_normalize, n_docs=n_docs)
 
 
 def embed_column(encoder_folder: str) -> Column:
