@@ -17,14 +17,17 @@ from xmc.engines.spark.params import FeaturizeParams  # noqa: E402
 
 def test_vocabulary_follows_featurizes_rule() -> None:
     """Words in >= min_df texts, pairs in >= min_df_bigram, the max_features most frequent by
-    (df descending, term), idf smoothed; stems when the stemmer is on."""
+    (df descending, term), idf smoothed; stems when the stemmer is on, and the stems' prefixes of 3
+    (a term with '<', which sorts before the letters)."""
     texts = ["red apples and red pears", "green apples", "red apple tree", "pears"]
     vec = sf.fitted_vectorizer(texts, FeaturizeParams())
-    df = {"appl": 3, "red": 2, "pear": 2, "red appl": 2}  # 'red appl' in texts 1 and 3
-    assert vec.vocab[:4] == ["appl", "pear", "red", "red appl"]
-    assert "green appl" not in vec.vocab and {"green", "and", "tree"} <= set(vec.vocab)
-    np.testing.assert_allclose(vec.idf[:4], [np.log(5 / (1 + df[t])) + 1 for t in vec.vocab[:4]])
-    plain = sf.fitted_vectorizer(texts, FeaturizeParams(stemmer="none", min_df=2, max_features=2))
+    df = {"<app": 3, "appl": 3, "<pea": 2, "pear": 2, "red": 2, "red appl": 2}  # 'red appl' in texts 1, 3
+    assert vec.vocab[:6] == ["<app", "appl", "<pea", "pear", "red", "red appl"]
+    assert "green appl" not in vec.vocab and {"green", "and", "tree", "<gre", "<tre"} <= set(vec.vocab)
+    assert "<red" not in vec.vocab  # 'red' is not longer than 3
+    np.testing.assert_allclose(vec.idf[:6], [np.log(5 / (1 + df[t])) + 1 for t in vec.vocab[:6]])
+    plain = sf.fitted_vectorizer(texts, FeaturizeParams(stemmer="none", prefix_length=0, min_df=2,
+                                                        max_features=2))
     assert plain.vocab == ["apples", "pears"]  # df 2 each; 'red' (2) comes after by term; cut at 2
     assert plain.transform(["Red apples"]).nnz == 1
 
