@@ -38,8 +38,7 @@ from xmc.engines.spark.params import FeaturizeParams
 from xmc.io.vectorizer import TextVectorizer
 
 SUPPORTED = {"split_digits", "stemmer", "ngram_max", "prefix_length", "min_df", "min_df_bigram",
-             "max_features",
-             "sublinear_tf", "lowercase", "token_pattern", "min_token_length"}
+             "max_features", "sublinear_tf", "lowercase", "token_pattern", "min_token_length"}
 """Fields this script can vary (stop words need Spark's list; the encoder and splits are not text rules)."""
 
 

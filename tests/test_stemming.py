@@ -173,3 +173,7 @@ def test_token_prefixes_are_terms_of_their_own(tmp_path: Path) -> None:
         TextVectorizer.load(tmp_path / "v")
     with pytest.raises(ParamError, match="prefix_length=-2"):
         FeaturizeParams(prefix_length=-2)
+    # a token pattern that can make the word '<lib' would merge it with the prefix term
+    with pytest.raises(ParamError, match=r"tokens that hold '<'.*prefix_length 0"):
+        FeaturizeParams(token_pattern=r"\S+")
+    assert FeaturizeParams(token_pattern=r"\S+", prefix_length=0).token_pattern == r"\S+"

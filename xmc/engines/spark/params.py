@@ -128,6 +128,10 @@ class FeaturizeParams:
         _require(self.stemmer in STEMMERS, "stemmer", self.stemmer, f"use one of {', '.join(STEMMERS)}")
         _require(self.ngram_max in (1, 2), "ngram_max", self.ngram_max, "use 1 or 2")
         _require(self.prefix_length >= 0, "prefix_length", self.prefix_length, "use >= 0 (0 = no prefixes)")
+        if self.prefix_length > 0 and any("<" in m for m in re.findall(self.token_pattern, "a<b <")):
+            raise ParamError(f"token_pattern={self.token_pattern!r} makes tokens that hold '<', with which "
+                             f"prefix terms start (prefix_length={self.prefix_length}): use a pattern "
+                             "without '<' or prefix_length 0")
         _require(self.min_df >= 1, "min_df", self.min_df, "use >= 1")
         _require(self.min_df_bigram >= 1, "min_df_bigram", self.min_df_bigram, "use >= 1")
         _require(self.max_features >= 1, "max_features", self.max_features, "use >= 1")
