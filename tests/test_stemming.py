@@ -18,7 +18,7 @@ from xmc.engines.spark.params import STEMMERS, FeaturizeParams
 from xmc.errors import BundleError, ParamError
 from xmc.io import stems
 from xmc.io.stems import stem_tokens, stemmer_class
-from xmc.io.vectorizer import TextVectorizer
+from xmc.io.vectorizer import PREFIX_MARK, TextVectorizer
 
 
 def test_the_languages_offered_are_snowballs() -> None:
@@ -173,7 +173,9 @@ def test_token_prefixes_are_terms_of_their_own(tmp_path: Path) -> None:
         TextVectorizer.load(tmp_path / "v")
     with pytest.raises(ParamError, match="prefix_length=-2"):
         FeaturizeParams(prefix_length=-2)
-    # a token pattern that can make the word '<lib' would merge it with the prefix term
+    # a token pattern that can make the word '<lib' would merge it with the prefix term (the params
+    # check names the mark by hand)
+    assert PREFIX_MARK == "<"
     with pytest.raises(ParamError, match=r"tokens that hold '<'.*prefix_length 0"):
         FeaturizeParams(token_pattern=r"\S+")
     assert FeaturizeParams(token_pattern=r"\S+", prefix_length=0).token_pattern == r"\S+"

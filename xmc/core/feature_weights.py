@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from xmc.core.sparse import normalize_rows
 from xmc.core.tree import pifa_sums
-from xmc.params import FeatureWeightMeasure
+from xmc.params import FEATURE_WEIGHT_MEASURES, FeatureWeightMeasure
 
 MIN_FEATURE_WEIGHT = 1e-3
 """The weight of a feature whose mass says nothing (spread as the labels' own under "kl", evenly over
@@ -70,7 +70,7 @@ def weights_of_mass(mass: sp.spmatrix, gamma: float, measure: FeatureWeightMeasu
         entropy = np.bincount(feature, weights=-q * np.log(q), minlength=M.shape[1])
         kept = 1.0 - np.clip(entropy / np.log(n_labels), 0.0, 1.0)
     else:
-        raise ValueError(f"feature weight measure {measure!r}: use 'kl' or 'entropy'")
+        raise ValueError(f"feature weight measure {measure!r}: use one of {FEATURE_WEIGHT_MEASURES}")
     s = np.maximum(kept**gamma, MIN_FEATURE_WEIGHT)
     s[total == 0] = 1.0
     return s.astype(np.float32)

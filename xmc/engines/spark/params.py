@@ -128,6 +128,8 @@ class FeaturizeParams:
         _require(self.stemmer in STEMMERS, "stemmer", self.stemmer, f"use one of {', '.join(STEMMERS)}")
         _require(self.ngram_max in (1, 2), "ngram_max", self.ngram_max, "use 1 or 2")
         _require(self.prefix_length >= 0, "prefix_length", self.prefix_length, "use >= 0 (0 = no prefixes)")
+        # "<" is xmc.io.vectorizer.PREFIX_MARK (not imported: numpy and scipy would load with the params;
+        # tests/test_stemming.py checks the two agree)
         if self.prefix_length > 0 and any("<" in m for m in re.findall(self.token_pattern, "a<b <")):
             raise ParamError(f"token_pattern={self.token_pattern!r} makes tokens that hold '<', with which "
                              f"prefix terms start (prefix_length={self.prefix_length}): use a pattern "
