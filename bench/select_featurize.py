@@ -44,18 +44,15 @@ SUPPORTED = {"split_digits", "stemmer", "ngram_max", "prefix_length", "min_df", 
 
 def fitted_vectorizer(texts: list[str], p: FeaturizeParams) -> TextVectorizer:
     """The vectorizer `xmc featurize` would fit on ``texts`` with settings ``p`` (no stop words)."""
-    settings = {"lowercase": p.lowercase, "token_pattern": p.token_pattern,
-                "min_token_length": p.min_token_length, "split_digits": p.split_digits, "stemmer": p.stemmer,
-                "ngram_max": p.ngram_max, "prefix_length": p.prefix_length}
-    probe = TextVectorizer([], np.zeros(0), **settings)  # type: ignore[arg-type]
+    settings = p.vectorizer_settings()
+    probe = TextVectorizer([], np.zeros(0), **settings)
     df: Counter[str] = Counter()
     for text in texts:
         df.update(set(probe.terms(text)))
     kept = [t for t, c in df.items() if c >= (p.min_df_bigram if " " in t else p.min_df)]
     vocab = sorted(kept, key=lambda t: (-df[t], t))[:p.max_features]
     idf = np.array([np.log((1.0 + len(texts)) / (1.0 + df[t])) + 1.0 for t in vocab])
-    return TextVectorizer(vocab, idf, sublinear_tf=p.sublinear_tf, l2_normalize=p.l2_normalize,
-                          n_docs=len(texts), **settings)  # type: ignore[arg-type]
+    return TextVectorizer(vocab, idf, n_docs=len(texts), **settings)
 
 
 def label_matrices(fitting: list[dict[str, Any]], held: list[dict[str, Any]]) -> tuple[sp.csr_matrix, ...]:

@@ -126,12 +126,12 @@ def test_tfidf_labels_pifa_equal_numpy_reference(spark: Any, text_bundle: dict[s
     # split by crc32 of the id
     stop = set(StopWordsRemover.loadDefaultStopWords("english"))
     stemmer = snowballstemmer.stemmer("english")
+    k = FeaturizeParams().prefix_length  # the default: the stems' first k code points, '<' first
     terms = []
     for toks in _spark_tokens(spark, [str(r["text"]) for r in records]):
         cuts = [re.match(r"^(\D+?)(\d+)$", t) for t in toks]  # '٣' is a digit (Nd) to both
         pieces = [p for t, m in zip(toks, cuts, strict=True) for p in (m.groups() if m else (t,))]
         kept = stemmer.stemWords([t for t in pieces if t not in stop])
-        k = FeaturizeParams().prefix_length  # the default: the stems' first k code points, '<' first
         terms.append(kept + [f"{a} {b}" for a, b in zip(kept, kept[1:], strict=False)]
                      + [f"<{t[:k]}" for t in kept if len(t) > k])
     test = np.array([zlib.crc32(str(r["id"]).encode()) % 10_000 < 2_500 for r in records])

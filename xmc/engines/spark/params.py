@@ -153,6 +153,15 @@ class FeaturizeParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def vectorizer_settings(self) -> dict[str, Any]:
+        """The text rules the predict-time ``TextVectorizer`` repeats (all but the stop words, which
+        come as a list): one source for Spark's fitted vectorizer and bench/select_featurize.py's, so
+        a new rule reaches both."""
+        return {"lowercase": self.lowercase, "token_pattern": self.token_pattern,
+                "min_token_length": self.min_token_length, "split_digits": self.split_digits,
+                "stemmer": self.stemmer, "ngram_max": self.ngram_max, "prefix_length": self.prefix_length,
+                "sublinear_tf": self.sublinear_tf, "l2_normalize": self.l2_normalize}
+
     def replace(self, **values: Any) -> FeaturizeParams:
         """A copy with overrides, type-checked as ``xmc.params`` checks JSON configs, and validated."""
         known = {f.name for f in fields(FeaturizeParams)}

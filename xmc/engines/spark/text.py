@@ -134,12 +134,8 @@ def tfidf(docs: DataFrame, vocab: DataFrame, params: FeaturizeParams) -> DataFra
 def vectorizer_of(vocab: DataFrame, n_docs: int, params: FeaturizeParams, stop: list[str]) -> TextVectorizer:
     """Collect the fitted vocabulary (Arrow, in index order) into the predict-time vectorizer."""
     table = vocab.orderBy("feat_idx").select("term", "idf").toArrow()
-    return TextVectorizer(
-        table.column("term").to_pylist(), table.column("idf").to_numpy(), lowercase=params.lowercase,
-        token_pattern=params.token_pattern, min_token_length=params.min_token_length,
-        stop_words=tuple(stop), split_digits=params.split_digits, stemmer=params.stemmer,
-        ngram_max=params.ngram_max, prefix_length=params.prefix_length, sublinear_tf=params.sublinear_tf,
-        l2_normalize=params.l2_normalize, n_docs=n_docs)
+    return TextVectorizer(table.column("term").to_pylist(), table.column("idf").to_numpy(),
+                          stop_words=tuple(stop), n_docs=n_docs, **params.vectorizer_settings())
 
 
 def embed_column(encoder_folder: str) -> Column:
