@@ -245,11 +245,28 @@ def test_man_top_takes_negatives_from_the_best_nodes_of_the_beam() -> None:
         ex = RecordingExecutor()
         train_layers(Xn, Yc, base.tree, solver, params.predict, ex, layers=[base.tree.n_layers - 1],
                      weights=base.weights)
-        (units,) = ex.units.values()
+        (units,) = (u for desc, u in ex.units.items() if not desc.endswith("matching"))
         rows[name] = {u.parent: set(u.rows.tolist()) for u in units}
     assert all(rows["tfn"][p] <= rows["top1"][p] <= rows["beam"][p] for p in rows["tfn"])
     assert sum(map(len, rows["top1"].values())) < sum(map(len, rows["beam"].values()))
     assert sum(map(len, rows["tfn"].values())) < sum(map(len, rows["top1"].values()))
+
+
+def test_the_fits_matching_in_shards_on_threads_is_the_one_call_matching(toy) -> None:  # type: ignore[no-untyped-def]
+    """The matcher-aware negatives' rows come from ``matched_rows`` (chunk-sized shards on the
+    executor): the same matrix as one ``match`` call, with a shard that ends mid-chunk."""
+    from xmc.core.train import matched_rows
+
+    X, Y = toy
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, beam_size=3))
+    Xp, tree, weights = model.preprocess(X), model.tree, model.weights[:-1]
+    small = replace(model.params.predict, chunk_size=37)  # 4+ shards, the last one short
+    assert Xp.shape[0] % 37 != 0
+    ex = RecordingExecutor()
+    got = matched_rows(Xp, tree, weights, small, ex, bias=1.0, keep=2, desc="matching")
+    want = match(Xp, tree, weights, model.params.predict, bias=1.0, keep=2)
+    assert len(ex.units["matching"]) == -(-Xp.shape[0] // 37) > 1
+    assert got.shape == want.shape and (got != want).nnz == 0 and want.nnz == 2 * Xp.shape[0]
 
 
 def test_zero_rounds_is_the_baseline(toy) -> None:  # type: ignore[no-untyped-def]

@@ -20,14 +20,16 @@ import scipy.sparse as sp
 from xmc.core.cost import row_costs_of
 from xmc.core.executor import Executor
 from xmc.core.metrics import evaluate
-from xmc.core.predict import ScoringLayer, match, match_layers, predict_ensemble, scoring_layers
+from xmc.core.predict import ScoringLayer, match_layers, predict_ensemble, scoring_layers
 from xmc.core.rows import Matching, Member, TrainingRows
 from xmc.core.sparse import csr
 from xmc.core.train import (
     ClusterWeights,
     LayerData,
+    Shard,
     assemble,
     layer_units,
+    matched_rows,
     train_cluster,
     train_layers,
     weights_of,
@@ -66,14 +68,6 @@ def gain_matching(params: DisentangleParams, predict: PredictParams) -> tuple[Pr
     """(predict params whose beam is the gain search's, leaves kept per instance)."""
     keep = params.gain_beam_size or predict.beam_size
     return replace(predict, beam_size=max(keep, params.gain_search_beam or predict.beam_size)), keep
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Rows ``[start, stop)`` of the training set."""
-
-    start: int
-    stop: int
 
 
 @dataclass(frozen=True)
@@ -317,8 +311,8 @@ class InMemoryRows:
         last = tree.n_layers - 1
         matched = None
         if solver.negatives == "tfn+man":  # the rows the new matcher's full beam sends to each leaf
-            matched = match(self.X, new_tree, matcher, predict, bias=solver.bias,
-                            keep=solver.man_top or None).tocsc()
+            matched = matched_rows(self.X, new_tree, matcher, predict, self.executor, bias=solver.bias,
+                                   keep=solver.man_top or None, desc=f"{desc}: matching")
         targets = new_tree.copy_targets(self.Y)
         units = layer_units(new_tree, last, targets, matched, parents=changed.tolist())
         shared = LayerData(self.X, targets, solver, row_costs_of(self.Y, solver))

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from xmc.core.cost import label_costs, row_costs_of
 from xmc.core.executor import Executor
+from xmc.core.predict import ScoringLayer, match_layers, scoring_layers
 from xmc.core.solver import solve_squared_hinge_blocks
 from xmc.core.sparse import nonzero_rows
 from xmc.core.tree import LabelTree
@@ -240,6 +241,48 @@ def _column_ordered(r: ClusterWeights) -> bool:
     return bool(np.all((step_child > 0) | ((step_child == 0) & (step_feature > 0))))
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of the training set."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class MatchInputs:
+    """What every matching shard reads: the rows and the layers above, ready to score."""
+
+    X: sp.csr_matrix
+    tree: LabelTree
+    layers: list[ScoringLayer]
+    predict: PredictParams
+    bias: float
+    keep: int | None
+
+
+def match_shard(shared: MatchInputs, shard: Shard) -> sp.csr_matrix:
+    """The matching of one shard's rows (a pure work unit)."""
+    return match_layers(shared.X[shard.start : shard.stop], shared.tree, shared.layers, shared.predict,
+                        bias=shared.bias, keep=shared.keep)
+
+
+def matched_rows(X: sp.csr_matrix, tree: LabelTree, weights: Sequence[sp.csc_matrix], predict: PredictParams,
+                 executor: Executor, *, bias: float, keep: int | None, desc: str) -> sp.csc_matrix:
+    """``match`` through ``weights`` (the layers above some layer), shard by shard on the executor.
+
+    The matcher-aware negatives need every fitting row matched before a layer trains; run in the
+    driver, that search was a tenth of a debian-deps fit on one core while the other idled. Shards of
+    ``chunk_size`` rows are the chunks the search cuts anyway, so the matching is the one-call one.
+    """
+    step = predict.chunk_size
+    shards = [Shard(s, min(s + step, X.shape[0])) for s in range(0, X.shape[0], step)]
+    shared = MatchInputs(X, tree, scoring_layers(tree, weights), predict, bias, keep)
+    parts = executor.map(match_shard, shared, shards, desc=desc)
+    n_nodes = len(tree.parents[len(weights) - 1])
+    return sp.csr_matrix(sp.vstack(parts, format="csr") if parts else (0, n_nodes), dtype=np.float32).tocsc()
+
+
 def train_layers(
     X: sp.csr_matrix,
     Y: sp.csr_matrix,
@@ -260,8 +303,6 @@ def train_layers(
     the layers above (already trained) sends to each parent. Each row's factor on C
     (``row_cost_exponent``) comes from its labels in ``Y``, the fit's rows.
     """
-    from xmc.core.predict import match
-
     targets = tree.layer_targets(Y, matcher_targets)
     row_cost = row_costs_of(Y, solver)
     out = list(weights) if weights is not None else [None] * tree.n_layers
@@ -269,7 +310,9 @@ def train_layers(
     for t in todo:
         matched = None
         if solver.negatives == "tfn+man" and t > 0:
-            matched = match(X, tree, out[:t], predict, bias=solver.bias, keep=solver.man_top or None).tocsc()
+            matched = matched_rows(X, tree, out[:t], predict, executor, bias=solver.bias,
+                                   keep=solver.man_top or None,
+                                   desc=f"layer {t + 1}/{tree.n_layers}: matching")
         units = layer_units(tree, t, targets[t], matched)
         results = executor.map(
             train_cluster, LayerData(X, targets[t], layer_solver(solver, t, tree.n_layers), row_cost), units,
