@@ -191,3 +191,26 @@ def test_topk_dense_breaks_ties_at_the_boundary_by_index() -> None:
         assert (top == np.arange(0, 4 * k, 4)).all() and (got == 1.0).all()
     top, _ = topk_dense(vals, idx, 12)
     assert (top[:, :10] == np.arange(0, 40, 4)).all()
+
+
+@pytest.mark.parametrize("n_trees", [1, 2])
+def test_prediction_in_chunks_on_threads_is_the_one_thread_prediction(toy, n_trees: int) -> None:  # type: ignore[no-untyped-def]
+    """``predict(executor=...)`` maps chunks of rows (split per tree of an ensemble) over the
+    executor's threads: the same top-k, bit for bit, as one thread, with a short last chunk."""
+    from xmc import LocalExecutor, XMCParams
+    from xmc.core.fit import fit
+
+    X, Y = toy
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4, n_trees=n_trees, chunk_size=30))
+    units: list[int] = []
+
+    class Counting(LocalExecutor):
+        def map(self, fn, shared, items, *, desc=""):  # type: ignore[no-untyped-def]
+            units.append(len(items))
+            return super().map(fn, shared, items, desc=desc)
+
+    alone = model.predict(X, topk=5)
+    threaded = model.predict(X, topk=5, executor=Counting(show_progress=False, threads=2))
+    chunk = 30 // n_trees
+    assert X.shape[0] % chunk != 0 and units == [-(-X.shape[0] // chunk)]
+    assert threaded.shape == alone.shape and (threaded != alone).nnz == 0 and alone.nnz == 5 * X.shape[0]

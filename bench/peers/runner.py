@@ -72,7 +72,7 @@ def from_pairs(rows: list[list[tuple[int, float]]], k: int) -> tuple[np.ndarray,
 
 
 def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, threads: int) -> Fitted:
-    from xmc import XMCParams
+    from xmc import LocalExecutor, XMCParams
     from xmc.core.fit import fit
     from xmc.core.solver import resolve_device, use_dual_cd
 
@@ -90,7 +90,9 @@ def fit_xmc(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], work: Path, t
         STAGES["base"] = sum(records[0]["seconds"].get(k, 0.0) for k in ("tree", "train"))
         STAGES["round"] = sum(r["seconds"].get(k, 0.0) for r in records[1:] for k in ROUND_STAGES)
         STAGES["rounds"] = len(records) - 1
-    return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK), TOPK)), work / "model"
+    # on the peers' threads, as they predict
+    executor = LocalExecutor(show_progress=False, threads=threads)
+    return (lambda Xt: topk_from_csr(model.predict(Xt, topk=TOPK, executor=executor), TOPK)), work / "model"
 
 
 def train_pecos(X: sp.csr_matrix, Y: sp.csr_matrix, p: dict[str, Any], threads: int) -> Any:

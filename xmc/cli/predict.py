@@ -95,6 +95,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xmc.core.executor import LocalExecutor  # every core, as PECOS, omikuji and napkinXC predict
     from xmc.core.model import XMCModel
     from xmc.core.sparse import topk_rows
     from xmc.io.readers import load_features, write_jsonl, write_npz
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         model_topk = XMCModel.load(args.model).params.predict.topk if args.topk is None else args.topk
         report = predict_parquet(args.model, args.input, args.out, topk=model_topk,
                                  batch_rows=args.batch_rows, beam_size=args.beam_size,
-                                 components=args.components)
+                                 components=args.components, executor=LocalExecutor(show_progress=False))
         print(f"xmc predict: {report.rows} instances in {report.batches} batches, {report.seconds:.2f}s "
               f"-> {args.out}", file=sys.stderr)
         return 0
@@ -120,10 +121,10 @@ def _run(args: argparse.Namespace) -> int:
         records = read_records(args.input, require_labels=False)
         ids = [rec.id for rec in records]
         pred = model.predict_texts([rec.text for rec in records], topk=args.topk, beam_size=args.beam_size,
-                                   components=args.components)
+                                   components=args.components, executor=LocalExecutor())
     else:
         pred = model.predict(load_features(args.x), topk=args.topk, beam_size=args.beam_size,
-                             components=args.components)
+                             components=args.components, executor=LocalExecutor())
     seconds = time.perf_counter() - t0
     if args.out.endswith(".jsonl"):
         k = min(args.topk or model.params.predict.topk, model.n_labels)

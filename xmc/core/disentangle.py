@@ -20,13 +20,12 @@ import scipy.sparse as sp
 from xmc.core.cost import row_costs_of
 from xmc.core.executor import Executor
 from xmc.core.metrics import evaluate
-from xmc.core.predict import ScoringLayer, match_layers, predict_ensemble, scoring_layers
+from xmc.core.predict import ScoringLayer, Shard, match_layers, predict_ensemble, scoring_layers
 from xmc.core.rows import Matching, Member, TrainingRows
 from xmc.core.sparse import csr
 from xmc.core.train import (
     ClusterWeights,
     LayerData,
-    Shard,
     assemble,
     layer_units,
     matched_rows,
@@ -331,7 +330,7 @@ class InMemoryRows:
                  label_counts: np.ndarray, n_train: int) -> dict[str, float] | None:
         if self.X_val is None or self.Y_val is None:
             return None
-        pred = predict_ensemble(self.X_val, members, predict, bias=bias, topk=5)
+        pred = predict_ensemble(self.X_val, members, predict, bias=bias, topk=5, executor=self.executor)
         return evaluate(self.Y_val, pred, (1, 3, 5), label_counts=label_counts, n_train=n_train)
 
     def drop(self, matching: Matching) -> None:

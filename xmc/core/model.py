@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from xmc._version import __version__
 from xmc.core.dense.fusion import fuse
+from xmc.core.executor import Executor
 from xmc.core.feature_weights import weigh_rows
 from xmc.core.predict import predict_ensemble
 from xmc.core.sparse import csr, normalize_rows
@@ -106,12 +107,14 @@ class XMCModel:
 
     def predict(
         self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None,
-        components: str = "all",
+        components: str = "all", executor: Executor | None = None,
     ) -> sp.csr_matrix:
         """(N x n_labels) CSR holding each row's top-k label scores.
 
         ``components``: all (the model as trained: trees, fused with the dense part where there is
         one), tree (the trees alone), dense (the dense part alone; an error if there is none).
+        ``executor``: where the trees' chunks of rows are scored (``LocalExecutor()``: every core; None:
+        this thread, as a server's or a Spark task's one core wants).
         """
         check_xy(X)
         if components not in COMPONENTS:
@@ -132,7 +135,8 @@ class XMCModel:
         fused = components == "all" and self.dense is not None and self.dense.alpha > 0
         tree_k = max(k, 10) if fused else k
         tree = predict_ensemble(Xp, [(m.tree, m.weights) for m in self.trees], self.params.predict,
-                                bias=self.params.solver.bias, topk=tree_k, beam_size=beam_size)
+                                bias=self.params.solver.bias, topk=tree_k, beam_size=beam_size,
+                                executor=executor)
         if not fused:
             return tree
         idx, scores = self.dense.topk(Xp, tree_k, device=self.dense_device())
@@ -147,14 +151,14 @@ class XMCModel:
 
     def predict_texts(
         self, texts: Iterable[str], *, topk: int | None = None, beam_size: int | None = None,
-        components: str = "all",
+        components: str = "all", executor: Executor | None = None,
     ) -> sp.csr_matrix:
         """Top-k label scores of raw texts, featurized by the model's own vectorizer."""
         if self.vectorizer is None:
             raise BundleError("this model has no text vectorizer (it was trained on feature matrices, "
                               "not on raw text): pass feature rows instead")
         return self.predict(self.vectorizer.transform(texts), topk=topk, beam_size=beam_size,
-                            components=components)
+                            components=components, executor=executor)
 
     def save(self, path: str | Path, *, extra_dirs: dict[str, str | Path] | None = None) -> None:
         """Write the model folder with its vectorizer (if any); ``extra_dirs`` are copied in, checksummed."""

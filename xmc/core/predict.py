@@ -11,11 +11,12 @@ and the top-k labels returned. No Python loop runs per instance or per parent.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.executor import Executor
 from xmc.core.sparse import from_topk, topk_dense, topk_rows, with_bias
 from xmc.core.tree import LabelTree
 from xmc.params import PredictParams
@@ -221,6 +222,7 @@ def predict_ensemble(
     bias: float,
     topk: int | None = None,
     beam_size: int | None = None,
+    executor: Executor | None = None,
 ) -> sp.csr_matrix:
     """Top-k of the label scores averaged over the trees of an ensemble (one tree: plain beam search).
 
@@ -230,30 +232,78 @@ def predict_ensemble(
     Every label a tree's beam reaches counts with its path score, a label a tree does not reach
     with 0 (Parabel's averaging), so a label all trees agree on outranks one a single tree likes.
     Scores past the margin are ordered by it (``MARGIN_TIE_BREAK``); the fit's matching is not.
-    """
-    from xmc.core.kernels import merge_topk
 
+    With an ``executor``, chunks of rows are its units (the local one's threads: the kernels release
+    the GIL), as PECOS, omikuji and napkinXC predict on every core; without, one after another. The
+    rows are independent, so the result is the same either way.
+    """
     n_labels = members[0][0].n_labels
     # more than every label (or every node of the widest layer) changes nothing: clip, so an
     # absurd --topk does not allocate rows x topk
     topk = min(params.topk if topk is None else topk, n_labels)
     # T trees score T candidate blocks per chunk: T times fewer rows keep one tree's memory
     params = replace(params, chunk_size=max(1, params.chunk_size // len(members)))
-    runs = []
+    scoring = []
     for tree, weights in members:
         beam = min(params.beam_size if beam_size is None else beam_size, _widest(tree))
         unique = len(np.unique(tree.copy_label)) == len(tree.copy_label)
         built = bool(weights) and isinstance(weights[0], ScoringLayer)
-        layers = weights if built else scoring_layers(tree, weights)
-        runs.append((tree, unique, _scored_chunks(X, layers, params, bias, beam, tie_break=True)))
+        layers = list(weights) if built else scoring_layers(tree, weights)
+        scoring.append(MemberScoring(tree, layers, beam, unique))
+    shared = EnsembleInputs(X, scoring, params, bias, topk)
+    if executor is None or X.shape[0] <= params.chunk_size:
+        return ensemble_rows(shared, Shard(0, X.shape[0]))
+    step = params.chunk_size
+    ranges = [Shard(a, min(a + step, X.shape[0])) for a in range(0, X.shape[0], step)]
+    return _stack(executor.map(ensemble_rows, shared, ranges, desc="predict"), n_labels)
+
+
+@dataclass(frozen=True)
+class MemberScoring:
+    """One tree of an ensemble, ready to score: its layers built, its beam, whether every label has
+    one copy (then nothing is merged)."""
+
+    tree: LabelTree
+    layers: list[ScoringLayer]
+    beam: int
+    unique_labels: bool
+
+
+@dataclass(frozen=True)
+class EnsembleInputs:
+    """What every chunk of a prediction reads (``ensemble_rows``)."""
+
+    X: sp.csr_matrix
+    members: list[MemberScoring]
+    params: PredictParams
+    bias: float
+    topk: int
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)``: a unit of work over rows (matching, gains, prediction)."""
+
+    start: int
+    stop: int
+
+
+def ensemble_rows(shared: EnsembleInputs, rows: Shard) -> sp.csr_matrix:
+    """The top-k CSR of rows ``[start, stop)``, chunk by chunk (a pure work unit)."""
+    from xmc.core.kernels import merge_topk
+
+    X, params, topk = shared.X[rows.start : rows.stop], shared.params, shared.topk
+    n_labels = shared.members[0].tree.n_labels
+    runs = [_scored_chunks(X, m.layers, params, shared.bias, m.beam, tie_break=True) for m in shared.members]
     parts = []
-    for chunks in zip(*(chunks for _, _, chunks in runs), strict=True):
+    for chunks in zip(*runs, strict=True):
         if len(runs) == 1:  # one tree: its top k straight from the candidates, copies merged on the way
             (cand_idx, cand_score), = chunks
-            idx, vals = merge_topk(cand_idx, cand_score, runs[0][0].copy_label, params.copy_merge, topk)
+            idx, vals = merge_topk(cand_idx, cand_score, shared.members[0].tree.copy_label, params.copy_merge,
+                                   topk)
         else:  # sparse sums merge each row's labels in C; a lexsort of the stacked blocks was 9x slower
-            merged = [_merge_copies(cand_idx, cand_score, tree.copy_label, unique, params.copy_merge)
-                      for (tree, unique, _), (cand_idx, cand_score) in zip(runs, chunks, strict=True)]
+            merged = [_merge_copies(idx_t, score_t, m.tree.copy_label, m.unique_labels, params.copy_merge)
+                      for m, (idx_t, score_t) in zip(shared.members, chunks, strict=True)]
             total = sum((from_topk(labels, scores, n_labels) for labels, scores in merged),
                         sp.csr_matrix((len(merged[0][0]), n_labels), dtype=np.float32))
             idx, vals = topk_rows(sp.csr_matrix(total) / len(merged), topk)

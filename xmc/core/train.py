@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from xmc.core.cost import label_costs, row_costs_of
 from xmc.core.executor import Executor
-from xmc.core.predict import ScoringLayer, match_layers, scoring_layers
+from xmc.core.predict import ScoringLayer, Shard, match_layers, scoring_layers
 from xmc.core.solver import solve_squared_hinge_blocks
 from xmc.core.sparse import nonzero_rows
 from xmc.core.tree import LabelTree
@@ -239,14 +239,6 @@ def _column_ordered(r: ClusterWeights) -> bool:
         return False
     step_child, step_feature = np.diff(r.child), np.diff(r.feature)
     return bool(np.all((step_child > 0) | ((step_child == 0) & (step_feature > 0))))
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Rows ``[start, stop)`` of the training set."""
-
-    start: int
-    stop: int
 
 
 @dataclass(frozen=True)

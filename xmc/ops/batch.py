@@ -16,9 +16,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xmc.errors import BundleError, DataFormatError
+
+if TYPE_CHECKING:
+    from xmc.core.executor import Executor
 
 DEFAULT_BATCH_ROWS = 10_000
 """Rows scored at a time: bounds memory (text + features + top-k of one batch)."""
@@ -72,8 +75,10 @@ class BatchReport:
 def predict_parquet(
     model_dir: str | Path, input_path: str | Path, out: str | Path, *, topk: int,
     batch_rows: int = DEFAULT_BATCH_ROWS, beam_size: int | None = None, components: str = "all",
+    executor: Executor | None = None,
 ) -> BatchReport:
-    """Score the ``{id, text}`` rows of a parquet file; write ``{id, labels, scores}`` parquet atomically."""
+    """Score the ``{id, text}`` rows of a parquet file; write ``{id, labels, scores}`` parquet atomically.
+    ``executor``: where each batch's chunks are scored (``XMCModel.predict``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -109,7 +114,7 @@ def predict_parquet(
                 raise DataFormatError(f"row {rows + bad + 1}: text is {texts[bad]!r}, expected a string",
                                       path=input_path, line=rows + bad + 1, field="text")
             idx, vals = topk_rows(model.predict_texts(texts, topk=topk, beam_size=beam_size,
-                                                         components=components),
+                                                         components=components, executor=executor),
                                   topk)
             keep = idx >= 0
             labels = [[names[j] if names else str(j) for j in idx[i][keep[i]].tolist()]
