@@ -69,7 +69,7 @@ def with_singletons(X: sp.csr_matrix, weight: float = 2.5) -> sp.csr_matrix:
 def test_fit_trains_with_the_scaled_cost_and_records_it(tmp_path: Path) -> None:
     X, Y = topic_data(n=300, n_labels=20, d=60)
     Xs = with_singletons(X)
-    params = SCALED.replace(max_leaf_size=4, feature_weight_exponent=0.0)  # the rows as given: rho by hand
+    params = SCALED.replace(max_leaf_size=4, feature_weight_exponent=0.0, feature_pairs=0)  # rows as given
     ex = LocalExecutor(show_progress=False)
     model = fit(Xs, Y, params, executor=ex)
     rows = Xs.multiply(1 / np.sqrt(Xs.multiply(Xs).sum(axis=1))).tocsr()  # the fit's normalised rows

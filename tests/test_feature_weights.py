@@ -68,7 +68,7 @@ def test_the_fit_is_the_unweighted_fit_of_the_weighed_rows_and_predict_weighs_th
     and normalised again; a model at gamma 0 trained on rows weighed by hand is the same model, and
     each predicts the same from its own input. The weights travel with the saved model."""
     X, Y = topic_data(n=300, n_labels=20, d=60)
-    params = XMCParams().replace(max_leaf_size=4, validation_fraction=0.2)
+    params = XMCParams().replace(max_leaf_size=4, validation_fraction=0.2, feature_pairs=0)  # the input's own
     model = fit(X, Y, params)
     s = model.feature_weights
     assert s is not None and s.shape == (X.shape[1],) and 0 < s.min() < s.max() <= 1
@@ -91,7 +91,7 @@ def test_the_fit_is_the_unweighted_fit_of_the_weighed_rows_and_predict_weighs_th
 def test_a_changed_weights_file_is_refused(tmp_path: Path) -> None:
     """features.npz is checksummed like the layers, and its shape checked against the model."""
     X, Y = topic_data(n=200, n_labels=12, d=40)
-    fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0)).save(tmp_path / "m")
+    fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0, feature_pairs=0)).save(tmp_path / "m")
     path = tmp_path / "m" / "features.npz"
     np.savez(path, weights=np.ones(7, np.float32))
     with pytest.raises(BundleError, match="features.npz"):

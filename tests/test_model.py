@@ -81,7 +81,7 @@ def test_executor_and_chunking_do_not_change_the_model(toy) -> None:  # type: ig
     for Wa, Wb in zip(a.weights, b.weights, strict=True):
         assert abs(Wa - Wb).max() == 0
     small = XMCModel(a.params.replace(chunk_size=7), a.tree, a.weights, a.n_features,
-                     a.label_counts, a.n_train, feature_weights=a.feature_weights)
+                     a.label_counts, a.n_train, feature_weights=a.feature_weights, pairs=a.pairs)
     assert abs(a.predict(X) - small.predict(X)).max() == 0
 
 

@@ -1,8 +1,8 @@
 """Typed, frozen parameters: the one source of every default.
 
 The CLI builds its flags from these dataclasses (``--max-leaf-size`` for ``max_leaf_size``), JSON configs
-are validated against them, a model saves them with its weights; a bad value fails on creation.
-The dense component's ``DenseParams`` live in ``xmc.params_dense`` and are re-exported here.
+are validated against them, a model saves them with its weights; a bad value fails on creation. The dense
+component's ``DenseParams`` live in ``xmc.params_dense`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ class TreeParams:
     """Children per internal node of the matcher tree (a power of two: levels group 2-means splits). 32:
     validation P@1 +0.1 on debian-deps over 16 (64: no better), equal on Bibtex, fit +13 %."""
     max_leaf_size: int = 100
-    """Most labels in a balanced leaf: the tree is deepened until every balanced leaf fits; a k-means
-    leaf may hold up to kmeans_leaf_cap times as many."""
+    """Most labels in a balanced leaf (the tree deepens until each fits; k-means: kmeans_leaf_cap x)."""
     kmeans_max_iter: int = 20
     """Lloyd iterations at most of each split (k-means stops earlier when no label moves)."""
     seed: int = 0
@@ -82,8 +81,7 @@ class SolverParams:
     batched Newton-CG in torch on a GPU."""
 
     cost: float = 0.5
-    """SVM cost C: weight of the loss against the L2 regulariser (0.5: best on validation splits of the real
-    sets)."""
+    """SVM cost C: the loss's weight against the L2 regulariser (0.5: best on the real sets' validation)."""
     recurring_df: int = 0
     """> 0: C is divided by the mean share of a training row's squared norm on features in >= this many
     training rows (xmc.core.cost). Off: at 2, validation P@1 +0.42 on pypi-tags' TF-IDF, P@5 -0.34 / -0.36 on
@@ -114,31 +112,33 @@ class SolverParams:
     'kl' at 0.25 against 'entropy' at 0.15 (the largest gamma at which it lost no set), same splits: mean
     P@1 +0.14 (Bibtex +0.73, its composite set +0.56), debian-tags -0.07 +- 0.03; entropy weighs a word
     of one frequent label and many rare ones as generic, and lost the debian-deps sets above 0.15."""
+    feature_pairs: int = 3
+    """m: a row's m largest features also give their products as features (xmc.core.feature_pairs); 0: none.
+    On the sets of 500 features +1.0-2.3 P@1; fit +58 % (4: +85 %; docs/performance.md)."""
+    pair_weight: float = 0.5
+    """Norm of a row's pair block beside its own features' (1), before the row is normalised again."""
+    pair_max_features: int = 1000
+    """Pairs only for inputs of at most this many features (0: any): on 39-203K-feature TF-IDFs they lost."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""
     weight_threshold: float = 0.03
-    """Weights with |w| below this are pruned to zero, which keeps the model sparse and fast. 0.03 against
-    PECOS's and omikuji's 0.1, 6 validation splits of the eight real sets: mean P@1 +0.10, Bibtex
-    +0.29 / +0.21 P@5, pypi-tags' TF-IDF +0.23, no set lost; 2.5x the weights, prediction +40-60 %,
-    fit +10-30 % (docs/performance.md)."""
+    """Weights with |w| below this are pruned (a sparse, fast model). 0.03 against PECOS's and omikuji's 0.1,
+    6 validation splits of eight real sets: mean P@1 +0.10, Bibtex +0.29, no set lost; 2.5x the weights,
+    prediction +40-60 %, fit +10-30 % (docs/performance.md)."""
     algorithm: Algorithm = "auto"
-    """'dual-cd' (coordinate descent in the dual, numba; the CPU's), 'newton-cg' (batched in torch; a GPU's),
-    or 'auto' (by device)."""
+    """'dual-cd' (numba; the CPU's), 'newton-cg' (batched in torch; a GPU's), or 'auto' (by device)."""
     dual_tol: float = 0.1
-    """Dual coordinate descent stops when the projected gradients' spread over a pass is at most this
-    (liblinear's eps)."""
+    """Dual CD stops when the projected gradients' spread over a pass is at most this (liblinear's eps)."""
     dual_max_iter: int = 20
-    """Passes over a leaf's rows per label at most (dual coordinate descent)."""
+    """Passes over a leaf's rows per label at most (dual CD)."""
     solver_tol: float = 0.1
-    """Newton stops per label at |g| <= tol * max(min(n_pos, n_neg), 1) / n * |g(0)| (liblinear's test; 0.1 as
-    PECOS's eps)."""
+    """Newton stops per label at |g| <= tol * max(min(n_pos, n_neg), 1) / n * |g(0)| (liblinear's test)."""
     max_newton_iter: int = 30
     """Newton steps per cluster at most."""
     max_cg_iter: int = 50
     """Conjugate-gradient steps per Newton step at most."""
     negatives: Negatives = "tfn+man"
-    """Negatives of a node: 'tfn' (instances of its siblings) or 'tfn+man' (also those the matcher routes to
-    it; docs/performance.md)."""
+    """A node's negatives: 'tfn' (its siblings' instances) or 'tfn+man' (also those the matcher sends it)."""
     man_top: int = 3
     """Matcher-aware negatives come from the best this many nodes of each instance's beam (0 = the whole
     beam)."""
@@ -167,6 +167,11 @@ class SolverParams:
         require(self.feature_weight_exponent >= 0 and math.isfinite(self.feature_weight_exponent),
                 "feature_weight_exponent", self.feature_weight_exponent,
                 "use a number >= 0 (0 = features as given)")
+        require(self.feature_pairs != 1 and self.feature_pairs >= 0, "feature_pairs", self.feature_pairs,
+                "use 0 (none) or an integer >= 2")
+        require(self.pair_weight > 0 and math.isfinite(self.pair_weight), "pair_weight", self.pair_weight,
+                "use > 0")
+        require(self.pair_max_features >= 0, "pair_max_features", self.pair_max_features, "use >= 0 (0: any)")
         require(self.feature_weight_measure in FEATURE_WEIGHT_MEASURES, "feature_weight_measure",
                 self.feature_weight_measure, f"use one of {FEATURE_WEIGHT_MEASURES}")
         require(self.recurring_df >= 0, "recurring_df", self.recurring_df, "use >= 0 (0 = C as given)")

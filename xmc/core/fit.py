@@ -31,6 +31,7 @@ from xmc.core.disentangle import (
     weight_bytes,
 )
 from xmc.core.executor import Executor, LocalExecutor
+from xmc.core.feature_pairs import pair_vocabulary, pairs_of, with_pairs
 from xmc.core.feature_weights import feature_weights, weigh_rows
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
 from xmc.core.rows import TrainingRows, split_validation
@@ -102,6 +103,12 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
+    m = pairs_of(params.solver, X.shape[1])
+    pairs = pair_vocabulary(Xt, m) if m else None  # the pairs of the fitting rows alone
+    if pairs is not None:  # every row (held-out ones too) as the model will see it at predict
+        del Xt, Xv
+        Xp = with_pairs(Xp, pairs, m, params.solver.pair_weight, params.normalize_rows)
+        Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
     refit = refits_trees(params, Xv.shape[0] if Xv is not None else 0)
     gamma, measure = params.solver.feature_weight_exponent, params.solver.feature_weight_measure
     s = feature_weights(Xt, Yt, gamma, measure)  # from the fitting rows alone
@@ -115,7 +122,8 @@ def fit(
         shutil.rmtree(Path(checkpoint_dir) / "refit", ignore_errors=True)
     given, (params, cost) = params, resolve_cost_of_rows(params, Xt)
     inputs = FitInputs(partial(build_tree, pifa(Xt, Yt)), np.asarray(Y.sum(axis=0)).ravel().astype(np.int64),
-                       X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "", s)
+                       X.shape[1], X.shape[0], fingerprint(Xp, Y) if checkpoint_dir is not None else "", s,
+                       pairs)
     model = fit_trees(InMemoryRows(Xt, Yt, Xv, Yv, executor), inputs, params, label_names=label_names,
                       checkpoint_dir=checkpoint_dir, resume=resume, observer=None if refit else observer)
     if params.dense.dense == "prime":
@@ -170,6 +178,13 @@ class FitInputs:
     """Of the data, for checkpoints ('' without a checkpoint)."""
     feature_weights: np.ndarray | None = None
     """The rows' feature weights (``xmc.core.feature_weights``), which every model of the fit stores."""
+    pairs: np.ndarray | None = None
+    """The pair columns' keys (``xmc.core.feature_pairs``), which every model of the fit stores."""
+
+    @property
+    def n_columns(self) -> int:
+        """Columns of the rows the layers train on: the features, then the pairs."""
+        return self.n_features + (0 if self.pairs is None else len(self.pairs))
 
 
 def fit_trees(
@@ -245,10 +260,10 @@ def fit_tree(
     t2 = time.perf_counter()
     info: dict[str, Any] = {"seconds_tree": t1 - t0, "seconds_train": t2 - t1}
     if defer:
-        weights[-1] = pending_rankers(inputs.n_features, len(tree.copy_label))
+        weights[-1] = pending_rankers(inputs.n_columns, len(tree.copy_label))
         info[RANKERS_PENDING] = True
     model = XMCModel(params, tree, weights, inputs.n_features, inputs.counts, inputs.n_rows, label_names,
-                     info, feature_weights=inputs.feature_weights)
+                     info, feature_weights=inputs.feature_weights, pairs=inputs.pairs)
     if rounds:
         model = run_rounds(model, rows, ckpt, observer=observer)
     return model
@@ -313,7 +328,7 @@ def run_rounds(
         if rankers == "none":
             info[RANKERS_PENDING] = True
         current = XMCModel(p, tree, weights, model.n_features, model.label_counts, model.n_train,
-                           model.label_names, info, feature_weights=model.feature_weights)
+                           model.label_names, info, feature_weights=model.feature_weights, pairs=model.pairs)
         t0 = time.perf_counter()
         record.validation = validate(current)
         record.seconds["validate"] = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from xmc._version import __version__
 from xmc.core.dense.fusion import fuse
 from xmc.core.executor import Executor
+from xmc.core.feature_pairs import with_pairs
 from xmc.core.feature_weights import weigh_rows
 from xmc.core.predict import predict_ensemble
 from xmc.core.sparse import csr, normalize_rows
@@ -61,7 +62,8 @@ RANKERS_PENDING = "rankers_pending"
 
 
 SOLVER_FIELDS_ADDED: dict[str, Any] = {"recurring_df": 0, "row_cost_exponent": 0.0,
-                                       "feature_weight_exponent": 0.0, "feature_weight_measure": "entropy"}
+                                       "feature_weight_exponent": 0.0, "feature_weight_measure": "entropy",
+                                       "feature_pairs": 0}
 """Solver fields added after models were saved, and how such a model was trained: a model saved
 before C was scaled used the C it records, one saved before rows had costs gave every row C, one
 saved before features had weights took them as given, and one saved before the weights had a
@@ -89,6 +91,14 @@ class XMCModel:
     feature_weights: np.ndarray | None = None
     """(n_features) each feature's factor before the rows are normalised again
     (``xmc.core.feature_weights``, from the fitting rows); None: the features as given."""
+    pairs: np.ndarray | None = None
+    """Sorted keys ``i * n_features + j`` (i < j) of the feature pairs that are columns of their own
+    (``xmc.core.feature_pairs``, ``feature_pairs`` > 0): the pairs the fitting rows hold."""
+
+    @property
+    def n_columns(self) -> int:
+        """Columns the weights read: the input features, then the pairs (the bias row comes after)."""
+        return self.n_features + (0 if self.pairs is None else len(self.pairs))
 
     @property
     def trees(self) -> list[XMCModel]:
@@ -102,8 +112,11 @@ class XMCModel:
     def preprocess(self, X: sp.spmatrix) -> sp.csr_matrix:
         """Features as the model was trained on them (float32 CSR, rows L2-normalised if set, scaled
         by the feature weights and normalised again)."""
-        return weigh_rows(prepare_features(X, self.params, self.n_features), self.feature_weights,
-                          self.params.normalize_rows)
+        X = prepare_features(X, self.params, self.n_features)
+        if self.pairs is not None:
+            s = self.params.solver
+            X = with_pairs(X, self.pairs, s.feature_pairs, s.pair_weight, self.params.normalize_rows)
+        return weigh_rows(X, self.feature_weights, self.params.normalize_rows)
 
     def predict(
         self, X: sp.spmatrix, *, topk: int | None = None, beam_size: int | None = None,
@@ -177,7 +190,7 @@ class XMCModel:
             save_bundle(
                 path, tree=self.tree, weights=self.weights, n_features=self.n_features,
                 label_counts=self.label_counts, n_train=self.n_train, label_names=self.label_names,
-                feature_weights=self.feature_weights,
+                feature_weights=self.feature_weights, pairs=self.pairs,
                 meta={"xmc_version": __version__, "params": self.params.to_dict(), "info": self.info},
                 extra_dirs=extra or None,
             )
@@ -205,17 +218,20 @@ class XMCModel:
         for t, m in enumerate(members, start=1):
             if (m.n_features, m.n_labels, m.n_train) != (parts["n_features"], parts["tree"].n_labels,
                                                           parts["n_train"]) \
-                    or not np.array_equal(m.label_counts, parts["label_counts"]):
+                    or not np.array_equal(m.label_counts, parts["label_counts"]) \
+                    or (m.pairs is None) != (parts["pairs"] is None) \
+                    or (m.pairs is not None and not np.array_equal(m.pairs, parts["pairs"])):
                 raise BundleError(f"{path}/{TREES_DIR}/{t}: a tree of another training set "
                                   "(features, labels or counts differ from tree 0)")
         dense = None
         if (Path(path) / DENSE_DIR).is_dir():
             from xmc.core.dense.model import DenseModel
 
-            dense = DenseModel.load(Path(path) / DENSE_DIR, parts["n_features"], parts["tree"].n_labels)
+            n_columns = parts["n_features"] + (0 if parts["pairs"] is None else len(parts["pairs"]))
+            dense = DenseModel.load(Path(path) / DENSE_DIR, n_columns, parts["tree"].n_labels)
         return cls(params, parts["tree"], parts["weights"], parts["n_features"],
                    parts["label_counts"], parts["n_train"], parts["label_names"],
-                   info, vectorizer, members, dense, parts["feature_weights"])
+                   info, vectorizer, members, dense, parts["feature_weights"], parts["pairs"])
 
 
 def prepare_features(X: sp.spmatrix, params: XMCParams, n_features: int) -> sp.csr_matrix:

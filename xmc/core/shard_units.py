@@ -3,9 +3,8 @@
 Each pass of ``xmc.core.sharded`` is one ``executor.map`` of one of these over shards or clusters:
 
 - ``prepare_shard``: a slice of a bundle part -> the shard's prepared train / held-out rows, and its
-  share of the label-sized sums (PIFA ``Y^T X``, label counts).
-- ``weigh_shard``: the shard's rows scaled by the feature weights of the summed label mass and
-  normalised again, its PIFA sums redone.
+  share of the label-sized sums (PIFA ``Y^T X``, label counts); pairs: ``xmc.core.shard_pairs``.
+- ``weigh_shard``: the shard's rows scaled by the summed label mass's feature weights, PIFA redone.
 - ``route_shard``: the shard's rows routed to each parent of a layer (teacher forcing by their
   labels, plus the matcher's beam for matcher-aware negatives), written per parent: the map side
   of a shuffle by cluster id.
@@ -29,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -136,13 +136,17 @@ def prepare_shard(spec: PrepareSpec, part: PartSlice) -> PreparedShard:
     Xt, Yt = X[~held], Y[~held]
     save_matrices(rows_file(spec.root, "train", part.shard), X=Xt, Y=Yt)
     save_matrices(rows_file(spec.root, "valid", part.shard), X=X[held], Y=Y[held])
-    df = {"df": document_frequency(Xt)} if spec.document_frequency else {}
-    mass = {"mass": label_mass(Xt, Yt)} if spec.label_mass else {}
-    sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz", pifa=pifa_sums(Xt, Yt),
+    sums = save_matrices(spec.root / "sums" / f"s{part.shard:05d}.npz",
                          counts=np.diff(Y.tocsc().indptr).astype(np.int64),
                          train_counts=np.diff(Yt.tocsc().indptr).astype(np.int64),
-                         row_sizes=row_sizes(np.diff(Yt.indptr)), **df, **mass)
+                         row_sizes=row_sizes(np.diff(Yt.indptr)), **feature_sums(spec, Xt, Yt))
     return PreparedShard(part.shard, int(Xt.shape[0]), int(held.sum()), sums)
+
+
+def feature_sums(spec: PrepareSpec, Xt: sp.csr_matrix, Yt: sp.csr_matrix) -> dict[str, Any]:
+    """A shard's train rows' sums that read their features: PIFA's, document frequencies and mass if asked."""
+    df = {"df": document_frequency(Xt)} if spec.document_frequency else {}
+    return {"pifa": pifa_sums(Xt, Yt), **df, **({"mass": label_mass(Xt, Yt)} if spec.label_mass else {})}
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,12 @@ import scipy.sparse as sp
 from xmc.core.cost import resolve_cost
 from xmc.core.disentangle import GAIN_CHUNK_ROWS, SHARD_ROWS, kept_moves
 from xmc.core.executor import Executor, LocalExecutor
+from xmc.core.feature_pairs import pairs_of
 from xmc.core.fit import FitInputs, RoundObserver, fit_trees
 from xmc.core.metrics import add_sums, metrics_of_sums
 from xmc.core.model import XMCModel
 from xmc.core.rows import Matching, Member, holdout_threshold
+from xmc.core.shard_pairs import PairSpec, pair_shard, shard_pair_keys
 from xmc.core.shard_units import (
     AssembleSpec,
     AssembleUnit,
@@ -267,6 +269,14 @@ def fit_sharded(
                        document_frequency=params.solver.recurring_df > 0, label_mass=gamma > 0)
     try:
         prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
+        pairs = None
+        m = pairs_of(params.solver, n_features)
+        if m:  # the fitting rows' pairs, then every row with its pair columns, as fit makes them
+            pair_spec = PairSpec(spec, m, params.solver.pair_weight)
+            keys = executor.map(shard_pair_keys, pair_spec, prepared, desc="pairs")
+            pairs = np.unique(np.concatenate(keys))
+            executor.map(pair_shard, replace(pair_spec, vocabulary=pairs), prepared, desc="pairs")
+        n_columns = n_features + (0 if pairs is None else len(pairs))
         reduce_spec = ReduceSpec(root)
         sums = tuple(s.sums for s in prepared)
         ((counts, train_counts, sizes, weights),) = executor.map(
@@ -278,7 +288,7 @@ def fit_sharded(
         remove(root / "sums")
         if not counts.any():
             raise DataFormatError("Y has no positive label at all: nothing to learn", path=bundle)
-        rows = ShardedRows(root, prepared, n_features, train_counts, executor, sizes)
+        rows = ShardedRows(root, prepared, n_columns, train_counts, executor, sizes)
         if not rows.train:
             raise DataFormatError("every training row was held out: lower validation_fraction", path=bundle)
         digest = bundle_digest(bundle) if checkpoint_dir is not None else ""
@@ -292,7 +302,7 @@ def fit_sharded(
             (tree,) = executor.map(build_tree_unit, reduce_spec, [tree_params], desc="tree")
             return tree
 
-        inputs = FitInputs(tree_of, counts, n_features, n_rows, digest, weights)
+        inputs = FitInputs(tree_of, counts, n_features, n_rows, digest, weights, pairs)
         model = fit_trees(rows, inputs, params, label_names=label_names, checkpoint_dir=checkpoint_dir,
                           resume=resume, observer=observer)
         for member in model.trees:

@@ -64,12 +64,14 @@ def save_bundle(
     label_names: list[str] | None,
     meta: dict[str, Any],
     feature_weights: np.ndarray | None = None,
+    pairs: np.ndarray | None = None,
     extra_dirs: Mapping[str, str | Path] | None = None,
 ) -> None:
     """Write the bundle atomically (a reader never sees a half-written model).
 
     ``extra_dirs`` maps a folder name in the bundle to a source folder copied there (the text
     vectorizer a model predicts raw text with); its files are checksummed like the others.
+    ``pairs``: the sorted keys ``i * n_features + j`` of the pair columns, stored as their two features.
     """
     with atomic_dir(path, owned=manifest_format_is(FORMAT), what="an xmc model folder") as tmp:
         for name, source in (extra_dirs or {}).items():
@@ -82,6 +84,8 @@ def save_bundle(
         _save_npz(tmp / "labels.npz", label_counts=label_counts.astype(np.int64))
         if feature_weights is not None:
             _save_npz(tmp / "features.npz", weights=np.asarray(feature_weights, dtype=np.float32))
+        if pairs is not None:
+            _save_npz(tmp / "pairs.npz", first=pairs // n_features, second=pairs % n_features)
         if label_names is not None:
             (tmp / "label_names.txt").write_text("".join(name + "\n" for name in label_names))
         manifest = {
@@ -89,6 +93,7 @@ def save_bundle(
             "schema_version": SCHEMA_VERSION,
             **meta,
             "n_features": n_features,
+            **({} if pairs is None else {"n_pairs": len(pairs)}),
             "n_labels": tree.n_labels,
             "n_train": n_train,
             "layers": [
@@ -123,6 +128,8 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{where}: bad sizes (layers, n_features, n_labels, n_train)")
     required = ("tree.npz", "labels.npz", *(f"layer_{t}.npz" for t in range(len(layer_meta))))
     verify_checksums(folder, manifest.get("files"), required=required)
+    pairs = _pairs(folder, manifest, n_features)
+    n_columns = n_features + (0 if pairs is None else len(pairs))
     tz = load_npz(folder, "tree.npz", ("copy_label", *(f"parent_{t}" for t in range(len(layer_meta)))))
     try:
         parents = tuple(tz[f"parent_{t}"].astype(np.int64) for t in range(len(layer_meta)))
@@ -133,7 +140,7 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
     for t in range(len(layer_meta)):
         name = f"layer_{t}.npz"
         z = load_npz(folder, name, ("data", "indices", "indptr", "shape"))
-        expected = (n_features + 1, len(parents[t]))
+        expected = (n_columns + 1, len(parents[t]))
         shape = tuple(int(v) for v in np.asarray(z["shape"]).ravel())
         if shape != expected or n_children[t] != expected[1]:
             raise BundleError(f"{folder / name}: shape {shape}, expected {expected}")
@@ -151,10 +158,10 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
     feature_weights = None
     if "features.npz" in manifest.get("files", {}):  # checksummed above like every listed file
         feature_weights = load_npz(folder, "features.npz", ("weights",))["weights"]
-        if feature_weights.shape != (n_features,) or not np.issubdtype(feature_weights.dtype, np.floating) \
+        if feature_weights.shape != (n_columns,) or not np.issubdtype(feature_weights.dtype, np.floating) \
                 or not np.all(np.isfinite(feature_weights)) or (feature_weights < 0).any():
             shape = tuple(int(v) for v in feature_weights.shape)
-            raise BundleError(f"{folder}/features.npz: weights must be {n_features} finite numbers >= 0, "
+            raise BundleError(f"{folder}/features.npz: weights must be {n_columns} finite numbers >= 0, "
                               f"got shape {shape} of {feature_weights.dtype}")
     names = None
     if (folder / "label_names.txt").exists():
@@ -166,4 +173,20 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
             raise BundleError(f"{folder}/label_names.txt: {len(names)} names for {n_labels} labels")
     return {"manifest": manifest, "tree": tree, "weights": weights, "label_counts": counts,
             "n_train": n_train, "n_features": n_features, "label_names": names,
-            "feature_weights": feature_weights}
+            "feature_weights": feature_weights, "pairs": pairs}
+
+
+def _pairs(folder: Path, manifest: dict[str, Any], n_features: int) -> np.ndarray | None:
+    """The pair columns' sorted keys ``i * n_features + j`` from pairs.npz (checksummed already), or None."""
+    if "pairs.npz" not in manifest.get("files", {}):
+        return None
+    z = load_npz(folder, "pairs.npz", ("first", "second"))
+    first, second = np.asarray(z["first"]), np.asarray(z["second"])
+    ok = (first.ndim == 1 and first.shape == second.shape and np.issubdtype(first.dtype, np.integer)
+          and np.issubdtype(second.dtype, np.integer) and manifest.get("n_pairs") == len(first))
+    keys = first.astype(np.int64) * n_features + second.astype(np.int64) if ok else None
+    if keys is None or (len(keys) > 0 and (first.min() < 0 or (second <= first).any()
+                                           or second.max() >= n_features or (np.diff(keys) <= 0).any())):
+        raise BundleError(f"{folder}/pairs.npz: 'first' and 'second' must be manifest's n_pairs feature ids "
+                          f"0 <= first < second < {n_features}, each pair once, sorted")
+    return keys

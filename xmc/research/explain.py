@@ -31,9 +31,10 @@ def explain_label(
     if not 0 <= label < model.n_labels:
         raise ValueError(f"label {label} out of range [0, {model.n_labels})")
     Xp = model.preprocess(X)
+    names = column_names(model, feature_names)
     rows = sp.csc_matrix(Y)[:, label].indices
     background = np.asarray(Xp.mean(axis=0)).ravel()  # features common everywhere say nothing
-    per_tree = [_tree_clusters(m, Xp, rows, label, background, feature_names, top) for m in model.trees]
+    per_tree = [_tree_clusters(m, Xp, rows, label, background, names, top) for m in model.trees]
     name = model.label_names[label] if model.label_names else label
     out: dict[str, Any] = {"label": name, "index": label, "positives": len(rows), **per_tree[0]}
     if len(per_tree) > 1:  # an ensemble: each tree places the label on its own; tree 0 stays on top
@@ -41,9 +42,18 @@ def explain_label(
     return out
 
 
+def column_names(model: XMCModel, feature_names: list[str] | None) -> list[str | int]:
+    """A name per column of the model's rows: the feature's (its index without names), then each pair
+    column's as 'a & b' of its two features (``xmc.core.feature_pairs``)."""
+    D = model.n_features
+    own: list[str | int] = list(feature_names[:D]) if feature_names else list(range(D))
+    pairs = [] if model.pairs is None else [f"{own[int(k) // D]} & {own[int(k) % D]}" for k in model.pairs]
+    return own + pairs
+
+
 def _tree_clusters(
     model: XMCModel, Xp: sp.csr_matrix, rows: np.ndarray, label: int, background: np.ndarray,
-    feature_names: list[str] | None, top: int,
+    feature_names: list[str | int], top: int,
 ) -> dict[str, Any]:
     """One tree's clusters of ``label``: gain, routed instances and top features of each copy."""
     tree = model.tree
@@ -67,7 +77,7 @@ def _tree_clusters(
             "copy": copy, "cluster": k, "gain": int(M[:, k].nnz),
             "instances": int(hit.sum()),
             "top_features": [
-                {"feature": feature_names[j] if feature_names else int(j),
+                {"feature": feature_names[j],
                  "weight": round(float(mean[j]), 4), "lift": round(float(lift[j]), 4)}
                 for j in best if lift[j] > 0
             ],

@@ -1,0 +1,116 @@
+"""Feature pairs (xmc.core.feature_pairs): each row's top-m features also count as their products."""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from tests.conftest import same_model, topic_data
+from xmc import LocalExecutor, XMCModel, XMCParams
+from xmc.core.feature_pairs import pair_vocabulary, pairs_of, row_pairs, with_pairs
+from xmc.core.fit import fit
+from xmc.core.sharded import fit_sharded
+from xmc.core.sparse import normalize_rows
+from xmc.errors import BundleError
+from xmc.io.features import write_bundle
+from xmc.research.explain import explain_label
+
+
+def reference_pairs(X: sp.csr_matrix, m: int) -> list[tuple[int, int, float]]:
+    """(row, key, product) by the definition: a row's m largest values, ties to the lower feature."""
+    out = []
+    D = X.shape[1]
+    for i in range(X.shape[0]):
+        row = X[i]
+        entries = zip(row.indices.tolist(), row.data.tolist(), strict=True)
+        best = sorted(entries, key=lambda e: (-e[1], e[0]))[:m]
+        for (f, v), (g, w) in combinations(best, 2):
+            out.append((i, min(f, g) * D + max(f, g), v * w))
+    return sorted(out)
+
+
+def test_each_row_pairs_its_top_m_features_ties_to_the_lower_index() -> None:
+    X = sp.random(120, 30, density=0.2, random_state=3, format="csr", dtype=np.float32)
+    X.data = np.ceil(X.data * 4) / 4  # many ties
+    rows, keys, values = row_pairs(X, 4)
+    got = sorted(zip(rows.tolist(), keys.tolist(), values.tolist(), strict=True))
+    want = reference_pairs(X, 4)
+    assert [g[:2] for g in got] == [w[:2] for w in want] and len(want) > 100
+    np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-6)
+    assert len(row_pairs(X[:, :1], 4)[0]) == 0  # one feature per row makes no pair
+
+
+def test_pair_columns_are_the_fitting_rows_pairs_weighted_then_renormalised() -> None:
+    X = normalize_rows(sp.csr_matrix(np.array([[3, 4, 0, 0], [0, 1, 1, 1], [1, 0, 0, 1]], np.float32)))
+    vocab = pair_vocabulary(X[:2], 2)  # rows 0 and 1: pairs (0, 1) and (1, 2) (ties to the lower index)
+    assert vocab.tolist() == [0 * 4 + 1, 1 * 4 + 2]
+    Z = with_pairs(X, vocab, 2, 0.5)
+    assert Z.shape == (3, 6)
+    own, pairs = Z[:, :4].toarray(), Z[:, 4:].toarray()
+    assert pairs[2].tolist() == [0, 0]  # (0, 3) was not in the fitting rows: no column
+    np.testing.assert_allclose(own[2], X[2].toarray()[0], rtol=1e-6)  # so row 2 is as it was
+    for i in (0, 1):  # a unit pair block at 0.5 beside a unit row: norms 1 : 0.5, then unit length
+        np.testing.assert_allclose(np.linalg.norm(pairs[i]) / np.linalg.norm(own[i]), 0.5, rtol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(Z[i].toarray()), 1.0, rtol=1e-6)
+
+
+def test_pairs_apply_to_inputs_of_few_features_only() -> None:
+    solver = XMCParams().solver
+    assert pairs_of(solver, 500) == solver.feature_pairs >= 2
+    assert pairs_of(solver, solver.pair_max_features + 1) == 0
+    assert pairs_of(XMCParams().replace(pair_max_features=0).solver, 10**6) == solver.feature_pairs
+
+
+def test_a_fit_with_pairs_predicts_the_same_after_a_round_trip_and_refuses_a_bad_pairs_file(
+    tmp_path: Path,
+) -> None:
+    X, Y = topic_data(n=300, n_labels=20, d=60)
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4), executor=LocalExecutor(show_progress=False))
+    assert model.pairs is not None and len(model.pairs) > 0
+    assert model.weights[0].shape[0] == X.shape[1] + len(model.pairs) + 1  # features, pairs, bias
+    assert model.feature_weights is not None and len(model.feature_weights) == model.n_columns
+    model.save(tmp_path / "m")
+    loaded = XMCModel.load(tmp_path / "m")
+    assert np.array_equal(loaded.pairs, model.pairs)
+    assert (loaded.predict(X, topk=5) != model.predict(X, topk=5)).nnz == 0
+    plain = fit(X, Y, XMCParams().replace(max_leaf_size=4, feature_pairs=0))
+    assert plain.pairs is None and plain.weights[0].shape[0] == X.shape[1] + 1
+    path = tmp_path / "m" / "pairs.npz"
+    z = dict(np.load(path))
+    np.savez(path, first=z["second"], second=z["first"])  # first > second
+    manifest = tmp_path / "m" / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    from xmc.io.files import sha256
+
+    meta["files"]["pairs.npz"] = sha256(path)  # consistent checksums, a wrong content
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="pairs.npz.*first < second"):
+        XMCModel.load(tmp_path / "m")
+
+
+def test_the_sharded_fit_makes_the_in_process_pairs(tmp_path: Path) -> None:
+    X, Y = topic_data(n=400, n_labels=24, d=80)
+    write_bundle(tmp_path / "b", X, Y, max_rows=150)
+    params = XMCParams().replace(max_leaf_size=4, validation_fraction=0.1)
+    ex = LocalExecutor(show_progress=False)
+    sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
+    inproc = fit(X, Y, params, executor=ex)
+    assert sharded.pairs is not None and inproc.pairs is not None
+    assert np.array_equal(sharded.pairs, inproc.pairs)
+    same_model(sharded, inproc)
+
+
+def test_explain_names_a_pair_column_by_its_two_features() -> None:
+    X, Y = topic_data(n=300, n_labels=20, d=60)
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4, rounds=0))
+    names = [f"w{j}" for j in range(X.shape[1])]
+    found = explain_label(model, X, Y, 0, feature_names=names, top=40)
+    features = [f["feature"] for c in found["clusters"] for f in c["top_features"]]
+    assert any(" & " in f for f in features), features
+    a, b = next(f for f in features if " & " in f).split(" & ")
+    assert a in names and b in names and names.index(a) < names.index(b)

@@ -1,0 +1,95 @@
+"""Products of each row's strongest features: a degree-2 term for inputs of few features.
+
+A linear ranker over a few hundred words can only add up each word's evidence; a pair lets it weigh
+"python" with "library" apart from either word alone. Each row's ``m`` largest values (ties to the
+lower feature index) give their m(m-1)/2 products ``x_i x_j`` as features of their own. The pair
+columns are the pairs the fitting rows hold (``pair_vocabulary``), so a pair never seen in fitting has
+no column, as an unseen word has none. The pairs' block is L2-normalised, scaled by ``pair_weight``
+and appended to the row, and the row normalised again, at fit and at predict (the model stores the
+vocabulary). ``SolverParams.feature_pairs`` is m; measured on validation rows in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from numba import njit
+
+from xmc.core.sparse import csr, normalize_rows
+from xmc.params import SolverParams
+
+
+def pairs_of(solver: SolverParams, n_features: int) -> int:
+    """The m of a fit on ``n_features`` input features: ``feature_pairs``, or 0 past ``pair_max_features``."""
+    limit = solver.pair_max_features
+    return solver.feature_pairs if limit == 0 or n_features <= limit else 0
+
+
+@njit(cache=True, nogil=True)
+def _pairs(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, m: int,
+           n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, key f_i * D + f_j with f_i < f_j, product) of every pair of each row's top m entries."""
+    n = len(indptr) - 1
+    count = 0
+    for i in range(n):
+        k = min(indptr[i + 1] - indptr[i], m)
+        count += k * (k - 1) // 2
+    rows = np.empty(count, dtype=np.int64)
+    keys = np.empty(count, dtype=np.int64)
+    values = np.empty(count, dtype=np.float32)
+    top_f = np.empty(m, dtype=np.int64)
+    top_v = np.empty(m, dtype=np.float32)
+    out = 0
+    for i in range(n):
+        k = 0  # insertion into the row's best k: value descending, ties to the lower index
+        for p in range(indptr[i], indptr[i + 1]):
+            f, v = indices[p], data[p]
+            pos = k
+            if k == m:
+                if not (v > top_v[m - 1] or (v == top_v[m - 1] and f < top_f[m - 1])):
+                    continue
+                pos = m - 1
+            else:
+                k += 1
+            while pos > 0 and (v > top_v[pos - 1] or (v == top_v[pos - 1] and f < top_f[pos - 1])):
+                top_f[pos], top_v[pos] = top_f[pos - 1], top_v[pos - 1]
+                pos -= 1
+            top_f[pos], top_v[pos] = f, v
+        for a in range(k):
+            for b in range(a + 1, k):
+                lo, hi = min(top_f[a], top_f[b]), max(top_f[a], top_f[b])
+                rows[out] = i
+                keys[out] = lo * n_features + hi
+                values[out] = top_v[a] * top_v[b]
+                out += 1
+    return rows, keys, values
+
+
+def row_pairs(X: sp.csr_matrix, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, pair key, product) triplets of ``X``'s rows' top-``m`` features (key ``f_i * D + f_j``)."""
+    X = csr(X)
+    return _pairs(X.indptr.astype(np.int64), X.indices.astype(np.int64), np.asarray(X.data, dtype=np.float32),
+                  int(m), int(X.shape[1]))
+
+
+def pair_vocabulary(X: sp.csr_matrix, m: int) -> np.ndarray:
+    """The sorted keys of the pairs the fitting rows ``X`` hold: the pair columns of the model."""
+    return np.unique(row_pairs(X, m)[1])
+
+
+def with_pairs(X: sp.csr_matrix, vocabulary: np.ndarray, m: int, weight: float,
+               normalize: bool = True) -> sp.csr_matrix:
+    """``X`` with its rows' pair columns appended (``X.shape[1] + len(vocabulary)`` columns): each row's
+    pairs in the vocabulary, their block unit-norm times ``weight``; the row normalised again if
+    ``normalize`` (the model's ``normalize_rows``)."""
+    X = csr(X)
+    rows, keys, values = row_pairs(X, m)
+    col = np.searchsorted(vocabulary, keys)
+    known = col < len(vocabulary)
+    known[known] = vocabulary[col[known]] == keys[known]
+    P = sp.csr_matrix((values[known], (rows[known], col[known])), shape=(X.shape[0], len(vocabulary)),
+                      dtype=np.float32)
+    P = normalize_rows(P)
+    P.data *= np.float32(weight)
+    Z = sp.csr_matrix(sp.hstack([X, P], format="csr"), dtype=np.float32)
+    return normalize_rows(Z) if normalize else Z
