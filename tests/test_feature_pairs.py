@@ -80,10 +80,17 @@ def test_a_fit_with_pairs_predicts_the_same_after_a_round_trip_and_refuses_a_bad
     assert (loaded.predict(X, topk=5) != model.predict(X, topk=5)).nnz == 0
     plain = fit(X, Y, XMCParams().replace(max_leaf_size=4, feature_pairs=0))
     assert plain.pairs is None and plain.weights[0].shape[0] == X.shape[1] + 1
+    manifest = tmp_path / "m" / "manifest.json"
+    saved = manifest.read_text()
+    meta = json.loads(saved)
+    meta["params"]["solver"]["feature_pairs"] = 0  # pairs stored, but params that make none
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="pair columns but its params say feature_pairs=0"):
+        XMCModel.load(tmp_path / "m")
+    manifest.write_text(saved)
     path = tmp_path / "m" / "pairs.npz"
     z = dict(np.load(path))
     np.savez(path, first=z["second"], second=z["first"])  # first > second
-    manifest = tmp_path / "m" / "manifest.json"
     meta = json.loads(manifest.read_text())
     from xmc.io.files import sha256
 

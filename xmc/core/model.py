@@ -206,6 +206,9 @@ class XMCModel:
             params = XMCParams.from_dict(saved)
         except (ValueError, KeyError, TypeError) as e:
             raise BundleError(f"{path}/manifest.json: bad params ({e})") from None
+        if parts["pairs"] is not None and params.solver.feature_pairs < 2:
+            raise BundleError(f"{path}/manifest.json: the model holds pair columns but its params say "
+                              f"feature_pairs={params.solver.feature_pairs} (>= 2 made them)")
         info = parts["manifest"].get("info", {})
         if not isinstance(info, dict):
             raise BundleError(f"{path}/manifest.json: bad field 'info' (expected an object)")
