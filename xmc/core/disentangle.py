@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from xmc.core.cost import row_costs_of
 from xmc.core.executor import Executor
 from xmc.core.metrics import evaluate
-from xmc.core.predict import ScoringLayer, Shard, match_layers, predict_ensemble, scoring_layers
+from xmc.core.predict import ScoringLayer, Shard, match_layers, predict_ensemble, row_shards, scoring_layers
 from xmc.core.rows import Matching, Member, TrainingRows
 from xmc.core.sparse import csr
 from xmc.core.train import (
@@ -94,7 +94,7 @@ def precision_gains(
     of a beam-``predict.beam_size`` search per instance; all of the beam by default)."""
     if tree.n_layers < 2:
         raise ValueError("disentanglement needs a matcher: the tree has a single leaf cluster")
-    shards = [Shard(s, min(s + shard_rows, X.shape[0])) for s in range(0, X.shape[0], shard_rows)]
+    shards = row_shards(X.shape[0], shard_rows)
     search = replace(predict, chunk_size=max(predict.chunk_size, shard_rows))
     shared = GainInputs(X, Y, tree, scoring_layers(tree, weights[:-1]), search, bias,
                         keep or predict.beam_size)

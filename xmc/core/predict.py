@@ -194,7 +194,8 @@ def _scored_chunks(
         yield _beam_chunk(Xb, layers, beam_size, params.post_processor, tie_break)
 
 
-def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
+def stack_rows(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
+    """The parts' rows one under another (no part: an empty n_cols-wide matrix)."""
     if not parts:
         return sp.csr_matrix((0, n_cols), dtype=np.float32)
     return sp.csr_matrix(sp.vstack(parts, format="csr"))
@@ -253,9 +254,8 @@ def predict_ensemble(
     shared = EnsembleInputs(X, scoring, params, bias, topk)
     if executor is None or X.shape[0] <= params.chunk_size:
         return ensemble_rows(shared, Shard(0, X.shape[0]))
-    step = params.chunk_size
-    ranges = [Shard(a, min(a + step, X.shape[0])) for a in range(0, X.shape[0], step)]
-    return _stack(executor.map(ensemble_rows, shared, ranges, desc="predict"), n_labels)
+    ranges = row_shards(X.shape[0], params.chunk_size)
+    return stack_rows(executor.map(ensemble_rows, shared, ranges, desc="predict"), n_labels)
 
 
 @dataclass(frozen=True)
@@ -288,6 +288,11 @@ class Shard:
     stop: int
 
 
+def row_shards(n_rows: int, rows_per_shard: int) -> list[Shard]:
+    """``n_rows`` rows cut into shards of ``rows_per_shard`` (the last one shorter)."""
+    return [Shard(a, min(a + rows_per_shard, n_rows)) for a in range(0, n_rows, rows_per_shard)]
+
+
 def ensemble_rows(shared: EnsembleInputs, rows: Shard) -> sp.csr_matrix:
     """The top-k CSR of rows ``[start, stop)``, chunk by chunk (a pure work unit)."""
     from xmc.core.kernels import merge_topk
@@ -308,7 +313,7 @@ def ensemble_rows(shared: EnsembleInputs, rows: Shard) -> sp.csr_matrix:
                         sp.csr_matrix((len(merged[0][0]), n_labels), dtype=np.float32))
             idx, vals = topk_rows(sp.csr_matrix(total) / len(merged), topk)
         parts.append(from_topk(idx, vals, n_labels))
-    return _stack(parts, n_labels)
+    return stack_rows(parts, n_labels)
 
 
 def match(
@@ -338,7 +343,7 @@ def leaf_beam_scores(
     layers = scoring_layers(tree, weights)
     beam_size = min(params.beam_size, _widest(tree))
     n_nodes = len(tree.parents[len(layers) - 1])
-    return _stack([from_topk(idx, np.where(idx >= 0, score, 0.0), n_nodes)
+    return stack_rows([from_topk(idx, np.where(idx >= 0, score, 0.0), n_nodes)
                    for idx, score in _scored_chunks(X, layers, params, bias, beam_size)], n_nodes)
 
 
@@ -359,7 +364,7 @@ def match_layers(
     for cand_idx, cand_score in _scored_chunks(X, layers, params, bias, beam_size):
         idx, _ = topk_dense(cand_score, cand_idx, beam_size if keep is None else min(keep, beam_size))
         parts.append(from_topk(idx, np.ones(idx.shape, np.float32), n_nodes))
-    return _stack(parts, n_nodes)
+    return stack_rows(parts, n_nodes)
 
 
 def _widest(tree: LabelTree) -> int:

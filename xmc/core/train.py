@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from xmc.core.cost import label_costs, row_costs_of
 from xmc.core.executor import Executor
-from xmc.core.predict import ScoringLayer, Shard, match_layers, scoring_layers
+from xmc.core.predict import ScoringLayer, Shard, match_layers, row_shards, scoring_layers, stack_rows
 from xmc.core.solver import solve_squared_hinge_blocks
 from xmc.core.sparse import nonzero_rows
 from xmc.core.tree import LabelTree
@@ -267,12 +267,9 @@ def matched_rows(X: sp.csr_matrix, tree: LabelTree, weights: Sequence[sp.csc_mat
     driver, that search was a tenth of a debian-deps fit on one core while the other idled. Shards of
     ``chunk_size`` rows are the chunks the search cuts anyway, so the matching is the one-call one.
     """
-    step = predict.chunk_size
-    shards = [Shard(s, min(s + step, X.shape[0])) for s in range(0, X.shape[0], step)]
     shared = MatchInputs(X, tree, scoring_layers(tree, weights), predict, bias, keep)
-    parts = executor.map(match_shard, shared, shards, desc=desc)
-    n_nodes = len(tree.parents[len(weights) - 1])
-    return sp.csr_matrix(sp.vstack(parts, format="csr") if parts else (0, n_nodes), dtype=np.float32).tocsc()
+    parts = executor.map(match_shard, shared, row_shards(X.shape[0], predict.chunk_size), desc=desc)
+    return stack_rows(parts, len(tree.parents[len(weights) - 1])).tocsc()
 
 
 def train_layers(
