@@ -12,11 +12,11 @@ import scipy.sparse as sp
 
 from tests.conftest import same_model, topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
-from xmc.core.feature_pairs import pair_vocabulary, pairs_of, row_pairs, with_pairs
+from xmc.core.feature_pairs import pair_vocabulary, pairs_of, row_features, row_pairs, with_pairs
 from xmc.core.fit import fit
 from xmc.core.sharded import fit_sharded
 from xmc.core.sparse import normalize_rows
-from xmc.errors import BundleError
+from xmc.errors import BundleError, ParamError
 from xmc.io.features import write_bundle
 from xmc.research.explain import explain_label
 
@@ -59,11 +59,18 @@ def test_pair_columns_are_the_fitting_rows_pairs_weighted_then_renormalised() ->
         np.testing.assert_allclose(np.linalg.norm(Z[i].toarray()), 1.0, rtol=1e-6)
 
 
-def test_pairs_apply_to_inputs_of_few_features_only() -> None:
+def test_pairs_apply_to_inputs_of_few_features_and_short_rows_only() -> None:
     solver = XMCParams().solver
-    assert pairs_of(solver, 500) == solver.feature_pairs >= 2
-    assert pairs_of(solver, solver.pair_max_features + 1) == 0
-    assert pairs_of(XMCParams().replace(pair_max_features=0).solver, 10**6) == solver.feature_pairs
+    assert pairs_of(solver, 500, 6.0) == solver.feature_pairs >= 2
+    assert pairs_of(solver, solver.pair_max_features + 1, 6.0) == 0
+    assert pairs_of(solver, 500, solver.pair_max_row_features + 0.5) == 0
+    anything = XMCParams().replace(pair_max_features=0, pair_max_row_features=0).solver
+    assert pairs_of(anything, 10**6, 500.0) == solver.feature_pairs
+    X = sp.csr_matrix(np.array([[1, 0, 2], [0, 0, 0], [1, 1, 1]], np.float32))
+    X.data[0] = 0  # a stored zero is no feature of the row
+    assert row_features(X) == 4 / 3 and row_features(X[:0]) == 0.0
+    with pytest.raises(ParamError, match="pair_max_row_features"):
+        XMCParams().replace(pair_max_row_features=float("nan"))
 
 
 def test_a_fit_with_pairs_predicts_the_same_after_a_round_trip_and_refuses_a_bad_pairs_file(
@@ -110,6 +117,20 @@ def test_the_sharded_fit_makes_the_in_process_pairs(tmp_path: Path) -> None:
     assert sharded.pairs is not None and inproc.pairs is not None
     assert np.array_equal(sharded.pairs, inproc.pairs)
     same_model(sharded, inproc)
+
+
+def test_long_rows_make_no_pairs_in_process_or_sharded(tmp_path: Path) -> None:
+    """Rows of more features than ``pair_max_row_features`` on average: neither fit makes pairs, and
+    at a limit above their length both do (the sharded fit counts the rows its shards hold)."""
+    X, Y = topic_data(n=400, n_labels=24, d=80)  # about 6 features a row
+    write_bundle(tmp_path / "b", X, Y, max_rows=150)
+    ex = LocalExecutor(show_progress=False)
+    for limit, paired in ((5.0, False), (7.0, True)):
+        params = XMCParams().replace(max_leaf_size=4, validation_fraction=0.1, pair_max_row_features=limit,
+                                     rounds=0)
+        sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
+        inproc = fit(X, Y, params, executor=ex)
+        assert (sharded.pairs is not None) == (inproc.pairs is not None) == paired, limit
 
 
 def test_explain_names_a_pair_column_by_its_two_features() -> None:

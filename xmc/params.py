@@ -26,8 +26,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Algorithm = Literal["auto", "dual-cd", "newton-cg"]
 
 NEGATIVES: tuple[str, ...] = ("tfn", "tfn+man")
-POST_PROCESSORS: tuple[str, ...] = ("l2-hinge", "l3-hinge", "l4-hinge", "l5-hinge", "l6-hinge", "l8-hinge",
-                                    "sigmoid")
+POST_PROCESSORS: tuple[str, ...] = get_args(PostProcessor)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 COPY_MERGES: tuple[str, ...] = ("max", "mean")
 ALGORITHMS: tuple[str, ...] = ("auto", "dual-cd", "newton-cg")
@@ -54,11 +53,9 @@ class TreeParams:
     """Label trees in the ensemble, tree t from seed + t; their label scores are averaged (Parabel's
     ensemble). Each tree costs a full fit and a full prediction."""
     clustering: Clustering = "kmeans"
-    """How a level splits a node's labels: 'kmeans' (spherical k-means into the level's width,
-    clusters of the sizes the embeddings give; xmc.core.splits, xmc.core.tree) or 'balanced' (recursive
-    balanced 2-means, equal halves). kmeans against balanced, 6 validation splits of the eight real
-    sets: mean P@1 +0.04, debian-deps' TF-IDF +0.18 / +0.08 P@5, debian-deps +0.10 / +0.05, no set
-    lost; fit +20-34 % on debian-deps (docs/performance.md)."""
+    """How a level splits a node's labels: 'kmeans' (spherical k-means to the level's width; xmc.core.splits)
+    or 'balanced' (recursive 2-means, equal halves). kmeans, 6 validation splits of eight real sets: mean P@1
+    +0.04, debian-deps' TF-IDF +0.18, no set lost; fit +20-34 % on debian-deps (docs/performance.md)."""
     kmeans_leaf_cap: float = 2.0
     """Under 'kmeans', a leaf of more than this x max_leaf_size labels is halved by balanced 2-means
     until none is: a leaf's rankers cost labels x rows (uncapped, debian-deps' rankers took 2.5x)."""
@@ -117,8 +114,10 @@ class SolverParams:
     On the sets of 500 features +1.0-2.3 P@1; fit +58 % (4: +85 %; docs/performance.md)."""
     pair_weight: float = 0.5
     """Norm of a row's pair block beside its own features' (1), before the row is normalised again."""
-    pair_max_features: int = 1000
+    pair_max_features: int = 20000
     """Pairs only for inputs of at most this many features (0: any): on 39-203K-feature TF-IDFs they lost."""
+    pair_max_row_features: float = 14.0
+    """... and at most this many per fitting row on average (0: any): rows of 15+ (Bibtex's 38-69) lost."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""
     weight_threshold: float = 0.03
@@ -171,7 +170,8 @@ class SolverParams:
                 "use 0 (none) or an integer >= 2")
         require(self.pair_weight > 0 and math.isfinite(self.pair_weight), "pair_weight", self.pair_weight,
                 "use > 0")
-        require(self.pair_max_features >= 0, "pair_max_features", self.pair_max_features, "use >= 0 (0: any)")
+        for name in ("pair_max_features", "pair_max_row_features"):
+            require(0 <= getattr(self, name) < math.inf, name, getattr(self, name), "use >= 0 (0: any)")
         require(self.feature_weight_measure in FEATURE_WEIGHT_MEASURES, "feature_weight_measure",
                 self.feature_weight_measure, f"use one of {FEATURE_WEIGHT_MEASURES}")
         require(self.recurring_df >= 0, "recurring_df", self.recurring_df, "use >= 0 (0 = C as given)")

@@ -19,10 +19,18 @@ from xmc.core.sparse import csr, normalize_rows
 from xmc.params import SolverParams
 
 
-def pairs_of(solver: SolverParams, n_features: int) -> int:
-    """The m of a fit on ``n_features`` input features: ``feature_pairs``, or 0 past ``pair_max_features``."""
-    limit = solver.pair_max_features
-    return solver.feature_pairs if limit == 0 or n_features <= limit else 0
+def pairs_of(solver: SolverParams, n_features: int, row_features: float) -> int:
+    """The m of a fit on ``n_features`` input features whose fitting rows hold ``row_features`` of them
+    on average: ``feature_pairs``, or 0 past ``pair_max_features`` or ``pair_max_row_features``. Pairs
+    stand in for the evidence a short row lacks; a long row's top m are a small, arbitrary part of it, and
+    the pairs' share of the norm is taken from the rest (docs/performance.md)."""
+    limits = ((solver.pair_max_features, n_features), (solver.pair_max_row_features, row_features))
+    return 0 if any(limit and value > limit for limit, value in limits) else solver.feature_pairs
+
+
+def row_features(X: sp.csr_matrix) -> float:
+    """Mean nonzero features per row of ``X`` (0 for no rows): ``pairs_of``'s ``row_features``."""
+    return np.count_nonzero(X.data) / X.shape[0] if X.shape[0] else 0.0
 
 
 @njit(cache=True, nogil=True)

@@ -31,7 +31,7 @@ from xmc.core.disentangle import (
     weight_bytes,
 )
 from xmc.core.executor import Executor, LocalExecutor
-from xmc.core.feature_pairs import pair_vocabulary, pairs_of, with_pairs
+from xmc.core.feature_pairs import pair_vocabulary, pairs_of, row_features, with_pairs
 from xmc.core.feature_weights import feature_weights, weigh_rows
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
 from xmc.core.rows import TrainingRows, split_validation
@@ -103,7 +103,7 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
-    m = pairs_of(params.solver, X.shape[1])
+    m = pairs_of(params.solver, X.shape[1], row_features(Xt))
     pairs = pair_vocabulary(Xt, m) if m else None  # the pairs of the fitting rows alone
     if pairs is not None:  # every row (held-out ones too) as the model will see it at predict
         del Xt, Xv

@@ -21,6 +21,13 @@ class PairSpec:
     """The pair columns (None while the keys are being gathered)."""
 
 
+def shard_row_features(spec: PrepareSpec, shard: PreparedShard) -> tuple[int, int]:
+    """(nonzero features, rows) of the shard's train rows: summed over the shards, the in-process fit's
+    ``feature_pairs.row_features`` of its fitting rows."""
+    X, _ = load_rows(spec.root, "train", shard.shard)
+    return int(np.count_nonzero(X.data)), X.shape[0]
+
+
 def shard_pair_keys(spec: PairSpec, shard: PreparedShard) -> np.ndarray:
     """The pair keys the shard's train rows hold (``feature_pairs.pair_vocabulary``): their union over
     the shards is the in-process fit's vocabulary."""

@@ -40,7 +40,7 @@ from xmc.core.fit import FitInputs, RoundObserver, fit_trees
 from xmc.core.metrics import add_sums, metrics_of_sums
 from xmc.core.model import XMCModel
 from xmc.core.rows import Matching, Member, holdout_threshold
-from xmc.core.shard_pairs import PairSpec, pair_shard, shard_pair_keys
+from xmc.core.shard_pairs import PairSpec, pair_shard, shard_pair_keys, shard_row_features
 from xmc.core.shard_units import (
     AssembleSpec,
     AssembleUnit,
@@ -270,7 +270,11 @@ def fit_sharded(
     try:
         prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
         pairs = None
-        m = pairs_of(params.solver, n_features)
+        m = pairs_of(params.solver, n_features, 0.0)
+        if m:  # within the feature limit: the fitting rows' mean length decides
+            lengths = executor.map(shard_row_features, spec, prepared, desc="pairs")
+            entries, n = (sum(c) for c in zip(*lengths, strict=True))
+            m = pairs_of(params.solver, n_features, entries / n if n else 0.0)
         if m:  # the fitting rows' pairs, then every row with its pair columns, as fit makes them
             pair_spec = PairSpec(spec, m, params.solver.pair_weight)
             keys = executor.map(shard_pair_keys, pair_spec, prepared, desc="pairs")
