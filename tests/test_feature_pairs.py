@@ -131,6 +131,18 @@ def test_long_rows_make_no_pairs_in_process_or_sharded(tmp_path: Path) -> None:
         sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
         inproc = fit(X, Y, params, executor=ex)
         assert (sharded.pairs is not None) == (inproc.pairs is not None) == paired, limit
+        record, shards = inproc.info["pairs"], sharded.info["pairs"]  # what `xmc train` and MLflow report
+        assert record["row_features"] == pytest.approx(shards["row_features"])
+        assert 5 < record["row_features"] < 7
+        assert record["m"] == shards["m"] == (3 if paired else 0)
+        if paired:
+            assert inproc.pairs is not None and record["n_pairs"] == len(inproc.pairs)
+            assert f"{len(inproc.pairs)} pair columns" in record["why"]
+        else:
+            assert record["n_pairs"] == 0 and "> pair_max_row_features 5" in record["why"], record["why"]
+    wide = fit_sharded(tmp_path / "b", params.replace(pair_max_features=50), executor=ex, work_dir=tmp_path)
+    assert wide.info["pairs"]["row_features"] is None  # past the feature limit the rows are not counted
+    assert wide.info["pairs"]["why"] == "none: 80 features > pair_max_features 50"
 
 
 def test_explain_names_a_pair_column_by_its_two_features() -> None:

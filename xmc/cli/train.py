@@ -157,6 +157,9 @@ def summary(record: dict[str, Any], n_labels: int, named: bool) -> str:
             lines.append("held-out: " + "  ".join(f"P@{k} {val[f'P@{k}']:.2f}" for k in (1, 3, 5)) + vs)
         else:
             lines.append("held-out: none (add --validation-fraction 0.1 to score rounds on held-out rows)")
+    pairs = record.get("pairs")
+    if pairs:
+        lines.append(f"feature pairs: {pairs['why']}")
     trees = record.get("trees") or []
     if trees:
         val = record.get("validation")

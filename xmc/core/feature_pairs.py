@@ -28,6 +28,25 @@ def pairs_of(solver: SolverParams, n_features: int, row_features: float) -> int:
     return 0 if any(limit and value > limit for limit, value in limits) else solver.feature_pairs
 
 
+def pairs_record(solver: SolverParams, n_features: int, row_features: float | None,
+                 n_pairs: int) -> dict[str, object]:
+    """``model.info["pairs"]``: whether the fit made pairs and why, for the train summary and MLflow
+    (a user whose input sits near a limit sees which side it fell on). ``row_features`` None: not
+    counted (the sharded fit skips the count past the feature limit)."""
+    m = pairs_of(solver, n_features, row_features or 0.0)
+    if m:
+        why = f"{n_pairs} pair columns from each row's {m} largest features"
+    elif not solver.feature_pairs:
+        why = "none: feature_pairs is 0"
+    elif solver.pair_max_features and n_features > solver.pair_max_features:
+        why = f"none: {n_features} features > pair_max_features {solver.pair_max_features}"
+    else:
+        why = (f"none: {row_features or 0.0:.1f} features a row on average > pair_max_row_features "
+               f"{solver.pair_max_row_features:g}")
+    return {"m": m, "n_pairs": n_pairs, "n_features": n_features,
+            "row_features": None if row_features is None else round(row_features, 3), "why": why}
+
+
 def row_features(X: sp.csr_matrix) -> float:
     """Mean nonzero features per row of ``X`` (0 for no rows): ``pairs_of``'s ``row_features``."""
     return np.count_nonzero(X.data) / X.shape[0] if X.shape[0] else 0.0

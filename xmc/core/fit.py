@@ -31,7 +31,7 @@ from xmc.core.disentangle import (
     weight_bytes,
 )
 from xmc.core.executor import Executor, LocalExecutor
-from xmc.core.feature_pairs import pair_vocabulary, pairs_of, row_features, with_pairs
+from xmc.core.feature_pairs import pair_vocabulary, pairs_of, pairs_record, row_features, with_pairs
 from xmc.core.feature_weights import feature_weights, weigh_rows
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
 from xmc.core.rows import TrainingRows, split_validation
@@ -103,8 +103,11 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
-    m = pairs_of(params.solver, X.shape[1], row_features(Xt))
+    fitting_row_features = row_features(Xt)
+    m = pairs_of(params.solver, X.shape[1], fitting_row_features)
     pairs = pair_vocabulary(Xt, m) if m else None  # the pairs of the fitting rows alone
+    n_pairs = 0 if pairs is None else len(pairs)
+    pairs_info = pairs_record(params.solver, X.shape[1], fitting_row_features, n_pairs)
     if pairs is not None:  # every row (held-out ones too) as the model will see it at predict
         del Xt, Xv
         Xp = with_pairs(Xp, pairs, m, params.solver.pair_weight, params.normalize_rows)
@@ -149,6 +152,7 @@ def fit(
         model.dense, model.info["dense"] = dense, dense_info
     if cost:  # how the C of the final trees was chosen
         model.info["cost"] = cost
+    model.info["pairs"] = pairs_info
     return model
 
 

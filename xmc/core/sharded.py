@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from xmc.core.cost import resolve_cost
 from xmc.core.disentangle import GAIN_CHUNK_ROWS, SHARD_ROWS, kept_moves
 from xmc.core.executor import Executor, LocalExecutor
-from xmc.core.feature_pairs import pairs_of
+from xmc.core.feature_pairs import pairs_of, pairs_record
 from xmc.core.fit import FitInputs, RoundObserver, fit_trees
 from xmc.core.metrics import add_sums, metrics_of_sums
 from xmc.core.model import XMCModel
@@ -269,12 +269,13 @@ def fit_sharded(
                        document_frequency=params.solver.recurring_df > 0, label_mass=gamma > 0)
     try:
         prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
-        pairs = None
+        pairs, fitting_row_features = None, None
         m = pairs_of(params.solver, n_features, 0.0)
         if m:  # within the feature limit: the fitting rows' mean length decides
             lengths = executor.map(shard_row_features, spec, prepared, desc="pairs")
             entries, n = (sum(c) for c in zip(*lengths, strict=True))
-            m = pairs_of(params.solver, n_features, entries / n if n else 0.0)
+            fitting_row_features = entries / n if n else 0.0
+            m = pairs_of(params.solver, n_features, fitting_row_features)
         if m:  # the fitting rows' pairs, then every row with its pair columns, as fit makes them
             pair_spec = PairSpec(spec, m, params.solver.pair_weight)
             keys = executor.map(shard_pair_keys, pair_spec, prepared, desc="pairs")
@@ -314,6 +315,8 @@ def fit_sharded(
         model.info["shards"] = {"count": len(prepared), "rows": shard_rows, "passes": rows.passes}
         if cost:
             model.info["cost"] = cost
+        model.info["pairs"] = pairs_record(params.solver, n_features, fitting_row_features,
+                                           0 if pairs is None else len(pairs))
         return model
     finally:
         shutil.rmtree(root, ignore_errors=True)
