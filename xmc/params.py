@@ -114,7 +114,7 @@ class SolverParams:
     On the sets of 500 features +1.0-2.3 P@1; fit +58 % (4: +85 %; docs/performance.md)."""
     pair_weight: float = 0.5
     """Norm of a row's pair block beside its own features' (1), before the row is normalised again."""
-    pair_max_features: int = 20000
+    pair_max_features: int = 30000
     """Pairs only for inputs of at most this many features (0: any): on 39-203K-feature TF-IDFs they lost."""
     pair_max_row_features: float = 14.0
     """... and at most this many per fitting row on average (0: any): rows of 15+ (Bibtex's 38-69) lost."""
