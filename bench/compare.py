@@ -4,8 +4,8 @@
                             [--systems ...] [--out bench/results]
 
 Sets: real (bibtex; debian-deps, pypi-tags and debian-tags through our own featurizer; *-tfidf, the same
-corpus as a reference TF-IDF that no system chose), derived (bibtex-composite) and synthetic
-(synth-*). The default runs all but synth-100k.
+corpus as a reference TF-IDF that no system chose; *-words, its words alone: short rows), derived
+(bibtex-composite) and synthetic (synth-*). The default runs all but synth-100k.
 
 Every system trains and predicts in a process of its own on the same prepared files (rows
 L2-normalised, same splits) and is scored by the same code; see bench/harness.py. Peers run in
@@ -164,16 +164,19 @@ def featurized(corpus: str) -> Callable[[], tuple[Any, ...]]:
     return build
 
 
-def reference_tfidf(corpus: str) -> Callable[[], tuple[Any, ...]]:
-    """A reference TF-IDF (bench/tfidf.py: scikit-learn's 1-2-gram defaults) fitted on train."""
+def reference_tfidf(corpus: str, ngram_max: int = 2) -> Callable[[], tuple[Any, ...]]:
+    """A reference TF-IDF (bench/tfidf.py: scikit-learn's defaults, 1-2-grams or ``ngram_max`` 1 words)
+    fitted on train."""
+    grams = "1-2-grams" if ngram_max == 2 else "unigrams"
+
     def build() -> tuple[Any, ...]:
         train, test = read_corpus("train", corpus), read_corpus("test", corpus)
-        vec = ReferenceTfidf.fit([r["text"] for r in train])
+        vec = ReferenceTfidf.fit([r["text"] for r in train], ngram_max)
         names = sorted({label for r in train for label in r["labels"]})
         index = {n: i for i, n in enumerate(names)}
         return (vec.transform(r["text"] for r in train), label_matrix([r["labels"] for r in train], index),
                 vec.transform(r["text"] for r in test), label_matrix([r["labels"] for r in test], index),
-                f"{corpus} (data/{corpus}), reference TF-IDF of word 1-2-grams (bench/tfidf.py), fitted on "
+                f"{corpus} (data/{corpus}), reference TF-IDF of word {grams} (bench/tfidf.py), fitted on "
                 "train; test labels unseen in train dropped (they count as misses)")
     return build
 
@@ -252,6 +255,8 @@ DATASETS = {d.name: d for d in [
     Dataset("pypi-tags-tfidf", reference_tfidf("pypi-tags")),
     Dataset("debian-tags", featurized("debian-tags")),
     Dataset("debian-tags-tfidf", reference_tfidf("debian-tags")),
+    Dataset("pypi-tags-words", reference_tfidf("pypi-tags", ngram_max=1)),
+    Dataset("debian-tags-words", reference_tfidf("debian-tags", ngram_max=1)),
     Dataset("bibtex-composite", composite, small_leaf=True, kind="derived"),
     Dataset("debian-deps-2hop", two_hop, kind="derived"),
     Dataset("synth-1k", synthetic(1_000, 20_000, 20_000, 5_000), kind="synthetic"),

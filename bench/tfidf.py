@@ -1,4 +1,4 @@
-"""A reference TF-IDF of word 1-2-grams, in numpy/scipy: the features every system trains on.
+"""A reference TF-IDF of word 1-2-grams (or words alone), in numpy/scipy: features every system trains on.
 
 The product's featurizer (``xmc featurize``) is one of the systems under test, so the peers
 table also runs every system, ours included, on features none of them chose. This transform is
@@ -29,10 +29,10 @@ import scipy.sparse as sp
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
-def terms(text: str) -> list[str]:
-    """Word unigrams then bigrams of a lowercased text (scikit-learn's order)."""
+def terms(text: str, ngram_max: int = 2) -> list[str]:
+    """Word unigrams then (``ngram_max`` 2) bigrams of a lowercased text (scikit-learn's order)."""
     toks = TOKEN.findall(text.lower())
-    return toks + [f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)]
+    return toks + ([f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)] if ngram_max >= 2 else [])
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,22 @@ class ReferenceTfidf:
 
     vocab: dict[str, int]
     idf: np.ndarray
+    ngram_max: int = 2
+    """2: word 1-2-grams (``ngram_range=(1, 2)``); 1: words alone (scikit-learn's default range), whose
+    rows are short: the form in which pairs of features pay (docs/performance.md)."""
 
     @classmethod
-    def fit(cls, texts: Sequence[str]) -> ReferenceTfidf:
+    def fit(cls, texts: Sequence[str], ngram_max: int = 2) -> ReferenceTfidf:
         """Vocabulary and smoothed idf of the training texts."""
+        if ngram_max not in (1, 2):
+            raise ValueError(f"ngram_max must be 1 or 2, not {ngram_max}")
         df: Counter[str] = Counter()
         for text in texts:
-            df.update(set(terms(text)))
+            df.update(set(terms(text, ngram_max)))
         names = sorted(df)
         counts = np.array([df[t] for t in names], dtype=np.float64)
         idf = np.log((1.0 + len(texts)) / (1.0 + counts)) + 1.0
-        return cls({t: j for j, t in enumerate(names)}, idf)
+        return cls({t: j for j, t in enumerate(names)}, idf, ngram_max)
 
     @property
     def n_features(self) -> int:
@@ -63,7 +68,7 @@ class ReferenceTfidf:
         cols: list[int] = []
         tfs: list[int] = []
         for text in texts:
-            counts = Counter(j for t in terms(text) if (j := self.vocab.get(t)) is not None)
+            counts = Counter(j for t in terms(text, self.ngram_max) if (j := self.vocab.get(t)) is not None)
             cols.extend(counts.keys())
             tfs.extend(counts.values())
             indptr.append(len(cols))

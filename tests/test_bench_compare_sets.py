@@ -13,7 +13,7 @@ import compare  # noqa: E402
 
 def test_groups_resolve_in_order_without_repeats() -> None:
     real = ["bibtex", "debian-deps", "debian-deps-tfidf", "pypi-tags", "pypi-tags-tfidf", "debian-tags",
-            "debian-tags-tfidf"]
+            "debian-tags-tfidf", "pypi-tags-words", "debian-tags-words"]
     assert compare.resolve_sets("real") == real
     assert compare.resolve_sets("bibtex,real,synth-1k") == [*real, "synth-1k"]
     assert "synth-100k" not in compare.resolve_sets("all")

@@ -27,6 +27,26 @@ def test_matches_scikit_learn() -> None:
         assert np.allclose(ours.transform(texts).toarray(), want, atol=1e-6)
 
 
+def test_words_alone_match_scikit_learn_and_the_unigram_columns_of_the_pairs() -> None:
+    """``ngram_max`` 1 is TfidfVectorizer() at its defaults, and the 1-2-gram TF-IDF's unigram columns
+    renormalised (a term's idf depends on its own document frequency alone)."""
+    words = tfidf.ReferenceTfidf.fit(TRAIN, ngram_max=1)
+    assert all(" " not in t for t in words.vocab) and words.n_features > 5
+    both = tfidf.ReferenceTfidf.fit(TRAIN)
+    cols = [both.vocab[t] for t in sorted(words.vocab, key=words.vocab.__getitem__)]
+    for texts in (TRAIN, TEST):
+        sub = both.transform(texts)[:, cols].toarray()
+        norms = np.linalg.norm(sub, axis=1, keepdims=True)
+        want = np.divide(sub, norms, out=np.zeros_like(sub), where=norms > 0)
+        assert np.allclose(words.transform(texts).toarray(), want, atol=1e-6)
+    with pytest.raises(ValueError, match="ngram_max must be 1 or 2"):
+        tfidf.ReferenceTfidf.fit(TRAIN, ngram_max=3)
+    sklearn_text = pytest.importorskip("sklearn.feature_extraction.text")
+    ref = sklearn_text.TfidfVectorizer(dtype=np.float64).fit(TRAIN)
+    assert words.vocab == {t: int(j) for t, j in ref.vocabulary_.items()}
+    assert np.allclose(words.transform(TEST).toarray(), ref.transform(TEST).toarray(), atol=1e-6)
+
+
 def test_rows_and_unknown_documents() -> None:
     vec = tfidf.ReferenceTfidf.fit(TRAIN)
     X = vec.transform(TEST)
