@@ -115,9 +115,9 @@ class SolverParams:
     pair_weight: float = 0.5
     """Norm of a row's pair block beside its own features' (1), before the row is normalised again."""
     pair_max_features: int = 30000
-    """Pairs only for inputs of at most this many features (0: any): on 39-203K-feature TF-IDFs they lost."""
+    """Pairs only for inputs of at most this many features (0: any): on 38K+ features they paid nothing."""
     pair_max_row_features: float = 14.0
-    """... and at most this many per fitting row on average (0: any): rows of 15+ (Bibtex's 38-69) lost."""
+    """Pairs only where fitting rows hold at most this many features on average (0: any); 15+ lost."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""
     weight_threshold: float = 0.03
