@@ -47,6 +47,16 @@ def pairs_record(solver: SolverParams, n_features: int, row_features: float | No
             "row_features": None if row_features is None else round(row_features, 3), "why": why}
 
 
+def pair_count(pairs: np.ndarray | None) -> int:
+    """Pair columns of a model: 0 where it has no pairs (``pairs`` None)."""
+    return 0 if pairs is None else len(pairs)
+
+
+def column_count(n_features: int, pairs: np.ndarray | None) -> int:
+    """Columns the weights read: the input features, then the pair columns (the bias row after)."""
+    return n_features + pair_count(pairs)
+
+
 def row_features(X: sp.csr_matrix) -> float:
     """Mean nonzero features per row of ``X`` (0 for no rows): ``pairs_of``'s ``row_features``."""
     return np.count_nonzero(X.data) / X.shape[0] if X.shape[0] else 0.0

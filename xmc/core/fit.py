@@ -31,7 +31,15 @@ from xmc.core.disentangle import (
     weight_bytes,
 )
 from xmc.core.executor import Executor, LocalExecutor
-from xmc.core.feature_pairs import pair_vocabulary, pairs_of, pairs_record, row_features, with_pairs
+from xmc.core.feature_pairs import (
+    column_count,
+    pair_count,
+    pair_vocabulary,
+    pairs_of,
+    pairs_record,
+    row_features,
+    with_pairs,
+)
 from xmc.core.feature_weights import feature_weights, weigh_rows
 from xmc.core.model import RANKERS_PENDING, XMCModel, check_xy, prepare_features
 from xmc.core.rows import TrainingRows, split_validation
@@ -106,8 +114,7 @@ def fit(
     fitting_row_features = row_features(Xt)
     m = pairs_of(params.solver, X.shape[1], fitting_row_features)
     pairs = pair_vocabulary(Xt, m) if m else None  # the pairs of the fitting rows alone
-    n_pairs = 0 if pairs is None else len(pairs)
-    pairs_info = pairs_record(params.solver, X.shape[1], fitting_row_features, n_pairs)
+    pairs_info = pairs_record(params.solver, X.shape[1], fitting_row_features, pair_count(pairs))
     if pairs is not None:  # every row (held-out ones too) as the model will see it at predict
         del Xt, Xv
         Xp = with_pairs(Xp, pairs, m, params.solver.pair_weight, params.normalize_rows)
@@ -188,7 +195,7 @@ class FitInputs:
     @property
     def n_columns(self) -> int:
         """Columns of the rows the layers train on: the features, then the pairs."""
-        return self.n_features + (0 if self.pairs is None else len(self.pairs))
+        return column_count(self.n_features, self.pairs)
 
 
 def fit_trees(

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from xmc._version import __version__
 from xmc.core.dense.fusion import fuse
 from xmc.core.executor import Executor
-from xmc.core.feature_pairs import with_pairs
+from xmc.core.feature_pairs import column_count, with_pairs
 from xmc.core.feature_weights import weigh_rows
 from xmc.core.predict import predict_ensemble
 from xmc.core.sparse import csr, normalize_rows
@@ -98,7 +98,7 @@ class XMCModel:
     @property
     def n_columns(self) -> int:
         """Columns the weights read: the input features, then the pairs (the bias row comes after)."""
-        return self.n_features + (0 if self.pairs is None else len(self.pairs))
+        return column_count(self.n_features, self.pairs)
 
     @property
     def trees(self) -> list[XMCModel]:
@@ -230,8 +230,8 @@ class XMCModel:
         if (Path(path) / DENSE_DIR).is_dir():
             from xmc.core.dense.model import DenseModel
 
-            n_columns = parts["n_features"] + (0 if parts["pairs"] is None else len(parts["pairs"]))
-            dense = DenseModel.load(Path(path) / DENSE_DIR, n_columns, parts["tree"].n_labels)
+            dense = DenseModel.load(Path(path) / DENSE_DIR, column_count(parts["n_features"], parts["pairs"]),
+                                    parts["tree"].n_labels)
         return cls(params, parts["tree"], parts["weights"], parts["n_features"],
                    parts["label_counts"], parts["n_train"], parts["label_names"],
                    info, vectorizer, members, dense, parts["feature_weights"], parts["pairs"])

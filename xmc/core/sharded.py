@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from xmc.core.cost import resolve_cost
 from xmc.core.disentangle import GAIN_CHUNK_ROWS, SHARD_ROWS, kept_moves
 from xmc.core.executor import Executor, LocalExecutor
-from xmc.core.feature_pairs import pairs_of, pairs_record
+from xmc.core.feature_pairs import column_count, pair_count, pairs_of, pairs_record
 from xmc.core.fit import FitInputs, RoundObserver, fit_trees
 from xmc.core.metrics import add_sums, metrics_of_sums
 from xmc.core.model import XMCModel
@@ -281,7 +281,7 @@ def fit_sharded(
             keys = executor.map(shard_pair_keys, pair_spec, prepared, desc="pairs")
             pairs = np.unique(np.concatenate(keys))
             executor.map(pair_shard, replace(pair_spec, vocabulary=pairs), prepared, desc="pairs")
-        n_columns = n_features + (0 if pairs is None else len(pairs))
+        n_columns = column_count(n_features, pairs)
         reduce_spec = ReduceSpec(root)
         sums = tuple(s.sums for s in prepared)
         ((counts, train_counts, sizes, weights),) = executor.map(
@@ -316,7 +316,7 @@ def fit_sharded(
         if cost:
             model.info["cost"] = cost
         model.info["pairs"] = pairs_record(params.solver, n_features, fitting_row_features,
-                                           0 if pairs is None else len(pairs))
+                                           pair_count(pairs))
         return model
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.core.feature_pairs import column_count
 from xmc.core.tree import LabelTree
 from xmc.errors import BundleError
 from xmc.io.files import atomic_dir, manifest_format_is, read_manifest_file, sha256, verify_checksums
@@ -129,7 +130,7 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
     required = ("tree.npz", "labels.npz", *(f"layer_{t}.npz" for t in range(len(layer_meta))))
     verify_checksums(folder, manifest.get("files"), required=required)
     pairs = _pairs(folder, manifest, n_features)
-    n_columns = n_features + (0 if pairs is None else len(pairs))
+    n_columns = column_count(n_features, pairs)
     tz = load_npz(folder, "tree.npz", ("copy_label", *(f"parent_{t}" for t in range(len(layer_meta)))))
     try:
         parents = tuple(tz[f"parent_{t}"].astype(np.int64) for t in range(len(layer_meta)))
