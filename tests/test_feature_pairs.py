@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from tests.conftest import same_model, topic_data
 from xmc import LocalExecutor, XMCModel, XMCParams
-from xmc.core.feature_pairs import pair_vocabulary, pairs_of, row_features, row_pairs, with_pairs
+from xmc.core.feature_pairs import pair_vocabulary, pairs_of, row_entries, row_pairs, with_pairs
 from xmc.core.fit import fit
 from xmc.core.sharded import fit_sharded
 from xmc.core.sparse import normalize_rows
@@ -66,9 +66,19 @@ def test_pairs_apply_to_inputs_of_few_features_and_short_rows_only() -> None:
     assert pairs_of(solver, 500, solver.pair_max_row_features + 0.5) == 0
     anything = XMCParams().replace(pair_max_features=0, pair_max_row_features=0).solver
     assert pairs_of(anything, 10**6, 500.0) == solver.feature_pairs
+    # rows of many labels take the larger limit; the limits of a user who asked for more or any stand
+    between = (solver.pair_max_row_features + solver.pair_max_row_features_many_labels) / 2
+    many, few = solver.pair_many_labels, solver.pair_many_labels - 0.5
+    assert pairs_of(solver, 500, between, many) == 3 and pairs_of(solver, 500, between, few) == 0
+    assert pairs_of(solver, 500, solver.pair_max_row_features_many_labels + 0.5, many) == 0
+    assert pairs_of(anything, 500, 500.0, many) == 3
+    wider = XMCParams().replace(pair_max_row_features=30.0).solver
+    assert pairs_of(wider, 500, 25.0, many) == pairs_of(wider, 500, 25.0, few) == 3
+    never = XMCParams().replace(pair_many_labels=0).solver
+    assert pairs_of(never, 500, between, 100.0) == 0
     X = sp.csr_matrix(np.array([[1, 0, 2], [0, 0, 0], [1, 1, 1]], np.float32))
     X.data[0] = 0  # a stored zero is no feature of the row
-    assert row_features(X) == 4 / 3 and row_features(X[:0]) == 0.0
+    assert row_entries(X) == 4 / 3 and row_entries(X[:0]) == 0.0
     with pytest.raises(ParamError, match="pair_max_row_features"):
         XMCParams().replace(pair_max_row_features=float("nan"))
 
@@ -121,25 +131,27 @@ def test_the_sharded_fit_makes_the_in_process_pairs(tmp_path: Path) -> None:
 
 def test_long_rows_make_no_pairs_in_process_or_sharded(tmp_path: Path) -> None:
     """Rows of more features than ``pair_max_row_features`` on average: neither fit makes pairs, and
-    at a limit above their length both do (the sharded fit counts the rows its shards hold)."""
+    at a limit above their length both do, as where their labels count as many and the many-labels
+    limit is above it (the sharded fit counts the features and labels its shards' rows hold)."""
     X, Y = topic_data(n=400, n_labels=24, d=80)  # about 6 features a row
     write_bundle(tmp_path / "b", X, Y, max_rows=150)
     ex = LocalExecutor(show_progress=False)
-    for limit, paired in ((5.0, False), (7.0, True)):
+    for limit, many, paired in ((5.0, 0.0, False), (7.0, 0.0, True), (5.0, 1.0, True)):
         params = XMCParams().replace(max_leaf_size=4, validation_fraction=0.1, pair_max_row_features=limit,
-                                     rounds=0)
+                                     pair_many_labels=many, pair_max_row_features_many_labels=7.0, rounds=0)
         sharded = fit_sharded(tmp_path / "b", params, executor=ex, work_dir=tmp_path, shard_rows=100)
         inproc = fit(X, Y, params, executor=ex)
         assert (sharded.pairs is not None) == (inproc.pairs is not None) == paired, limit
         record, shards = inproc.info["pairs"], sharded.info["pairs"]  # what `xmc train` and MLflow report
         assert record["row_features"] == pytest.approx(shards["row_features"])
+        assert record["row_labels"] == pytest.approx(shards["row_labels"]) and record["row_labels"] >= 1
         assert 5 < record["row_features"] < 7
         assert record["m"] == shards["m"] == (3 if paired else 0)
         if paired:
             assert inproc.pairs is not None and record["n_pairs"] == len(inproc.pairs)
             assert f"{len(inproc.pairs)} pair columns" in record["why"]
         else:
-            assert record["n_pairs"] == 0 and "> pair_max_row_features 5" in record["why"], record["why"]
+            assert record["n_pairs"] == 0 and "> pair_max_row_features 5 " in record["why"], record["why"]
     wide = fit_sharded(tmp_path / "b", params.replace(pair_max_features=50), executor=ex, work_dir=tmp_path)
     assert wide.info["pairs"]["row_features"] is None  # past the feature limit the rows are not counted
     assert wide.info["pairs"]["why"] == "none: 80 features > pair_max_features 50"

@@ -84,17 +84,14 @@ class SolverParams:
     training rows (xmc.core.cost). Off: at 2, validation P@1 +0.42 on pypi-tags' TF-IDF, P@5 -0.34 / -0.36 on
     it and pypi-tags (docs/performance.md)."""
     label_cost_exponent: float = 0.0
-    """g: the rankers (last layer) of label l train with C_l = C (n_l / label_cost_reference)^g, n_l its
-    positive rows in its leaf (xmc.core.cost.label_costs); the matcher layers keep C. Off (0): at -0.2,
-    validation P@1 +0.45 on pypi-tags and +0.22 on Bibtex, but -0.16 on debian-deps (docs/performance.md)."""
+    """g: the rankers of label l train with C_l = C (n_l / label_cost_reference)^g, n_l its positive rows
+    in its leaf (xmc.core.cost.label_costs). Off: at -0.2, debian-deps -0.16 P@1 (docs/performance.md)."""
     label_cost_reference: float = 100.0
     """r: the positives at which a label's ranker keeps C under ``label_cost_exponent``."""
     row_cost_exponent: float = 0.25
-    """g: training row i counts with C n_i^-g / mean(n^-g), n_i its labels (at least 1), the mean over the
-    fit's rows, in every layer (xmc.core.cost.row_costs): a row with many labels is a weaker witness of each.
-    0: every row counts with C. 0.25 against 0, 6 validation splits of the eight real sets: mean P@1 +0.19,
-    Bibtex +0.51, its composite set +0.71, debian-tags' TF-IDF +0.19, no set lost; P@5 -0.01 to -0.19
-    (0.2: +0.15, 0.3: +0.21 with P@5 down to -0.24; docs/performance.md)."""
+    """g: training row i counts with C n_i^-g / mean(n^-g), n_i its labels (at least 1), in every layer
+    (xmc.core.cost.row_costs): a row with many labels is a weaker witness of each. 0: every row counts with
+    C. 0.25 against 0, eight real sets: mean P@1 +0.19, none lost, P@5 -0.01 to -0.19 (performance.md)."""
     feature_weight_exponent: float = 0.25
     """gamma: feature j is scaled by a weight in (0, 1] raised to gamma, from how its mass over the labels
     in the fitting rows differs from the labels' own (``feature_weight_measure``), and the rows normalised
@@ -106,9 +103,7 @@ class SolverParams:
     feature_weight_measure: FeatureWeightMeasure = "kl"
     """What a feature's weight measures: 'kl', 1 - exp(-KL(q_j || p) / 2), its label mass q_j against
     the labels' share p of all mass; or 'entropy', 1 - H(q_j) / ln L, its spread over the L labels.
-    'kl' at 0.25 against 'entropy' at 0.15 (the largest gamma at which it lost no set), same splits: mean
-    P@1 +0.14 (Bibtex +0.73, its composite set +0.56), debian-tags -0.07 +- 0.03; entropy weighs a word
-    of one frequent label and many rare ones as generic, and lost the debian-deps sets above 0.15."""
+    'kl' at 0.25 against 'entropy' at 0.15: mean P@1 +0.14 (Bibtex +0.73; docs/performance.md)."""
     feature_pairs: int = 3
     """m: a row's m largest features also give their products as features (xmc.core.feature_pairs); 0: none.
     On the sets of 500 features +1.0-2.3 P@1; fit +58 % (4: +85 %; docs/performance.md)."""
@@ -118,6 +113,10 @@ class SolverParams:
     """Pairs only for inputs of at most this many features (0: any): on 38K+ features they paid nothing."""
     pair_max_row_features: float = 14.0
     """Pairs only where fitting rows hold at most this many features on average (0: any); 15+ lost."""
+    pair_many_labels: float = 8.0
+    """Rows of this many labels on average (0: never) use pair_max_row_features_many_labels instead."""
+    pair_max_row_features_many_labels: float = 17.0
+    """The row limit for rows of many labels (0: any): pairs paid there up to 16.7 features a row."""
     bias: float = 1.0
     """Value of the constant feature appended to every instance (its weight is the bias term)."""
     weight_threshold: float = 0.03
@@ -170,7 +169,8 @@ class SolverParams:
                 "use 0 (none) or an integer >= 2")
         require(self.pair_weight > 0 and math.isfinite(self.pair_weight), "pair_weight", self.pair_weight,
                 "use > 0")
-        for name in ("pair_max_features", "pair_max_row_features"):
+        for name in ("pair_max_features", "pair_max_row_features", "pair_many_labels",
+                     "pair_max_row_features_many_labels"):
             require(0 <= getattr(self, name) < math.inf, name, getattr(self, name), "use >= 0 (0: any)")
         require(self.feature_weight_measure in FEATURE_WEIGHT_MEASURES, "feature_weight_measure",
                 self.feature_weight_measure, f"use one of {FEATURE_WEIGHT_MEASURES}")

@@ -19,21 +19,34 @@ from xmc.core.sparse import csr, normalize_rows
 from xmc.params import SolverParams
 
 
-def pairs_of(solver: SolverParams, n_features: int, row_features: float) -> int:
+def row_limit(solver: SolverParams, row_labels: float) -> tuple[float, str]:
+    """The most features a fitting row may hold on average for pairs (0: any), and the param that set
+    it. Rows of many labels (``pair_many_labels``) take the larger ``pair_max_row_features_many_labels``:
+    on the proxy's labels pairs still paid at 15-17 features a row, where rows of 2-5 labels lost."""
+    limit, name = solver.pair_max_row_features, "pair_max_row_features"
+    if limit and solver.pair_many_labels and row_labels >= solver.pair_many_labels:
+        many = solver.pair_max_row_features_many_labels
+        if not many or many > limit:
+            limit, name = many, "pair_max_row_features_many_labels"
+    return limit, name
+
+
+def pairs_of(solver: SolverParams, n_features: int, row_features: float, row_labels: float = 0.0) -> int:
     """The m of a fit on ``n_features`` input features whose fitting rows hold ``row_features`` of them
-    on average: ``feature_pairs``, or 0 past ``pair_max_features`` or ``pair_max_row_features``. Pairs
-    stand in for the evidence a short row lacks; a long row's top m are a small, arbitrary part of it, and
-    the pairs' share of the norm is taken from the rest (docs/performance.md)."""
-    limits = ((solver.pair_max_features, n_features), (solver.pair_max_row_features, row_features))
+    and ``row_labels`` labels on average: ``feature_pairs``, or 0 past ``pair_max_features`` or the row
+    limit (``row_limit``). Pairs stand in for the evidence a short row lacks; a long row's top m are a
+    small, arbitrary part of it, and the pairs' share of the norm is taken from the rest
+    (docs/performance.md)."""
+    limits = ((solver.pair_max_features, n_features), (row_limit(solver, row_labels)[0], row_features))
     return 0 if any(limit and value > limit for limit, value in limits) else solver.feature_pairs
 
 
 def pairs_record(solver: SolverParams, n_features: int, row_features: float | None,
-                 n_pairs: int) -> dict[str, object]:
+                 row_labels: float | None, n_pairs: int) -> dict[str, object]:
     """``model.info["pairs"]``: whether the fit made pairs and why, for the train summary and MLflow
     (a user whose input sits near a limit sees which side it fell on). ``row_features`` None: not
-    counted (the sharded fit skips the count past the feature limit)."""
-    m = pairs_of(solver, n_features, row_features or 0.0)
+    counted (the sharded fit skips the count past the feature limit), nor ``row_labels``."""
+    m = pairs_of(solver, n_features, row_features or 0.0, row_labels or 0.0)
     if m:
         why = f"{n_pairs} pair columns from each row's {m} largest features"
     elif not solver.feature_pairs:
@@ -41,10 +54,12 @@ def pairs_record(solver: SolverParams, n_features: int, row_features: float | No
     elif solver.pair_max_features and n_features > solver.pair_max_features:
         why = f"none: {n_features} features > pair_max_features {solver.pair_max_features}"
     else:
-        why = (f"none: {row_features or 0.0:.1f} features a row on average > pair_max_row_features "
-               f"{solver.pair_max_row_features:g}")
+        limit, name = row_limit(solver, row_labels or 0.0)
+        why = (f"none: {row_features or 0.0:.1f} features a row on average > {name} {limit:g} "
+               f"(rows of {row_labels or 0.0:.1f} labels)")
     return {"m": m, "n_pairs": n_pairs, "n_features": n_features,
-            "row_features": None if row_features is None else round(row_features, 3), "why": why}
+            "row_features": None if row_features is None else round(row_features, 3),
+            "row_labels": None if row_labels is None else round(row_labels, 3), "why": why}
 
 
 def pair_count(pairs: np.ndarray | None) -> int:
@@ -57,8 +72,9 @@ def column_count(n_features: int, pairs: np.ndarray | None) -> int:
     return n_features + pair_count(pairs)
 
 
-def row_features(X: sp.csr_matrix) -> float:
-    """Mean nonzero features per row of ``X`` (0 for no rows): ``pairs_of``'s ``row_features``."""
+def row_entries(X: sp.csr_matrix) -> float:
+    """Mean nonzero entries per row of ``X`` (0 for no rows): ``pairs_of``'s ``row_features`` of the
+    fitting rows' features, and its ``row_labels`` of their labels."""
     return np.count_nonzero(X.data) / X.shape[0] if X.shape[0] else 0.0
 
 

@@ -37,7 +37,7 @@ from xmc.core.feature_pairs import (
     pair_vocabulary,
     pairs_of,
     pairs_record,
-    row_features,
+    row_entries,
     with_pairs,
 )
 from xmc.core.feature_weights import feature_weights, weigh_rows
@@ -111,10 +111,11 @@ def fit(
     Y = csr(Y)
     held_out = params.dense.held_out_fraction(params.disentangle.validation_fraction)
     Xt, Yt, Xv, Yv = split_validation(Xp, Y, held_out, params.tree.seed)
-    fitting_row_features = row_features(Xt)
-    m = pairs_of(params.solver, X.shape[1], fitting_row_features)
+    fitting_row_features, fitting_row_labels = row_entries(Xt), row_entries(Yt)
+    m = pairs_of(params.solver, X.shape[1], fitting_row_features, fitting_row_labels)
     pairs = pair_vocabulary(Xt, m) if m else None  # the pairs of the fitting rows alone
-    pairs_info = pairs_record(params.solver, X.shape[1], fitting_row_features, pair_count(pairs))
+    pairs_info = pairs_record(params.solver, X.shape[1], fitting_row_features, fitting_row_labels,
+                              pair_count(pairs))
     if pairs is not None:  # every row (held-out ones too) as the model will see it at predict
         del Xt, Xv
         Xp = with_pairs(Xp, pairs, m, params.solver.pair_weight, params.normalize_rows)

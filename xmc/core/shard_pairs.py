@@ -21,11 +21,11 @@ class PairSpec:
     """The pair columns (None while the keys are being gathered)."""
 
 
-def shard_row_features(spec: PrepareSpec, shard: PreparedShard) -> tuple[int, int]:
-    """(nonzero features, rows) of the shard's train rows: summed over the shards, the in-process fit's
-    ``feature_pairs.row_features`` of its fitting rows."""
-    X, _ = load_rows(spec.root, "train", shard.shard)
-    return int(np.count_nonzero(X.data)), X.shape[0]
+def shard_row_entries(spec: PrepareSpec, shard: PreparedShard) -> tuple[int, int, int]:
+    """(nonzero features, nonzero labels, rows) of the shard's train rows: summed over the shards, the
+    in-process fit's ``feature_pairs.row_entries`` of its fitting rows' features and labels."""
+    X, Y = load_rows(spec.root, "train", shard.shard)
+    return int(np.count_nonzero(X.data)), int(np.count_nonzero(Y.data)), X.shape[0]
 
 
 def shard_pair_keys(spec: PairSpec, shard: PreparedShard) -> np.ndarray:

@@ -40,7 +40,7 @@ from xmc.core.fit import FitInputs, RoundObserver, fit_trees
 from xmc.core.metrics import add_sums, metrics_of_sums
 from xmc.core.model import XMCModel
 from xmc.core.rows import Matching, Member, holdout_threshold
-from xmc.core.shard_pairs import PairSpec, pair_shard, shard_pair_keys, shard_row_features
+from xmc.core.shard_pairs import PairSpec, pair_shard, shard_pair_keys, shard_row_entries
 from xmc.core.shard_units import (
     AssembleSpec,
     AssembleUnit,
@@ -269,13 +269,13 @@ def fit_sharded(
                        document_frequency=params.solver.recurring_df > 0, label_mass=gamma > 0)
     try:
         prepared = executor.map(prepare_shard, spec, shard_slices(parts, shard_rows), desc="shards")
-        pairs, fitting_row_features = None, None
+        pairs, fitting_row_features, fitting_row_labels = None, None, None
         m = pairs_of(params.solver, n_features, 0.0)
-        if m:  # within the feature limit: the fitting rows' mean length decides
-            lengths = executor.map(shard_row_features, spec, prepared, desc="pairs")
-            entries, n = (sum(c) for c in zip(*lengths, strict=True))
-            fitting_row_features = entries / n if n else 0.0
-            m = pairs_of(params.solver, n_features, fitting_row_features)
+        if m:  # within the feature limit: the fitting rows' mean length (and labels) decide
+            entries = executor.map(shard_row_entries, spec, prepared, desc="pairs")
+            features, labels, n = (sum(c) for c in zip(*entries, strict=True))
+            fitting_row_features, fitting_row_labels = (features / n, labels / n) if n else (0.0, 0.0)
+            m = pairs_of(params.solver, n_features, fitting_row_features, fitting_row_labels)
         if m:  # the fitting rows' pairs, then every row with its pair columns, as fit makes them
             pair_spec = PairSpec(spec, m, params.solver.pair_weight)
             keys = executor.map(shard_pair_keys, pair_spec, prepared, desc="pairs")
@@ -316,7 +316,7 @@ def fit_sharded(
         if cost:
             model.info["cost"] = cost
         model.info["pairs"] = pairs_record(params.solver, n_features, fitting_row_features,
-                                           pair_count(pairs))
+                                           fitting_row_labels, pair_count(pairs))
         return model
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -268,8 +268,8 @@ class TrainingRun:
             summary.update({f"cost/{k}": float(cost[k]) for k in ("effective", "recurring_share")})
         pairs = model.info.get("pairs")
         if pairs:  # whether the fit paired features (xmc.core.feature_pairs), and on what rows
-            summary.update({f"pairs/{k}": float(pairs[k]) for k in ("m", "n_pairs", "row_features")
-                            if pairs.get(k) is not None})
+            keys = ("m", "n_pairs", "row_features", "row_labels")
+            summary.update({f"pairs/{k}": float(pairs[k]) for k in keys if pairs.get(k) is not None})
         dense = model.info.get("dense")
         if dense:  # the fusion constants and the held-out P@k of tree, dense part and hybrid
             summary.update({f"dense/{k}": float(dense[k])
