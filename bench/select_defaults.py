@@ -27,14 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from compare import (  # bench/ is on sys.path when run as a script
-    RESULTS,
-    bibtex,
-    composite,
-    featurized_bundle,
-    reference_tfidf,
-    two_hop,
-)
+from compare import DATASETS, RESULTS, featurized_bundle  # bench/ is on sys.path when run as a script
 
 from xmc import XMCParams
 from xmc.core.fit import fit
@@ -76,22 +69,12 @@ def training_rows(name: str) -> tuple[Any, Any]:
     """(X, Y) of a real set's training file: never its test split."""
     from xmc.io.features import load_split
 
-    if name == "bibtex":
-        X, Y, *_ = bibtex()  # compare.py's loader (its test half is dropped here)
+    if name in ("bibtex", "bibtex-composite", "debian-deps-2hop") or name.endswith(("-tfidf", "-words")):
+        # compare.py's builder, its test half dropped here (a TF-IDF's vocabulary and IDF come from the
+        # training file alone)
+        X, Y, *_ = DATASETS[name].build()
         return X, Y
-    if name == "bibtex-composite":
-        X, Y, *_ = composite()
-        return X, Y
-    if name == "debian-deps-2hop":
-        X, Y, *_ = two_hop()
-        return X, Y
-    if name.endswith("-tfidf"):  # the vocabulary and IDF come from the training file alone
-        X, Y, *_ = reference_tfidf(name.removesuffix("-tfidf"))()
-        return X, Y
-    if name.endswith("-words"):
-        X, Y, *_ = reference_tfidf(name.removesuffix("-words"), ngram_max=1)()
-        return X, Y
-    split = load_split(featurized_bundle(name), "train")
+    split = load_split(featurized_bundle(name), "train")  # our featurizer's cached bundle, train only
     return split.X, split.Y
 
 

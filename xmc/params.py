@@ -169,9 +169,9 @@ class SolverParams:
                 "use 0 (none) or an integer >= 2")
         require(self.pair_weight > 0 and math.isfinite(self.pair_weight), "pair_weight", self.pair_weight,
                 "use > 0")
-        for name in ("pair_max_features", "pair_max_row_features", "pair_many_labels",
-                     "pair_max_row_features_many_labels"):
-            require(0 <= getattr(self, name) < math.inf, name, getattr(self, name), "use >= 0 (0: any)")
+        for name, zero in (("pair_max_features", "any"), ("pair_max_row_features", "any"),
+                           ("pair_many_labels", "never"), ("pair_max_row_features_many_labels", "any")):
+            require(0 <= getattr(self, name) < math.inf, name, getattr(self, name), f"use >= 0 (0: {zero})")
         require(self.feature_weight_measure in FEATURE_WEIGHT_MEASURES, "feature_weight_measure",
                 self.feature_weight_measure, f"use one of {FEATURE_WEIGHT_MEASURES}")
         require(self.recurring_df >= 0, "recurring_df", self.recurring_df, "use >= 0 (0 = C as given)")
