@@ -46,6 +46,26 @@ def test_block_scores_equal_the_plain_product() -> None:
 
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_each_parents_block_holds_its_sorted_features_and_their_weights_exactly(seed: int) -> None:
+    """The block arrays by their definition: parent p's rows are the features that any of its children
+    weighs, ascending, and row (p, j) holds ``W[j, children of p]`` exactly, children ascending (the
+    kernel's sums add in that order)."""
+    W, ptr = _layer_case(400, [5, 1, 9, 2, 7, 3], density=0.04, seed=seed)
+    W = sp.csc_matrix(W.multiply(np.arange(W.shape[1]) != 5))  # parent 1 (child 5): no weights
+    W.eliminate_zeros()
+    layer = ScoringLayer(W, ptr)
+    assert layer.rows.has_sorted_indices and layer.rows.dtype == np.float32
+    for p in range(len(ptr) - 1):
+        block = W[:, ptr[p] : ptr[p + 1]].tocsr()
+        used = np.flatnonzero(np.diff(block.indptr))
+        a, b = layer.row_ptr[p], layer.row_ptr[p + 1]
+        assert np.array_equal(layer.features[a:b], used)
+        got = layer.rows[a:b, : ptr[p + 1] - ptr[p]]
+        assert np.array_equal(got.toarray(), block[used].toarray())
+    assert layer.row_ptr[2] == layer.row_ptr[1]  # the empty parent has no rows
+
+
 def test_compiled_expansion_gives_each_beam_entry_the_blocks_scores_bit_for_bit() -> None:
     """The kernel of the beam search (``_expand``) against ``ScoringLayer.scores`` per entry: the same
     float32 sums (same order), the path's score multiplied in, padding where a slot is empty, and a

@@ -12,7 +12,13 @@ to its block's rows in a scratch array, and for each entry adds the weights of t
 into the children's sums, in float32 and in the order of the row's features: the order scipy's
 product adds them in, so the linear scores are the same numbers. (A binary search per feature
 instead of the scratch map was slower on the 1-2-gram TF-IDFs, whose rows hold many features.)
-The score transform stays numpy's (``post_process``).
+The score transform stays numpy's (``post_process``): a compiled pass computing its ``exp``'s
+argument was no faster (``powf`` dominates) and not bit for bit numpy's power.
+
+**Building the blocks** (``parent_blocks``). Each parent's distinct features, sorted, and its block
+rows come from two passes over the weights by feature (W as CSR): a parent opens a row the first
+time a feature reaches one of its children, so its rows come out in feature order with no sort.
+The ``np.unique`` per parent it replaces cost 0.22 s of debian-deps' 1.1 s test prediction.
 
 **Merging copies** (``merge_copy_scores``). A disentangled tree holds some labels in several
 leaves, so one row's candidates (``beam_size x leaf width`` columns) may name a label more than
@@ -115,6 +121,67 @@ def expand_scores(Xb: sp.csr_matrix, beam_idx: np.ndarray,
                         np.ascontiguousarray(beam_idx, dtype=np.int64), np.asarray(layer.ptr),
                         layer.row_ptr, layer.features, rows.indptr, rows.indices,
                         np.asarray(rows.data, dtype=np.float32), int(layer.width), int(n_features))
+
+
+@njit(cache=True, nogil=True)
+def _parent_blocks(r_ptr: np.ndarray, r_idx: np.ndarray, r_val: np.ndarray, child_ptr: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n_parents, n_features, nnz = len(child_ptr) - 1, len(r_ptr) - 1, r_ptr[-1]
+    owner = np.empty(child_ptr[n_parents], dtype=np.int64)  # child -> its parent
+    for p in range(n_parents):
+        owner[child_ptr[p]:child_ptr[p + 1]] = p
+    last = np.full(n_parents, -1, dtype=np.int64)  # the feature whose row a parent opened last
+    row_ptr = np.zeros(n_parents + 1, dtype=np.int64)
+    pos = np.zeros(n_parents + 1, dtype=np.int64)  # where a parent's weights start in the block CSR
+    for j in range(n_features):  # a parent's block has a row per distinct feature
+        for k in range(r_ptr[j], r_ptr[j + 1]):
+            p = owner[r_idx[k]]
+            pos[p + 1] += 1
+            if last[p] != j:
+                last[p] = j
+                row_ptr[p + 1] += 1
+    for p in range(n_parents):
+        row_ptr[p + 1] += row_ptr[p]
+        pos[p + 1] += pos[p]
+    n_rows = row_ptr[n_parents]
+    features = np.empty(n_rows, dtype=np.int64)
+    indptr = np.empty(n_rows + 1, dtype=np.int64)
+    indices = np.empty(nnz, dtype=np.int32)
+    data = np.empty(nnz, dtype=np.float32)
+    next_row = row_ptr[:-1].copy()
+    last[:] = -1
+    for j in range(n_features):  # features ascending: each parent's rows come out sorted
+        for k in range(r_ptr[j], r_ptr[j + 1]):
+            c = r_idx[k]
+            p = owner[c]
+            if last[p] != j:
+                last[p] = j
+                features[next_row[p]] = j
+                indptr[next_row[p]] = pos[p]
+                next_row[p] += 1
+            indices[pos[p]] = c - child_ptr[p]
+            data[pos[p]] = r_val[k]
+            pos[p] += 1
+    indptr[n_rows] = nnz
+    return features, row_ptr, indptr, indices, data
+
+
+def parent_blocks(W: sp.spmatrix, ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    """``ScoringLayer``'s arrays for the weights ``W`` (features x children) whose columns ``ptr``
+    groups by parent: each parent's sorted distinct features (concatenated), where each parent's
+    rows start, and the block CSR of the weights (a row per (parent, feature), a column per child
+    within the parent, ``max(width, 1)`` wide; a row's entries by child). Two passes over W's rows
+    in feature order, so each parent's features come out sorted with no sort: the per-parent
+    ``np.unique`` this replaces was 0.22 s of debian-deps' 1.1 s test prediction (580 parents)."""
+    ptr = np.asarray(ptr, dtype=np.int64)
+    R = sp.csr_matrix(W)  # by feature, each row's children ascending
+    R.sort_indices()
+    features, row_ptr, indptr, indices, data = _parent_blocks(
+        R.indptr, R.indices, np.asarray(R.data, dtype=np.float32), ptr)
+    counts = np.diff(ptr)
+    width = int(counts.max()) if len(counts) else 0
+    rows = sp.csr_matrix((data, indices, indptr), shape=(len(features), max(width, 1)))
+    return features, row_ptr, rows
 
 
 @njit(cache=True, nogil=True)

@@ -83,35 +83,21 @@ class ScoringLayer:
     (``rows``, one row per (parent, feature) pair, columns = child within the parent), with the
     global feature of each row in ``features``. Memory is O(nnz(W)): a CSR per parent over all D
     features would need a (D + 1) row pointer each, clusters x D in all (9 GiB at 1M labels).
-    Building one sorts nnz(W) keys, so callers that score many chunks (the gain shards) build
-    the layers once (``scoring_layers``) and share them: at 1M labels, rebuilding them per
-    8K-row shard was 28 s of a 37 s gain pass. Safe to share between threads and to pickle.
+    Building one passes over nnz(W) twice (``xmc.core.kernels.parent_blocks``), so callers that
+    score many chunks (the gain shards) build the layers once (``scoring_layers``) and share them: at
+    1M labels, rebuilding them per 8K-row shard was 28 s of a 37 s gain pass. Safe to share between
+    threads and to pickle.
     """
 
     def __init__(self, W: sp.csc_matrix, ptr: np.ndarray) -> None:
+        from xmc.core.kernels import parent_blocks  # numba loads with the first prediction, not the import
+
         W = sp.csc_matrix(W)
-        n_features, n_children = W.shape
-        n_parents = len(ptr) - 1
         self.ptr = ptr
         self.width = int(np.diff(ptr).max()) if len(ptr) > 1 else 0
-        # parent by parent (a parent's children are contiguous columns): one np.unique over every
-        # (parent, feature) key of the layer held ~5 arrays of nnz(W) int64 at once (debian-deps'
-        # rankers: 106 MiB peak, 0.46 s; this way 82 MiB, 0.23 s, the same block)
-        features, row = [], np.empty(W.nnz, dtype=np.int64)  # row: each stored weight's block row
-        self.row_ptr = np.zeros(n_parents + 1, dtype=np.int64)
-        """Rows ``[row_ptr[p], row_ptr[p + 1])`` of ``rows`` are parent p's block."""
-        for p in range(n_parents):
-            lo, hi = W.indptr[ptr[p]], W.indptr[ptr[p + 1]]
-            used, local = np.unique(W.indices[lo:hi], return_inverse=True)
-            row[lo:hi] = local + self.row_ptr[p]
-            self.row_ptr[p + 1] = self.row_ptr[p] + len(used)
-            features.append(used.astype(np.int64))
-        self.features = np.concatenate(features) if features else np.zeros(0, dtype=np.int64)
-        owner = np.repeat(np.arange(n_parents, dtype=np.int64), np.diff(ptr))  # parent of a child
-        child = np.repeat(np.arange(n_children, dtype=np.int64), np.diff(W.indptr))
-        self.rows = sp.csr_matrix((W.data, (row, child - ptr[owner[child]])),
-                                  shape=(len(self.features), max(self.width, 1)), dtype=np.float32)
-        self.n_features = n_features
+        self.features, self.row_ptr, self.rows = parent_blocks(W, ptr)
+        """``features[row_ptr[p]:row_ptr[p + 1]]``: parent p's sorted features, the rows of its block."""
+        self.n_features = W.shape[0]
 
     def scores(self, Xr: sp.csr_matrix, p: int) -> np.ndarray:
         """Dense (rows of Xr x children of p) linear scores ``Xr @ W[:, children of p]``: the readable
