@@ -68,8 +68,9 @@ def test_each_parents_block_holds_its_sorted_features_and_their_weights_exactly(
 
 def test_compiled_expansion_gives_each_beam_entry_the_blocks_scores_bit_for_bit() -> None:
     """The kernel of the beam search (``_expand``) against ``ScoringLayer.scores`` per entry: the same
-    float32 sums (same order), the path's score multiplied in, padding where a slot is empty, and a
-    parent with an empty block scoring its children 0 (before the transform)."""
+    float32 sums (same order), the path's score multiplied in, no room for an empty slot, padding
+    after a row's last child, and a parent with an empty block scoring its children 0 (before the
+    transform)."""
     W, ptr = _layer_case(300, [4, 1, 7, 3, 5], density=0.05, seed=0)
     W = sp.csc_matrix(W.multiply(np.isin(np.arange(W.shape[1]), [4], invert=True)[None, :]))
     W.eliminate_zeros()  # parent 1's block is empty
@@ -81,21 +82,20 @@ def test_compiled_expansion_gives_each_beam_entry_the_blocks_scores_bit_for_bit(
     beam_score = rng.uniform(0.1, 1.0, size=beam_idx.shape).astype(np.float32)
     beam_score[beam_idx < 0] = -np.inf
     cand_idx, cand_score = _expand(X, layer, beam_idx, beam_score, "l6-hinge")
-    w = layer.width
-    assert cand_idx.shape == cand_score.shape == (12, 3 * w)
+    sizes = np.diff(ptr)
+    assert cand_idx.shape == cand_score.shape == (12, max(sizes[r[r >= 0]].sum() for r in beam_idx))
     for i in range(12):
+        at = 0  # the row's entries' children lie one after another, in beam order
         for slot in range(3):
             p = int(beam_idx[i, slot])
-            cols = slice(slot * w, (slot + 1) * w)
-            block_idx, block_score = cand_idx[i, cols], cand_score[i, cols]
             if p < 0:
-                assert (block_idx == -1).all() and np.isneginf(block_score).all()
                 continue
-            m = int(ptr[p + 1] - ptr[p])
+            m = int(sizes[p])
             want = post_process(layer.scores(X[[i]], p)[0], "l6-hinge") * beam_score[i, slot]
-            assert block_idx[:m].tolist() == list(range(int(ptr[p]), int(ptr[p + 1])))
-            assert np.array_equal(block_score[:m], want.astype(np.float32))
-            assert (block_idx[m:] == -1).all() and np.isneginf(block_score[m:]).all()
+            assert cand_idx[i, at : at + m].tolist() == list(range(int(ptr[p]), int(ptr[p + 1])))
+            assert np.array_equal(cand_score[i, at : at + m], want.astype(np.float32))
+            at += m
+        assert (cand_idx[i, at:] == -1).all() and np.isneginf(cand_score[i, at:]).all()
 
 
 def test_a_beam_wider_than_its_layer_carries_no_padded_slots_down() -> None:

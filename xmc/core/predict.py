@@ -118,18 +118,17 @@ def _expand(
     Xb: sp.csr_matrix, layer: ScoringLayer, beam_idx: np.ndarray, beam_score: np.ndarray, kind: str,
     tie_break: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Score the children of every beam entry; returns padded (n x b*width) index/score blocks.
+    """Score the children of every beam entry; returns (index, score) blocks, a row's entries'
+    children one after another in beam order, padded (-1, -inf) to the chunk's most in a row.
 
     The linear scores come from the compiled kernel (``xmc.core.kernels.expand_scores``: the sums
     of ``layer.scores`` row by row); the transform and the product down the path stay numpy's."""
     from xmc.core.kernels import expand_scores  # numba loads with the first prediction, not the import
 
-    w = layer.width
-    cand_idx, z = expand_scores(Xb, beam_idx, layer)
+    cand_idx, z, path = expand_scores(Xb, beam_idx, beam_score, layer)
     # in place: z's memory (the candidate blocks are the largest arrays)
     scores = post_process(z, kind, in_place=True, tie_break=tie_break)
-    by_slot = scores.reshape(len(z), -1, w)  # (n, slots, width), a view
-    by_slot *= np.where(beam_idx >= 0, beam_score, 0).astype(np.float32)[:, :, None]  # times the path's score
+    scores *= path  # times the path's score
     scores[cand_idx < 0] = -np.inf
     return cand_idx, scores
 
