@@ -21,7 +21,7 @@ time a feature reaches one of its children, so its rows come out in feature orde
 The ``np.unique`` per parent it replaces cost 0.22 s of debian-deps' 1.1 s test prediction.
 
 **Merging copies** (``merge_copy_scores``). A disentangled tree holds some labels in several
-leaves, so one row's candidates (``beam_size x leaf width`` columns) may name a label more than
+leaves, so one row's candidates (the copies in its beam's leaves) may name a label more than
 once; the row's score of that label is the max (or mean) over its retrieved copies. With numpy this
 needed a per-row ``lexsort`` of every candidate by (label, score): on debian-deps' test split
 (11.5K rows, beam 10, leaves of up to ~120 copies) that sort was 1.7 s of a 4.4 s prediction,
