@@ -107,3 +107,25 @@ def test_input_errors(toy) -> None:  # type: ignore[no-untyped-def]
     model = fit(X, Y, XMCParams().replace(max_leaf_size=8))
     with pytest.raises(DataFormatError, match="trained on 60"):
         model.predict(sp.csr_matrix((2, 61), dtype=np.float32))
+
+
+def test_scoring_layers_are_kept_between_predictions_and_rebuilt_for_new_weights(toy) -> None:  # type: ignore[no-untyped-def]
+    """A served model predicts request after request: its layers are built once. A model whose
+    weights were replaced (the fit's last ranker layer, a resumed run) scores with the new ones, and a
+    pickled copy carries no layers but predicts the same."""
+    import pickle
+    from dataclasses import replace
+
+    X, Y = toy
+    model = fit(X, Y, XMCParams().replace(max_leaf_size=4))
+    first = model.predict(X, topk=3)
+    layers = model.scoring()
+    assert model.predict(X[:5], topk=3).nnz and model.scoring() is layers  # kept, not rebuilt
+    flipped = [W.copy() for W in model.weights]
+    flipped[-1].data = -flipped[-1].data  # rankers that say the opposite
+    model.weights = flipped
+    assert model.scoring() is not layers
+    assert (model.predict(X, topk=3) != first).nnz > 0
+    assert (model.predict(X, topk=3) != replace(model, weights=flipped).predict(X, topk=3)).nnz == 0
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy._layers is None and (copy.predict(X, topk=3) != model.predict(X, topk=3)).nnz == 0
