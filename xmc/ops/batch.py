@@ -4,7 +4,8 @@ A nightly corpus of new documents can be far larger than memory: the input is re
 batches with pyarrow (``ParquetFile.iter_batches``), each batch is vectorized, scored and
 appended to a ``ParquetWriter`` on a temporary file that replaces the output only when every
 batch is written (a reader never sees half a prediction file). Peak memory is one batch of
-text, its features and its top-k, plus the model.
+text, its features and its top-k, plus the model and its scoring layers (built at the first batch
+and kept for the rest: ``XMCModel.scoring``).
 
 A model is named either by its folder (``runs/x/model``) or by a registry URI
 (``models:/NAME@champion``, ``models:/NAME/3``): the registered pyfunc's artifacts hold the very
