@@ -103,7 +103,7 @@ class XMCModel:
     def scoring(self) -> list[ScoringLayer]:
         """This tree's ``scoring_layers``, built at the first prediction and kept while its tree and
         weights are the same objects. Building them is a pass over every weight: debian-deps' were
-        0.13-0.15 s of every prediction, 149 ms of a one-row request to a served model (1-3 ms
+        0.13-0.15 s of every prediction, 149 ms of a one-row request to a served model (4.3 ms
         kept), and of every Arrow batch of a Spark batch prediction. The cost: the layers held beside
         the weights, about 1.4x their size (debian-deps' TF-IDF: 70 MiB beside 52 MiB)."""
         held = self._layers
