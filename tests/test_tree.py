@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from xmc.core.sparse import normalize_rows
-from xmc.core.splits import NodeRows, top_half
+from xmc.core.splits import Lloyd, NodeRows, row_ranges, spherical_kmeans, top_half
 from xmc.core.tree import LabelTree, build_tree, pifa, tree_depth
 from xmc.params import TreeParams
 
@@ -134,3 +134,56 @@ def test_kmeans_tree_valid_deterministic_and_capped(n_labels: int, leaf: int, br
     assert empty.max() <= np.ceil(empty.sum() / 2)  # empty embeddings spread, not piled in one leaf
     for t in range(1, tree.n_layers - 2):  # the leaves' layer may hold more: fat leaves were halved
         assert np.bincount(tree.parents[t]).max() <= branch
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_row_ranges_cover_every_row_once_in_shares_of_the_stored_values(parts: int) -> None:
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 40, size=500)
+    lengths[100:140] = 0  # a run of empty rows
+    indptr = np.r_[0, np.cumsum(lengths)]
+    ranges = row_ranges(indptr, parts)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 500 and len(ranges) <= parts
+    assert all(a < b for a, b in ranges)
+    assert all(b == c for (_, b), (c, _) in zip(ranges[:-1], ranges[1:], strict=True))  # consecutive
+    share = np.array([indptr[b] - indptr[a] for a, b in ranges])
+    assert share.max() - share.min() <= 2 * lengths.max()  # about equal: each cut within a row
+
+
+@pytest.mark.parametrize("cores", [2, 3, 5])
+def test_lloyd_passes_on_several_cores_equal_the_one_core_passes_bit_for_bit(cores: int) -> None:
+    rng = np.random.default_rng(4)
+    Z = normalize_rows(sp.random(3000, 60, density=0.1, random_state=rng, format="csr", dtype=np.float32))
+    one, many = Lloyd(Z, 8, cores=1), Lloyd(Z, 8, cores=cores, min_work=0)
+    assert one.pool is None and many.pool is not None and len(many.row_ranges) == cores
+    centroids = rng.random((60, 8))
+    centroids /= np.linalg.norm(centroids, axis=0)
+    assign = {run: np.full(3000, -2, np.int64) for run in ("one", "many")}
+    cent = {run: centroids.copy() for run in ("one", "many")}
+    try:
+        for _ in range(3):  # passes from the same start agree at every step, changed counts too
+            changed = one.nearest(cent["one"], assign["one"])
+            assert many.nearest(cent["many"], assign["many"]) == changed > 0
+            assert np.array_equal(assign["one"], assign["many"])
+            one.centroids(assign["one"], cent["one"], np.empty_like(centroids))
+            many.centroids(assign["many"], cent["many"], np.empty_like(centroids))
+            assert np.array_equal(cent["one"], cent["many"])
+    finally:
+        many.close()
+    empty = np.diff(Z.indptr) == 0
+    assert (assign["one"][empty] == -1).all() and (assign["one"][~empty] >= 0).all()
+    members = np.eye(8)[assign["one"]] * (assign["one"] >= 0)[:, None]  # the centroids by dense algebra
+    sums = Z.T.toarray().astype(np.float64) @ members
+    norms = np.linalg.norm(sums, axis=0)
+    assert np.allclose(cent["one"][:, norms > 0], (sums / np.where(norms > 0, norms, 1))[:, norms > 0])
+
+
+def test_spherical_kmeans_is_the_same_on_one_core_and_on_many() -> None:
+    Z, _ = grouped_embeddings([400, 300, 200, 100])
+    for seed in range(3):
+        one = spherical_kmeans(Z, 4, np.random.default_rng(seed), 20)
+        with pytest.MonkeyPatch.context() as patch:  # every node on the pool, however small
+            patch.setattr("xmc.core.splits.PARALLEL_WORK", 0)
+            patch.setattr("xmc.core.splits.available_cores", lambda: 3)
+            many = spherical_kmeans(Z, 4, np.random.default_rng(seed), 20)
+        assert np.array_equal(one, many) and len(np.unique(one)) == 4
