@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -70,3 +71,16 @@ def test_two_hop_labels_come_from_training_packages_and_rows_without_one_are_dro
     monkeypatch.setattr(compare, "TWO_HOP_MAX_SHARE", 0.5)  # d (3 of 4 rows) and c (2 of 4) dropped
     _, Y, _, Yt, _ = compare.two_hop()
     assert Y.shape == (2, 2) and Y.toarray().tolist() == [[1, 0], [0, 1]] and Yt.shape == (1, 2)
+
+
+def test_the_plot_shows_each_systems_p1_over_its_sets_best_peer(tmp_path: Path) -> None:
+    ok = {"status": "ok", "P@1_sd": 0.1, "fit_s": 1.0}
+    table = {"a": {"xmc-disentangled": {**ok, "P@1": 70.5}, "pecos-xrlinear": {**ok, "P@1": 70.0},
+                   "omikuji-bonsai": {**ok, "P@1": 70.2}, "napkinxc-plt": {"status": "failed"}},
+             "b": {"xmc-disentangled": {**ok, "P@1": 45.0}}}  # no peer ran
+    over = compare.p1_over_best_peer(table)
+    assert over["a"] == pytest.approx({"xmc-disentangled": 0.3, "pecos-xrlinear": -0.2,
+                                       "omikuji-bonsai": 0.0})  # the failed peer counts for nothing
+    assert np.isnan(over["b"]["xmc-disentangled"])
+    compare.plot(table, tmp_path / "peers.png")
+    assert (tmp_path / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
