@@ -92,7 +92,6 @@ class ScoringLayer:
     def __init__(self, W: sp.csc_matrix, ptr: np.ndarray) -> None:
         from xmc.core.kernels import parent_blocks  # numba loads with the first prediction, not the import
 
-        W = sp.csc_matrix(W)
         self.ptr = ptr
         self.width = int(np.diff(ptr).max()) if len(ptr) > 1 else 0
         self.features, self.row_ptr, self.rows = parent_blocks(W, ptr)

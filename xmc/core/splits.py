@@ -228,8 +228,8 @@ def spherical_kmeans(Z: sp.csr_matrix, k: int, rng: np.random.Generator, max_ite
 
     Seeds are k distinct non-empty rows; Lloyd iterations stop when no row moves. Rows with an
     empty embedding (a label without a training instance) say nothing about where they belong:
-    they are dealt round-robin over the clusters, so they pile into none. A big node's assignment
-    passes run on every core (``Lloyd``); the result does not depend on how many there are.
+    they are dealt round-robin over the clusters, so they pile into none. A big node's passes run
+    on every core (``Lloyd``); the result does not depend on how many there are.
     """
     n = Z.shape[0]
     nonempty = np.flatnonzero(np.diff(Z.indptr) > 0)
